@@ -1,0 +1,122 @@
+"""Small I/O helpers every stage uses: atomic outputs, stable JSON, hashing, the stage entry wrapper."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("whisper_npu")
+
+
+class StageError(RuntimeError):
+    """A stage cannot do its work; the message says why and what to do. Exit code 1, no traceback."""
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path; on success it replaces ``path``, on any failure it is deleted.
+
+    Whatever was at ``path`` before is removed as well on failure, so a failed stage never leaves an
+    output DVC could take for finished. Works for files and directories.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    _remove(tmp)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise StageError(f"{path}: the stage produced no output")
+        _remove(path)
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        _remove(path)
+        raise
+
+
+def dumps_json(obj: Any) -> str:
+    """Stable JSON: sorted keys, UTF-8 kept, two-space indent, trailing newline."""
+    return json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    Path(path).write_text(dumps_json(obj), encoding="utf-8")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StageError(f"{path}: missing (run the stage that makes it, e.g. `dvc repro`)") from None
+    except json.JSONDecodeError as e:
+        raise StageError(f"{path}: not valid JSON ({e})") from None
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        raise StageError(f"{path}: missing (run the stage that makes it, e.g. `dvc repro`)")
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_tree(root: str | Path) -> str:
+    """One hash over every file under ``root`` (relative paths and contents), order-independent."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for p in sorted(q for q in root.rglob("*") if q.is_file()):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0" + sha256_file(p).encode() + b"\n")
+    return h.hexdigest()
+
+
+def _raise_on_sigterm(signum: int, _frame: Any) -> None:
+    # Turn SIGTERM into an exception so `finally` blocks and atomic_output clean up partial outputs.
+    raise SystemExit(128 + signum)
+
+
+def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
+    """Run a stage's main: log to stderr, one-line errors for expected failures, non-zero exit codes."""
+    from whisper_npu.params import ParamsError  # local: params imports nothing from here
+
+    logging.basicConfig(level=os.environ.get("WHISPER_NPU_LOG", "INFO"),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    try:
+        main(argv)
+    except (StageError, ParamsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
