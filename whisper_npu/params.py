@@ -156,8 +156,11 @@ class Params:
 
 # ---------------------------------------------------------------------------------------------- loading
 
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}
+
+
 def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
+    return _TYPE_WORDS.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _check_scalar(key: str, value: Any, tp: Any) -> Any:
@@ -176,7 +179,7 @@ def _check_scalar(key: str, value: Any, tp: Any) -> Any:
     else:
         raise TypeError(f"unsupported params type {tp} for {key}")
     if not ok:
-        raise ParamsError(f"{key} = {value!r}: must be a {_type_name(tp)}")
+        raise ParamsError(f"{key} = {value!r}: must be {_type_name(tp)}")
     return value
 
 

@@ -1,0 +1,169 @@
+"""params.yaml loads into typed dataclasses; every kind of bad value fails before any work, naming the key."""
+from __future__ import annotations
+
+import copy
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from whisper_npu.params import Params, ParamsError, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def base() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def with_value(key: str, value) -> dict:
+    data = copy.deepcopy(base())
+    *parents, last = key.split(".")
+    node = data
+    for p in parents:
+        node = node[p]
+    node[last] = value
+    return data
+
+
+def test_default_params_load():
+    p = load_params(ROOT / "params.yaml")
+    assert isinstance(p, Params)
+    assert p.model.model_name == "whisper-base"
+    assert len(p.languages) == 17
+    assert p.calibration.translate_ratio == 0.2
+
+
+def test_every_default_key_is_in_params_yaml():
+    """params.yaml on main spells out every key, so DVC tracks each one and users see every knob."""
+    import dataclasses
+
+    def keys(obj, prefix=""):
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if dataclasses.is_dataclass(v):
+                yield from keys(v, f"{prefix}{f.name}.")
+            else:
+                yield f"{prefix}{f.name}"
+
+    data = base()
+    for key in keys(Params()):
+        node = data
+        for part in key.split("."):
+            assert part in node, f"params.yaml lacks {key}"
+            node = node[part]
+
+
+@pytest.mark.parametrize("key, value, message", [
+    # unknown keys, at the top and in a section
+    ("colour", "blue", r"colour: unknown key; allowed in params: seed, languages"),
+    ("calibration.translate_rato", 0.2, r"calibration.translate_rato: unknown key; allowed in calibration:"),
+    # wrong types
+    ("seed", "zero", r"seed = 'zero': must be an integer"),
+    ("audio.clips", 2.5, r"audio.clips = 2.5: must be an integer"),
+    ("audio.clips", True, r"audio.clips = True: must be an integer"),
+    ("evaluate.strict", "yes", r"evaluate.strict = 'yes': must be true or false"),
+    ("calibration.translate_ratio", "0.2", r"calibration.translate_ratio = '0.2': must be a number"),
+    ("languages", "en_us", r"languages = 'en_us': must be a list"),
+    ("model", "whisper-base", r"model = 'whisper-base': must be a mapping"),
+    # out of range
+    ("audio.clips", -3, r"audio.clips = -3: must be >= 1"),
+    ("seed", -1, r"seed = -1: must be >= 0"),
+    ("calibration.translate_ratio", 1.5, r"calibration.translate_ratio = 1.5: must be <= 1"),
+    ("calibration.translate_ratio", -0.1, r"calibration.translate_ratio = -0.1: must be >= 0"),
+    ("audio.max_skipped_fraction", 2, r"audio.max_skipped_fraction = 2.0: must be <= 1"),
+    ("evaluate.max_new_tokens", 1000, r"evaluate.max_new_tokens = 1000: must be <= 440"),
+    # unknown choices
+    ("compile.backend", "tensorrt", r"compile.backend = 'tensorrt': must be one of auto, qbcompiler, onnxruntime"),
+    ("audio.source", "youtube", r"audio.source = 'youtube': must be one of synth, fleurs, local"),
+    ("compile.onnxruntime.mode", "int4", r"compile.onnxruntime.mode = 'int4': must be one of dynamic, static"),
+    ("compile.qbcompiler.encoder_scheme", "global16", r"encoder_scheme = 'global16': must be one of"),
+    ("calibration.text_source", "gpt", r"calibration.text_source = 'gpt': must be one of generated, labels, reference"),
+    # list contents and cross-key rules
+    ("languages", ["en_us", "xx_yy"], r"languages\[1\] = 'xx_yy': unknown; allowed: ar_eg, "),
+    ("languages", [], r"languages = \[\]: at least one language"),
+    ("languages", ["en_us", "en_us"], r"languages: 'en_us' is listed twice"),
+    ("model.id", "whisper-large", r"model.id = 'whisper-large': with model.source = pypi must be one of"),
+    ("audio.eval_clips", 8, r"audio.eval_clips = 8: must be < audio.clips \(8\)"),
+    ("calibration.samples_per_language", 7, r"calibration.samples_per_language = 7: must be <= audio.clips - audio.eval_clips = 6"),
+    ("audio.synth.rate", [170, 135], r"audio.synth.rate = \[170, 135\]: must be \[min, max\]"),
+    ("audio.synth.pitch", [0, 120], r"audio.synth.pitch = \[0, 120\]: must be \[min, max\]"),
+    ("audio.synth.variants", [3], r"audio.synth.variants\[0\] = 3: must be a string"),
+    ("compile.onnxruntime.op_types", ["MatMul", 4], r"compile.onnxruntime.op_types\[1\] = 4: must be a string"),
+])
+def test_bad_value_names_key_value_and_allowed(key, value, message):
+    with pytest.raises(ParamsError) as err:
+        parse_params(with_value(key, value), "params.yaml")
+    text = str(err.value)
+    assert text.startswith("params.yaml: "), text
+    assert re.search(message, text), text
+
+
+def test_local_source_needs_a_folder():
+    data = with_value("audio.source", "local")
+    with pytest.raises(ParamsError, match=r"audio.local.dir = '': with audio.source = local"):
+        parse_params(data)
+
+
+def test_hub_source_accepts_any_repo_id():
+    data = with_value("model.source", "hub")
+    data["model"]["id"] = "openai/whisper-small"
+    assert parse_params(data).model.model_name == "whisper-small"
+
+
+def test_not_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("seed: [0\nlanguages: :\n")
+    with pytest.raises(ParamsError, match=rf"{re.escape(str(bad))}: not valid YAML"):
+        load_params(bad)
+    with pytest.raises(ParamsError, match="cannot read params file"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_a_list_at_top_level_is_refused():
+    with pytest.raises(ParamsError, match="params = .*must be a mapping"):
+        parse_params([1, 2])
+
+
+def test_params_are_frozen():
+    p = load_params(ROOT / "params.yaml")
+    with pytest.raises(Exception):
+        p.seed = 3  # type: ignore[misc]
+
+
+def test_presets_are_valid_and_become_overrides():
+    from whisper_npu.preset import merge, overrides
+
+    presets = sorted((ROOT / "params").glob("*.yaml"))
+    assert presets, "params/ holds the presets"
+    for preset in presets:
+        parse_params(merge(base(), yaml.safe_load(preset.read_text())), str(preset))
+    args = overrides(ROOT / "params" / "tutorial.yaml", ROOT / "params.yaml")
+    pairs = dict(a.split("=", 1) for a in args[1::2])
+    assert args[0::2] == ["-S"] * len(pairs)
+    assert pairs["model.id"] == "openai/whisper-small"
+    assert pairs["audio.source"] == "fleurs" and pairs["audio.clips"] == "20"
+    assert pairs["compile.qbcompiler.encoder_scheme"] == "global4"
+
+
+def test_a_bad_preset_is_refused(tmp_path):
+    from whisper_npu.preset import overrides
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("calibration:\n  translate_ratio: 3\n")
+    with pytest.raises(ParamsError, match="bad.yaml: calibration.translate_ratio = 3.0: must be <= 1"):
+        overrides(bad, ROOT / "params.yaml")
+
+
+def test_every_stage_cmd_module_imports_and_deps_exist():
+    """dvc.yaml hygiene: each cmd's module imports, and every declared source dependency exists."""
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    for name, stage in dvc["stages"].items():
+        m = re.search(r"python -m ([\w.]+)", stage["cmd"])
+        assert m, f"{name}: cmd is not `python -m stages.<name>`"
+        importlib.import_module(m.group(1))
+        for dep in stage.get("deps", []):
+            if "${" not in dep and dep.endswith(".py"):
+                assert (ROOT / dep).exists(), f"{name}: dependency {dep} does not exist"
