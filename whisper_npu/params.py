@@ -108,9 +108,13 @@ class CalibrationParams:
 class QbcompilerParams:
     device: str = _f("auto", choices=("auto", "cuda", "gpu", "cpu"),
                      doc="auto: cuda on 0.12, gpu on 1.x when torch sees a GPU, else cpu")
-    encoder_scheme: str = _f("global4", choices=("single", "multi", "global", "global4", "global8", "all"))
-    decoder_scheme: str = _f("single", choices=("single", "multi", "global", "global4", "global8", "all"))
+    # auto: the tutorial's scheme for the installed version (<= 1.0: encoder global4, decoder single; >= 1.1: all)
+    encoder_scheme: str = _f("auto", choices=("auto", "single", "multi", "global", "global4", "global8", "all"))
+    decoder_scheme: str = _f("auto", choices=("auto", "single", "multi", "global", "global4", "global8", "all"))
     llm_full_seq_calibration: bool = _f(True)
+    encoder_mblt_backend: str = _f("auto", choices=("auto", "hf", "torch"),
+                                   doc="mblt_compile backend for the encoder; auto: hf (0.11/0.12, >= 1.1), torch (1.0)")
+    mblt_device: str = _f("cpu", choices=("cpu", "cuda", "gpu"), doc="mblt_compile device (tutorial: cpu)")
 
 
 @dataclass(frozen=True)
@@ -119,8 +123,9 @@ class OrtParams:
     per_channel: bool = _f(True)
     calibrate_method: str = _f("minmax", choices=("minmax", "percentile", "entropy"))
     percentile: float = _f(99.999, gt=0, le=100)
-    op_types: list = _f(["MatMul", "Conv"], doc="op types quantized in static mode")
+    op_types: list = _f(["MatMul", "Conv"], doc="op types quantized")
     nodes_to_exclude: list = _f([])
+    keep_float: list = _f([], doc="node groups kept in float: attention_matmuls, first_conv, convs, lm_head, fc2")
     smooth_quant: bool = _f(False)
     smooth_quant_alpha: float = _f(0.5, ge=0, le=1)
     calibration_samples: int = _f(8, ge=1, doc="calibration samples used by the static quantizer")
@@ -262,6 +267,8 @@ def _cross_checks(p: Params) -> None:
     o = p.compile.onnxruntime
     _check_list("compile.onnxruntime.op_types", o.op_types, str)
     _check_list("compile.onnxruntime.nodes_to_exclude", o.nodes_to_exclude, str)
+    _check_list("compile.onnxruntime.keep_float", o.keep_float, str,
+                ("attention_matmuls", "first_conv", "convs", "lm_head", "fc2"))
 
 
 def parse_params(data: Any, source: str = "params.yaml") -> Params:
