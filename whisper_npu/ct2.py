@@ -153,7 +153,7 @@ def write_model_bin(path: str | Path, variables: Mapping[str, np.ndarray], alias
     out = [struct.pack("<I", binary_version), s(spec), struct.pack("<I", revision),
            struct.pack("<I", len(variables))]
     for name, arr in variables.items():
-        arr = np.ascontiguousarray(arr)
+        arr = np.asarray(arr)   # not ascontiguousarray: it turns 0-d scalars into 1-d
         out += [s(name), struct.pack("<B", arr.ndim), *(struct.pack("<I", d) for d in arr.shape),
                 struct.pack("<B", ids[arr.dtype]),
                 struct.pack("<I", arr.nbytes), arr.tobytes()]

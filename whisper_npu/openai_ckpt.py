@@ -68,6 +68,12 @@ def dims_from_config(config: Mapping[str, Any] | Any) -> dict[str, int]:
 
 def to_openai_checkpoint(state_dict: Mapping[str, Any], config: Mapping[str, Any] | Any) -> dict[str, Any]:
     """``{"dims", "model_state_dict"}`` with float32 tensors, keys in sorted order (stable files)."""
+    dims = dims_from_config(config)
+    get = config.get if isinstance(config, Mapping) else (lambda k: getattr(config, k))
+    for key in ("encoder_ffn_dim", "decoder_ffn_dim"):
+        if int(get(key)) != 4 * dims["n_audio_state"]:   # openai-whisper builds its MLPs as 4 x width
+            raise ValueError(f"{key}={get(key)}: openai-whisper supports only 4 x d_model "
+                             f"({4 * dims['n_audio_state']})")
     out: dict[str, torch.Tensor] = {}
     for name in sorted(state_dict):
         target = openai_name(name)
@@ -75,7 +81,7 @@ def to_openai_checkpoint(state_dict: Mapping[str, Any], config: Mapping[str, Any
             continue
         tensor = torch.as_tensor(state_dict[name]).detach().to(torch.float32).contiguous().clone()
         out[target] = tensor
-    return {"dims": dims_from_config(config), "model_state_dict": out}
+    return {"dims": dims, "model_state_dict": out}
 
 
 def save_openai_checkpoint(path: str | Path, state_dict: Mapping[str, Any], config: Mapping[str, Any] | Any) -> None:
