@@ -1,0 +1,236 @@
+"""Decoder calibration set: the tutorial's ``whisper_decoder_calib.json`` and per-clip input pairs.
+
+Per calibration clip (same clips as the encoder set) a folder ``sample_<clip id>/`` with
+
+* ``encoder_hidden_states.npy`` ``[1, 1500, d]``: the float reference encoder's output, and
+* ``decoder_hidden_states.npy`` ``[1, L, d]``: token + position embeddings (positions 0..L-1) of
+  ``[SOT, <|lang|>, <|task|>, <|notimestamps|>, text..., EOT]``,
+
+listed in ``whisper_decoder_calib.json`` (``calib paths`` = [decoder input, encoder states] pairs relative to
+the JSON's folder) with per-sample ``metadata``, plus ``whisper_decoder_calib_metadata.json`` (the decoded
+sequences) and a small DVC metric with the task counts per language.
+
+The task per clip is a seeded, exact, per-language draw (``calibration.translate_ratio``). The text comes
+from ``calibration.text_source``:
+
+* ``generated`` (the tutorial's choice): the reference model's greedy output for the drawn task, at most
+  ``calibration.max_new_tokens`` tokens, used as token ids directly;
+* ``labels``: the label stage's ``transcription`` / ``translation``;
+* ``reference``: the audio manifest's ``text`` (transcribe) / ``text_en`` (translate). A missing reference is an
+  error naming the clip, except English clips, whose ``text`` is their own English reference.
+
+The encoder runs once per clip in batches of ``calibration.batch_size`` grouped by (language, task), and its
+output feeds both the saved states and ``generate(encoder_outputs=...)``. Samples are written as they are
+made, so memory does not grow with the number of clips.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from whisper_npu import calibration as cal
+from whisper_npu import specs
+from whisper_npu.io import StageError, atomic_output, read_jsonl, run_stage, write_json
+from whisper_npu.params import CalibrationParams, load_params
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sample:
+    clip: cal.Clip
+    task: str
+    text: str | None = None   # None: generate it
+
+    @property
+    def folder(self) -> str:
+        return f"sample_{self.clip.id}"
+
+
+# ---------------------------------------------------------------------------------------------- planning
+
+def read_labels(labels_dir: Path, languages: Sequence[str]) -> dict[str, dict]:
+    """Clip id -> label row, from ``<labels_dir>/<lang>.jsonl`` for the given languages."""
+    rows: dict[str, dict] = {}
+    for lang in sorted(languages):
+        path = labels_dir / f"{lang}.jsonl"
+        if not path.is_file():
+            raise StageError(f"{path}: missing; calibration.text_source = labels needs the label stage "
+                             f"(`dvc repro label@{lang}`)")
+        rows.update({r["id"]: r for r in read_jsonl(path)})
+    return rows
+
+
+def _reference_text(clip: cal.Clip, task: str) -> str:
+    if task == cal.TRANSCRIBE:
+        text = clip.text
+    else:
+        # English audio: the transcription is its own English translation.
+        text = clip.text_en or (clip.text if clip.lang.startswith("en_") else "")
+    if not text.strip():
+        field = "text" if task == cal.TRANSCRIBE else "text_en"
+        raise StageError(f"{clip.id}: no reference {field} in the audio manifest for the {task} task; use "
+                         "calibration.text_source = generated or labels")
+    return text
+
+
+def plan_samples(clips: Sequence[cal.Clip], tasks: dict[str, str], text_source: str,
+                 labels: dict[str, dict] | None = None) -> list[Sample]:
+    """One sample per clip with its task and, unless the text is generated, its text."""
+    samples = []
+    for clip in clips:
+        task = tasks[clip.id]
+        text: str | None = None
+        if text_source == "reference":
+            text = _reference_text(clip, task)
+        elif text_source == "labels":
+            row = (labels or {}).get(clip.id)
+            if row is None:
+                raise StageError(f"{clip.id}: no label row in data/labels/{clip.lang}.jsonl; rerun the label stage")
+            text = row["translation" if task == cal.TRANSLATE else "transcription"] or ""
+        samples.append(Sample(clip, task, text))
+    return samples
+
+
+def batches(samples: Sequence[Sample], size: int) -> Iterator[list[Sample]]:
+    """Batches of at most ``size`` samples sharing (language, task), so forced prefixes batch."""
+    groups: dict[tuple[str, str], list[Sample]] = {}
+    for s in samples:
+        groups.setdefault((s.clip.lang, s.task), []).append(s)
+    for key in sorted(groups):
+        group = groups[key]
+        for i in range(0, len(group), size):
+            yield group[i:i + size]
+
+
+# ---------------------------------------------------------------------------------------------- building
+
+def _generate(model: Any, states: Any, lang: str, task: str, max_new_tokens: int) -> list[list[int]]:
+    import torch
+    from transformers.modeling_outputs import BaseModelOutput
+    from transformers.utils import logging as hf_logging
+
+    # Greedy, so the ids are the same on every run. transformers logs a note per call about max_length vs
+    # max_new_tokens and the batch's attention mask (the encoder states have no padding): silenced here.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with torch.inference_mode():
+            out = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=states), language=lang,
+                                 task=task, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                 return_timestamps=False)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    seqs = out.sequences if hasattr(out, "sequences") else out
+    return seqs.tolist()
+
+
+def build_decoder_set(model: Any, processor: Any, samples: Sequence[Sample], out_dir: Path,
+                      batch_size: int, max_new_tokens: int, text_source: str) -> list[dict]:
+    """Write every sample's two ``.npy`` files into ``out_dir``; return the metadata rows sorted by clip id."""
+    import torch
+
+    tokenizer = processor.tokenizer
+    sp = cal.SpecialTokens.from_tokenizer(tokenizer)
+    max_len = int(model.config.max_target_positions)
+    decoder = model.model.decoder
+    rows = []
+    bar = tqdm(total=len(samples), desc="decoder calibration", unit="clip")
+    for batch in batches(samples, batch_size):
+        lang, task = batch[0].clip.whisper_lang, batch[0].task
+        feats = np.concatenate([cal.npu_features(processor.feature_extractor, cal.load_audio(s.clip.audio))
+                                for s in batch])
+        # The encoder takes HF's [B, mels, frames]; the saved features are in the NPU's [B, frames, mels].
+        with torch.inference_mode():
+            states = model.model.encoder(torch.from_numpy(feats.transpose(0, 2, 1).copy())).last_hidden_state
+        prefix = cal.prefix_ids(tokenizer, lang, task)
+        generated = _generate(model, states, lang, task, max_new_tokens) if batch[0].text is None else None
+        for j, s in enumerate(batch):
+            if generated is not None:
+                ids, truncated = cal.sequence_from_generated(prefix, generated[j], sp.eot, max_len)
+            else:
+                ids, truncated = cal.sequence_from_text(tokenizer, prefix, s.text or "", sp.eot, max_len)
+            if truncated:
+                log.warning("%s: text longer than the decoder's %d positions; truncated", s.clip.id, max_len)
+            if len(ids) == len(prefix) + 1:
+                log.warning("%s: empty %s text; kept as [prefix, EOT]", s.clip.id, s.task)
+            folder = out_dir / s.folder
+            folder.mkdir(parents=True, exist_ok=True)
+            np.save(folder / cal.ENCODER_STATES, np.ascontiguousarray(states[j:j + 1].to(torch.float32).numpy()))
+            np.save(folder / cal.DECODER_STATES, cal.decoder_inputs(decoder, ids))
+            rows.append({
+                "clip_id": s.clip.id, "language": s.clip.lang, "source_language": s.clip.whisper_lang,
+                "task": s.task, "task_type": cal.TASK_TYPES[s.task], "use_translation": s.task == cal.TRANSLATE,
+                "text_source": text_source, "tokens": ids, "length": len(ids), "truncated": truncated,
+                "decoded_tokens": tokenizer.decode(ids, skip_special_tokens=False),
+                "decoder_hidden_states": f"{s.folder}/{cal.DECODER_STATES}",
+                "encoder_hidden_states": f"{s.folder}/{cal.ENCODER_STATES}",
+            })
+        bar.update(len(batch))
+    bar.close()
+    return sorted(rows, key=lambda r: r["clip_id"])
+
+
+def task_counts(rows: Sequence[dict]) -> dict:
+    """The DVC metric: samples, translate/transcribe counts and mean length, overall and per language."""
+    def summary(rs: Sequence[dict]) -> dict:
+        n_tr = sum(r["task"] == cal.TRANSLATE for r in rs)
+        return {"samples": len(rs), "translate": n_tr, "transcribe": len(rs) - n_tr,
+                "mean_length": round(float(np.mean([r["length"] for r in rs])), 2) if rs else 0.0}
+    per_lang = {lang: summary([r for r in rows if r["language"] == lang])
+                for lang in sorted({r["language"] for r in rows})}
+    return {**summary(rows), "per_language": per_lang}
+
+
+def write_decoder_set(model: Any, processor: Any, samples: Sequence[Sample], out_dir: Path,
+                      cp: CalibrationParams, seed: int) -> list[dict]:
+    """Samples, the tutorial's JSON and the decoded-strings JSON in ``out_dir``; returns the metadata rows."""
+    rows = build_decoder_set(model, processor, samples, out_dir, cp.batch_size, cp.max_new_tokens, cp.text_source)
+    pairs = [(r["decoder_hidden_states"], r["encoder_hidden_states"]) for r in rows]
+    extra = {"text_source": cp.text_source, "translate_ratio": cp.translate_ratio, "seed": seed}
+    write_json(out_dir / specs.DECODER_JSON, cal.decoder_json(model.config, pairs, rows, extra))
+    write_json(out_dir / specs.DECODER_METADATA_JSON, [r["decoded_tokens"] for r in rows])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--audio", type=Path, required=True, help="audio stage root (data/audio)")
+    parser.add_argument("--labels", type=Path, required=True, help="label stage folder (data/labels)")
+    parser.add_argument("--model", type=Path, required=True, help="reference model store (models/reference)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (calibration/decoder)")
+    parser.add_argument("--metrics", type=Path, required=True, help="task-mix metric (metrics/calibration.json)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from whisper_npu.model_store import load_hf
+
+    params = load_params(args.params)
+    cp = params.calibration
+    clips = cal.select_clips(args.audio, params.languages, cp.samples_per_language)
+    tasks = cal.task_mix(clips, cp.translate_ratio, params.seed)
+    labels = read_labels(args.labels, params.languages) if cp.text_source == "labels" else None
+    samples = plan_samples(clips, tasks, cp.text_source, labels)
+    torch.manual_seed(params.seed)
+    model, processor = load_hf(args.model)
+    log.info("decoder set: %d clips, %d translate, text from %s", len(samples),
+             sum(s.task == cal.TRANSLATE for s in samples), cp.text_source)
+    with atomic_output(args.out) as tmp:
+        rows = write_decoder_set(model, processor, samples, tmp, cp, params.seed)
+        cal.validate_decoder_set(tmp / specs.DECODER_JSON, model.config)
+        with atomic_output(args.metrics) as mtmp:
+            write_json(mtmp, task_counts(rows))
+    log.info("wrote %d decoder calibration samples to %s", len(rows), args.out)
+
+
+if __name__ == "__main__":
+    run_stage(main)

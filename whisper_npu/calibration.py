@@ -1,0 +1,365 @@
+"""Calibration sets for the encoder and decoder: shared code for the calibrate_* and compile stages.
+
+The tutorial's ``calibration/create_calibration.py`` (shared/notes/mobilint-qbcompiler.md §2.3) writes
+
+* ``encoder/whisper_encoder_cali.txt``: one ``.npy`` path per line, each a ``[1, 3000, 80]`` float32 log-mel
+  (the HF features transposed: frames x mel bins), and
+* ``decoder/whisper_decoder_calib.json``: ``info`` (input names and shapes), ``calib paths`` as
+  ``[decoder_hidden_states.npy, encoder_hidden_states.npy]`` pairs (decoder input first, the runtime's
+  input order), ``metadata`` per sample; plus ``whisper_decoder_calib_metadata.json`` (decoded strings).
+
+This module keeps those file names and formats and fixes the tutorial's defects:
+
+1. **Unseeded random, unsorted files.** The 80/20 task draw used an unseeded ``random.random()`` and the
+   clips came in ``os.listdir`` order. Here clips are read from each language's manifest, sorted by id, and
+   the task mix is a seeded permutation (params ``seed``): same params, byte-identical outputs.
+2. **English normalizer on every language.** ``tokenizer.normalize`` (Whisper's EnglishTextNormalizer:
+   lower-case, NFKD, combining marks dropped) mangled Korean, Thai, Tamil, Arabic... before re-tokenizing.
+   Generated text is now used as the model's own token ids (no decode/normalize/re-tokenize); label and
+   reference text is tokenized as written.
+3. **Tamil missing** from the tutorial's FLEURS-to-Whisper map, so Tamil clips were silently left out of the
+   decoder set. The one language table (whisper_npu/languages.py) covers every language in params.
+4. **Absolute paths inside outputs.** Lists hold paths relative to the list file; :func:`read_encoder_list`
+   and :func:`read_decoder_json` resolve them, :func:`absolutized_copy` writes a compiler-ready copy.
+5. **Both tasks generated, one thrown away.** The tutorial generated a transcription AND a translation for
+   every clip and then kept one. The task is drawn first; only that task is generated.
+6. **Encoder run three times per clip** (once for the saved states, once inside each ``generate``). It runs
+   once per clip, batched, and its output feeds both the saved states and ``generate(encoder_outputs=...)``.
+
+Also changed, on purpose: the translate share is exact per language (``round(ratio x N)`` clips, half up)
+instead of an expected value; empty generations are kept (``[SOT, lang, task, notimestamps, EOT]`` is a real
+decoder sequence) instead of skipped, so the counts stay exact; the token sequence is built from explicit
+special-token ids, so slow and fast tokenizers give the same ids (setting ``tokenizer.language`` does not
+update a fast tokenizer's prefix); sequences longer than the model's positions are truncated (the tutorial's
+4096 cap was larger than Whisper's 448 positions).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from whisper_npu import languages as langs
+from whisper_npu import specs
+from whisper_npu.io import StageError, read_jsonl, write_json
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+TRANSCRIBE, TRANSLATE = "transcribe", "translate"
+# The tutorial's task_type labels; the "_no_lang" variants were disabled there and are not produced here.
+TASK_TYPES = {TRANSCRIBE: "transcription_with_lang", TRANSLATE: "translation_with_lang"}
+ENCODER_STATES = "encoder_hidden_states.npy"
+DECODER_STATES = "decoder_hidden_states.npy"
+
+
+# ---------------------------------------------------------------------------------------------- clips
+
+@dataclass(frozen=True)
+class Clip:
+    """One calibration clip from the audio stage's manifest."""
+    id: str
+    lang: str            # FLEURS code (key everywhere in the project)
+    audio: Path
+    text: str = ""       # source-language reference, "" when unknown
+    text_en: str = ""    # English reference, "" when unknown
+
+    @property
+    def whisper_lang(self) -> str:
+        return langs.get(self.lang).whisper
+
+
+def select_clips(audio_root: str | Path, languages: Sequence[str], per_language: int) -> list[Clip]:
+    """The first ``per_language`` calibration clips (sorted by id) of each language in ``languages``.
+
+    Reads ``<audio_root>/<lang>/manifest.jsonl`` for exactly the listed languages (never globs folders).
+    Fewer clips than asked is a warning (the audio stage may have skipped bad clips); none is an error.
+    Returns clips sorted by (language, id), languages sorted, so the order of the params list does not matter.
+    """
+    audio_root = Path(audio_root)
+    clips: list[Clip] = []
+    for lang in sorted(languages):
+        folder = audio_root / lang
+        manifest = folder / "manifest.jsonl"
+        if not manifest.is_file():
+            raise StageError(f"{manifest}: missing; language {lang!r} is in params `languages` but has no audio "
+                             f"(run `dvc repro audio@{lang}`)")
+        rows = [r for r in read_jsonl(manifest) if r.get("split") == "calibration"]
+        for r in rows:
+            if r.get("lang", lang) != lang:
+                raise StageError(f"{manifest}: clip {r.get('id')!r} has lang {r.get('lang')!r}, expected {lang!r}")
+        rows.sort(key=lambda r: r["id"])
+        if not rows:
+            raise StageError(f"{manifest}: no clips with split == 'calibration' for {lang!r}; check "
+                             "audio.clips / audio.eval_clips")
+        if len(rows) < per_language:
+            log.warning("%s: %d calibration clips, fewer than calibration.samples_per_language = %d; using all",
+                        lang, len(rows), per_language)
+        for r in rows[:per_language]:
+            path = folder / r["file"]
+            if not path.is_file():
+                raise StageError(f"{path}: listed in {manifest} but missing (rerun `dvc repro audio@{lang}`)")
+            clips.append(Clip(r["id"], lang, path, r.get("text") or "", r.get("text_en") or ""))
+    return clips
+
+
+def load_audio(path: str | Path) -> np.ndarray:
+    """16 kHz mono float32 samples (the audio stage writes this format; anything else is an error)."""
+    import soundfile as sf
+
+    audio, sr = sf.read(str(path), dtype="float32", always_2d=False)
+    if sr != SAMPLE_RATE or audio.ndim != 1:
+        raise StageError(f"{path}: {sr} Hz, {audio.ndim}-D; expected 16 kHz mono from the audio stage")
+    return audio
+
+
+def npu_features(feature_extractor: Any, audio: np.ndarray) -> np.ndarray:
+    """Log-mel in the encoder .mxq's layout: HF features ``[1, mels, frames]`` transposed to
+    ``[1, frames, mels]`` float32, C-contiguous (as the tutorial's ``.transpose(1, 2)``)."""
+    feats = feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
+    return np.ascontiguousarray(np.asarray(feats, dtype=np.float32).transpose(0, 2, 1))
+
+
+# ---------------------------------------------------------------------------------------------- task mix
+
+def n_translate(n: int, ratio: float) -> int:
+    """Clips of ``n`` that use the translate task: ``ratio * n`` rounded half up (not banker's rounding)."""
+    return min(n, int(math.floor(ratio * n + 0.5)))
+
+
+def _lang_seed(seed: int, lang: str) -> list[int]:
+    # A per-language stream: adding or removing another language never changes this language's draw.
+    return [seed, int.from_bytes(hashlib.sha256(lang.encode()).digest()[:8], "little")]
+
+
+def task_mix(clips: Iterable[Clip], ratio: float, seed: int) -> dict[str, str]:
+    """Clip id -> task. Per language exactly ``n_translate(N, ratio)`` clips translate, chosen by a seeded
+    permutation of the language's clips sorted by id.
+
+    English clips are drawn like the others: Whisper's translate task on English audio is valid and yields
+    English text (the tutorial did the same), so every language gets the same task prompt mix.
+    """
+    by_lang: dict[str, list[str]] = {}
+    for c in clips:
+        by_lang.setdefault(c.lang, []).append(c.id)
+    tasks: dict[str, str] = {}
+    for lang, ids in sorted(by_lang.items()):
+        ids = sorted(ids)
+        perm = np.random.default_rng(_lang_seed(seed, lang)).permutation(len(ids))
+        chosen = {ids[i] for i in perm[: n_translate(len(ids), ratio)]}
+        tasks.update({i: TRANSLATE if i in chosen else TRANSCRIBE for i in ids})
+    return tasks
+
+
+# ---------------------------------------------------------------------------------------------- tokens
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    sot: int
+    eot: int
+    notimestamps: int
+    transcribe: int
+    translate: int
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any) -> SpecialTokens:
+        return cls(*(token_id(tokenizer, t) for t in ("<|startoftranscript|>", "<|endoftext|>",
+                                                       "<|notimestamps|>", "<|transcribe|>", "<|translate|>")))
+
+
+def token_id(tokenizer: Any, token: str) -> int:
+    """Id of a special token; raise StageError when the tokenizer does not know it."""
+    i = tokenizer.convert_tokens_to_ids(token)
+    if i is None or i == tokenizer.unk_token_id and token != tokenizer.unk_token:
+        raise StageError(f"tokenizer: no token {token!r} (a multilingual Whisper tokenizer is needed)")
+    return int(i)
+
+
+def prefix_ids(tokenizer: Any, whisper_lang: str, task: str) -> list[int]:
+    """``[SOT, <|lang|>, <|task|>, <|notimestamps|>]``, what the slow tokenizer of the tutorial prepends."""
+    sp = SpecialTokens.from_tokenizer(tokenizer)
+    return [sp.sot, token_id(tokenizer, f"<|{whisper_lang}|>"), sp.translate if task == TRANSLATE else sp.transcribe,
+            sp.notimestamps]
+
+
+def sequence_from_generated(prefix: Sequence[int], generated: Sequence[int], eot: int,
+                            max_len: int) -> tuple[list[int], bool]:
+    """Full decoder sequence from ``generate`` output: prefix + text ids up to the first EOT + EOT.
+
+    ``generated`` may or may not start with the prefix (transformers versions differ); padding after EOT is
+    dropped. Returns (ids, truncated).
+    """
+    ids = [int(t) for t in generated]
+    if ids[: len(prefix)] == list(prefix):
+        ids = ids[len(prefix):]
+    if eot in ids:
+        ids = ids[: ids.index(eot)]
+    return _finish(list(prefix), ids, eot, max_len)
+
+
+def sequence_from_text(tokenizer: Any, prefix: Sequence[int], text: str, eot: int,
+                       max_len: int) -> tuple[list[int], bool]:
+    """Full decoder sequence for a given text: prefix + tokens of ``" " + text.strip()`` + EOT.
+
+    The leading space is how Whisper's own outputs and openai-whisper's prompts encode text; no text
+    normalization is applied (the tutorial's English normalizer is a defect for other languages).
+    """
+    text = text.strip()
+    ids = tokenizer.encode(" " + text, add_special_tokens=False) if text else []
+    return _finish(list(prefix), list(ids), eot, max_len)
+
+
+def _finish(prefix: list[int], text_ids: list[int], eot: int, max_len: int) -> tuple[list[int], bool]:
+    room = max_len - len(prefix) - 1
+    truncated = len(text_ids) > room
+    return prefix + text_ids[:room] + [eot], truncated
+
+
+def decoder_inputs(decoder: Any, ids: Sequence[int]) -> np.ndarray:
+    """``[1, L, d]`` float32: token embeddings + position embeddings for positions 0..L-1 (no KV cache),
+    exactly what the HF decoder adds before its first layer and what Mobilint's runtime feeds the NPU."""
+    import torch
+
+    t = torch.tensor([list(ids)], dtype=torch.long)
+    with torch.inference_mode():
+        h = decoder.embed_tokens(t) + decoder.embed_positions.weight[: t.shape[1]].unsqueeze(0)
+    return np.ascontiguousarray(h.to(torch.float32).cpu().numpy())
+
+
+# ---------------------------------------------------------------------------------------------- list files
+
+def _rel(path: Path, base: Path) -> str:
+    return Path(os.path.relpath(path, base)).as_posix()
+
+
+def write_encoder_list(list_path: str | Path, files: Sequence[str | Path]) -> None:
+    """The tutorial's ``whisper_encoder_cali.txt``: one path per line, relative to the list's folder."""
+    list_path = Path(list_path)
+    base = list_path.parent
+    lines = [_rel(base / f, base) if not Path(f).is_absolute() else _rel(Path(f), base) for f in files]
+    list_path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def _resolve(p: str, base: Path, where: Path) -> Path:
+    q = Path(p)
+    q = q if q.is_absolute() else base / q
+    if not q.is_file():
+        raise StageError(f"{where}: lists {p!r}, which does not exist ({q}); rerun the calibration stage")
+    return q
+
+
+def read_encoder_list(list_path: str | Path) -> list[Path]:
+    """Paths in an encoder list, relative ones resolved against the list file's folder (absolute kept)."""
+    list_path = Path(list_path)
+    if not list_path.is_file():
+        raise StageError(f"{list_path}: missing (run `dvc repro calibrate_encoder`)")
+    base = list_path.parent
+    lines = [ln.strip() for ln in list_path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if not lines:
+        raise StageError(f"{list_path}: lists no files")
+    return [_resolve(ln, base, list_path) for ln in lines]
+
+
+def decoder_json(config: Any, pairs: Sequence[tuple[str, str]], metadata: Sequence[dict],
+                 extra_info: dict | None = None) -> dict:
+    """The tutorial's ``whisper_decoder_calib.json`` structure (paths as given, normally relative)."""
+    spec = specs.decoder_spec(config)
+    info = {"input names": [t.name for t in spec.inputs], "input shapes": [list(t.shape) for t in spec.inputs],
+            "task_types": sorted(TASK_TYPES.values()),
+            # The tutorial wrote 0.2 here although language omission was disabled; it is really 0.
+            "language_omission_rate": 0.0, **(extra_info or {})}
+    return {"info": info, "calib paths": [[d, e] for d, e in pairs], "metadata": list(metadata)}
+
+
+def read_decoder_json(json_path: str | Path) -> tuple[dict, list[tuple[Path, Path]]]:
+    """(info, [(decoder input .npy, encoder states .npy), ...]) with paths resolved against the JSON's folder."""
+    json_path = Path(json_path)
+    if not json_path.is_file():
+        raise StageError(f"{json_path}: missing (run `dvc repro calibrate_decoder`)")
+    try:
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise StageError(f"{json_path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict) or "info" not in data or "calib paths" not in data:
+        raise StageError(f"{json_path}: needs 'info' and 'calib paths' (the tutorial's format)")
+    base = json_path.parent
+    pairs = []
+    for i, pair in enumerate(data["calib paths"]):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise StageError(f"{json_path}: calib paths[{i}] = {pair!r}: expected [decoder input, encoder states]")
+        pairs.append((_resolve(pair[0], base, json_path), _resolve(pair[1], base, json_path)))
+    if not pairs:
+        raise StageError(f"{json_path}: 'calib paths' is empty")
+    return data["info"], pairs
+
+
+def absolutized_copy(list_path: str | Path, dest: str | Path) -> Path:
+    """Write a copy of an encoder list (.txt) or decoder JSON (.json) at ``dest`` with absolute paths, for a
+    compiler that resolves paths against its working directory. Returns ``dest``."""
+    list_path, dest = Path(list_path), Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if list_path.suffix == ".txt":
+        files = read_encoder_list(list_path)
+        dest.write_text("".join(str(p.resolve()) + "\n" for p in files), encoding="utf-8")
+        return dest
+    if list_path.suffix == ".json":
+        _, pairs = read_decoder_json(list_path)
+        data = json.loads(list_path.read_text(encoding="utf-8"))
+        data["calib paths"] = [[str(d.resolve()), str(e.resolve())] for d, e in pairs]
+        base = list_path.parent
+        for m in data.get("metadata", []):
+            for key in ("decoder_hidden_states", "encoder_hidden_states"):
+                if isinstance(m.get(key), str):
+                    m[key] = str((base / m[key]).resolve())
+        write_json(dest, data)
+        return dest
+    raise StageError(f"{list_path}: expected a .txt encoder list or a .json decoder list")
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+def _load_checked(path: Path, spec: specs.TensorSpec, max_dynamic: int | None = None) -> np.ndarray:
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise StageError(f"{path}: not a readable .npy ({e})") from None
+    try:
+        spec.check(arr, where=str(path), max_dynamic=max_dynamic)
+    except specs.SpecError as e:
+        raise StageError(str(e)) from None
+    if not arr.flags.c_contiguous:
+        raise StageError(f"{path}: not C-contiguous")
+    return arr
+
+
+def validate_encoder_set(list_path: str | Path, config: Any) -> int:
+    """Check every file the encoder list names against the encoder input spec; return the count."""
+    spec = specs.encoder_spec(config).inputs[0]
+    files = read_encoder_list(list_path)
+    for f in files:
+        _load_checked(f, spec)
+    return len(files)
+
+
+def validate_decoder_set(json_path: str | Path, config: Any) -> int:
+    """Check the decoder JSON's info and every pair against the decoder input specs; return the count."""
+    spec = specs.decoder_spec(config)
+    info, pairs = read_decoder_json(json_path)
+    names = [t.name for t in spec.inputs]
+    shapes = [list(t.shape) for t in spec.inputs]
+    if info.get("input names") != names or info.get("input shapes") != shapes:
+        raise StageError(f"{json_path}: info has input names {info.get('input names')} and shapes "
+                         f"{info.get('input shapes')}; the model config says {names} and {shapes}")
+    dec_spec, enc_spec = spec.inputs
+    for d, e in pairs:
+        _load_checked(d, dec_spec, max_dynamic=spec.max_length)
+        _load_checked(e, enc_spec)
+    return len(pairs)
