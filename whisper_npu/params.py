@@ -145,6 +145,9 @@ class EvaluateParams:
     max_new_tokens: int = _f(96, ge=1, le=440)
     max_wer_increase: float = _f(0.10, ge=0, doc="accuracy budget: compiled WER/CER minus fp32, absolute")
     strict: bool = _f(False, doc="fail the stage when the budget is exceeded")
+    repeat_max_ngram: int = _f(8, ge=1, doc="repetition guard: longest repeated n-gram (tokens) it looks for")
+    repeat_times: int = _f(4, ge=0, doc="repetition guard: stop when an n-gram repeats this often in a row; 0 = off")
+    suppress_timestamps: bool = _f(True, doc="mask timestamp tokens (HF generate does not when timestamps are off)")
 
 
 @dataclass(frozen=True)

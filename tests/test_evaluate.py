@@ -1,0 +1,596 @@
+"""Evaluate stage: the decode loop, scoring, the budget, the metrics/plots files and `dvc plots show`."""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from stages import evaluate as ev
+from whisper_npu import metrics as M
+from whisper_npu.decode import DecodeConfig, DecodeError, greedy_decode, repeated_tail
+from whisper_npu.io import StageError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# ------------------------------------------------------------------------------------------- fixtures
+
+# A tiny vocabulary laid out like Whisper's: text ids, then EOT, SOT, languages, tasks, notimestamps,
+# timestamps. The ids are made up for the test; real ones come from generation_config.json.
+V, EOT, SOT, DE, JA, TRANSLATE_ID, TRANSCRIBE_ID, NO_TS = 300, 249, 250, 251, 252, 253, 254, 255
+
+
+def tiny_generation_config(suppress=(1, 2, 3), begin=(220, EOT)) -> dict:
+    return {"decoder_start_token_id": SOT, "eos_token_id": EOT, "pad_token_id": EOT, "bos_token_id": EOT,
+            "no_timestamps_token_id": NO_TS, "lang_to_id": {"<|de|>": DE, "<|ja|>": JA},
+            "task_to_id": {"transcribe": TRANSCRIBE_ID, "translate": TRANSLATE_ID}, "is_multilingual": True,
+            "suppress_tokens": list(suppress), "begin_suppress_tokens": list(begin), "max_length": 64}
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """A tiny random Whisper whose greedy outputs vary (init_std 0.5), with a Whisper-like generation config."""
+    import torch
+    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
+
+    torch.manual_seed(0)
+    cfg = WhisperConfig(vocab_size=V, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_source_positions=1500,
+                        max_target_positions=64, num_mel_bins=80, init_std=0.5, decoder_start_token_id=SOT,
+                        eos_token_id=EOT, pad_token_id=EOT, bos_token_id=EOT)
+    model = WhisperForConditionalGeneration(cfg).eval()
+    model.generation_config = GenerationConfig(**tiny_generation_config())
+    return model
+
+
+def features(seed: int) -> np.ndarray:
+    """[1, 3000, 80] float32 (the NPU layout)."""
+    return np.random.default_rng(seed).standard_normal((1, 3000, 80), dtype=np.float32)
+
+
+def hf_greedy(model, feats: np.ndarray, language: str, task: str, max_new_tokens: int, **kw) -> list[int]:
+    import torch
+
+    with torch.inference_mode():
+        out = model.generate(torch.from_numpy(np.ascontiguousarray(feats.transpose(0, 2, 1))), language=language,
+                             task=task, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, **kw)
+    ids = out[0].tolist()
+    return ids[:-1] if ids and ids[-1] == EOT else ids
+
+
+class ScriptedSession:
+    """A fake decoder: logits[t] favour ``script[t]`` (then EOT); records every step's tokens."""
+
+    def __init__(self, script: list[int], vocab: int = V, second: dict[int, int] | None = None):
+        self.script, self.vocab, self.second = script, vocab, second or {}
+        self.calls: list[list[int]] = []
+
+    def reset(self, encoder_states: np.ndarray) -> None:
+        self.calls = []
+
+    def step(self, tokens):
+        self.calls.append(list(tokens))
+        t = len(self.calls) - 1
+        logits = np.zeros(self.vocab, dtype=np.float32)
+        logits[self.script[t] if t < len(self.script) else EOT] = 10.0
+        if t in self.second:
+            logits[self.second[t]] = 5.0
+        return logits
+
+
+def scripted_cfg(**kw) -> DecodeConfig:
+    args = dict(max_new_tokens=50, repeat_times=0)
+    args.update(kw)
+    return DecodeConfig.from_model(tiny_generation_config(), {"vocab_size": V, "max_target_positions": 64}, **args)
+
+
+# ------------------------------------------------------------------------------------------- decode loop
+
+TIMESTAMPS = list(range(NO_TS + 1, V))
+
+
+@pytest.mark.parametrize("language,task,seed", [("de", "transcribe", 1), ("ja", "translate", 2), ("de", "transcribe", 3),
+                                                ("ja", "transcribe", 4)])
+def test_loop_matches_hf_generate(tiny_model, language, task, seed):
+    """Timestamps masked on both sides (HF gets them as extra suppress_tokens): the random model emits
+    timestamp tokens, and HF generate reads some of those as segment ends and decodes the window again,
+    which is not a greedy loop any more."""
+    from whisper_npu.backends.torch_ref import TorchBackend
+
+    backend = TorchBackend(tiny_model)
+    feats = features(seed)
+    cfg = DecodeConfig.from_model(tiny_model.generation_config, tiny_model.config, max_new_tokens=30,
+                                  suppress_timestamps=True, repeat_times=0)
+    ours, stop = greedy_decode(backend.decoder, backend.encoder(feats), cfg.prompt(language, task), cfg)
+    assert ours == hf_greedy(tiny_model, feats, language, task, 30, suppress_tokens=[1, 2, 3] + TIMESTAMPS)
+    assert len(set(ours)) > 3, "the tiny model should produce varied tokens, or the test proves little"
+    assert not set(ours) & set(TIMESTAMPS)
+    assert stop in ("eot", "max_new_tokens")
+
+
+def test_prompt_ids_come_from_the_generation_config():
+    cfg = scripted_cfg()
+    assert cfg.prompt("de", "transcribe") == [SOT, DE, TRANSCRIBE_ID, NO_TS]
+    assert cfg.prompt("ja", "translate") == [SOT, JA, TRANSLATE_ID, NO_TS]
+    with pytest.raises(DecodeError, match="fr"):
+        cfg.prompt("fr", "transcribe")
+    with pytest.raises(DecodeError, match="missing lang_to_id"):
+        DecodeConfig.from_model({**tiny_generation_config(), "lang_to_id": None},
+                                {"vocab_size": V, "max_target_positions": 64}, max_new_tokens=5)
+
+
+def test_prompt_is_fed_first_then_one_token_per_step():
+    session = ScriptedSession([10, 11, 12])
+    tokens, stop = greedy_decode(session, np.zeros((1, 1500, 16), np.float32), [SOT, DE, TRANSCRIBE_ID, NO_TS],
+                                 scripted_cfg())
+    assert (tokens, stop) == ([10, 11, 12], "eot")
+    assert session.calls == [[SOT, DE, TRANSCRIBE_ID, NO_TS], [10], [11], [12]]
+
+
+def test_suppressed_tokens_are_never_chosen():
+    # Step 0 favours EOT (begin-suppressed) -> runner-up 7; step 1 favours token 2 (suppressed) -> 8;
+    # step 2 favours a timestamp -> 9.
+    session = ScriptedSession([EOT, 2, NO_TS + 5], second={0: 7, 1: 8, 2: 9})
+    tokens, stop = greedy_decode(session, None, [SOT, DE, TRANSCRIBE_ID, NO_TS], scripted_cfg())
+    assert tokens == [7, 8, 9] and stop == "eot"
+    # Without timestamp suppression the timestamp wins, as in HF generate without timestamps.
+    session = ScriptedSession([EOT, 2, NO_TS + 5], second={0: 7, 1: 8, 2: 9})
+    tokens, _ = greedy_decode(session, None, [SOT], scripted_cfg(suppress_timestamps=False))
+    assert tokens == [7, 8, NO_TS + 5]
+
+
+def test_stops_at_max_new_tokens_and_at_the_position_limit():
+    long_script = list(range(10, 200))
+    tokens, stop = greedy_decode(ScriptedSession(long_script), None, [SOT, DE, TRANSCRIBE_ID, NO_TS],
+                                 scripted_cfg(max_new_tokens=7))
+    assert (len(tokens), stop) == (7, "max_new_tokens")
+    session = ScriptedSession(long_script)
+    tokens, stop = greedy_decode(session, None, [SOT, DE, TRANSCRIBE_ID, NO_TS], scripted_cfg(max_new_tokens=200))
+    assert stop == "max_positions" and 4 + len(tokens) == 64
+    # Nothing beyond the last position is ever fed to the decoder.
+    assert sum(len(c) for c in session.calls) == 63
+
+
+def test_repeated_tail_finds_the_shortest_loop():
+    assert repeated_tail([1, 2, 3, 3, 3, 3], 8, 4) == 1
+    assert repeated_tail([9, 5, 6, 5, 6, 5, 6, 5, 6], 8, 4) == 2
+    assert repeated_tail([5, 6, 5, 6, 5, 6], 8, 4) == 0          # three times only
+    assert repeated_tail([1, 1, 1, 1], 8, 0) == 0                 # guard off
+    assert repeated_tail([1, 2, 3] * 4, 2, 4) == 0                # longer than max n-gram
+    rng = random.Random(0)
+    for _ in range(300):  # property: a k-fold repeated n-gram at the end is found, as it or a shorter loop
+        n, k = rng.randint(1, 5), rng.randint(2, 5)
+        seq = [rng.randint(0, 3) for _ in range(rng.randint(0, 5))] + [rng.randint(0, 3) for _ in range(n)] * k
+        found = repeated_tail(seq, 8, k)
+        assert 1 <= found <= n
+        assert seq[len(seq) - found * k:] == seq[len(seq) - found:] * k
+
+
+def test_repetition_guard_stops_a_loop_and_keeps_one_copy():
+    script = [20, 21] + [30, 31] * 30
+    tokens, stop = greedy_decode(ScriptedSession(script), None, [SOT], scripted_cfg(repeat_times=4, max_new_tokens=60))
+    assert (tokens, stop) == ([20, 21, 30, 31], "repetition")
+    # Off: runs to max_new_tokens like HF generate.
+    tokens, stop = greedy_decode(ScriptedSession(script), None, [SOT], scripted_cfg(repeat_times=0, max_new_tokens=60))
+    assert (len(tokens), stop) == (60, "max_new_tokens")
+    # Legitimate short repeats ("no no no") survive.
+    tokens, stop = greedy_decode(ScriptedSession([40, 40, 40, 41]), None, [SOT], scripted_cfg(repeat_times=4))
+    assert (tokens, stop) == ([40, 40, 40, 41], "eot")
+
+
+def test_logits_shorter_than_the_vocabulary_are_refused():
+    with pytest.raises(DecodeError, match="logits"):
+        greedy_decode(ScriptedSession([1], vocab=V - 1), None, [SOT], scripted_cfg())
+
+
+# ------------------------------------------------------------------------------------------- scoring
+
+def test_wer_cer_on_known_strings():
+    # Substitution sat->sit, deletion of "the": 2 edits over 6 reference words.
+    assert M.error_rate(["The cat sat on the mat."], ["the cat sit on mat"], "de_de") == pytest.approx(2 / 6)
+    assert M.error_rate(["Hallo Welt"], ["hallo, welt!"], "de_de") == 0.0
+    # Corpus level: edits and reference words summed over clips (1 + 0 edits over 2 + 3 words).
+    assert M.error_rate(["a b", "c d e"], ["a x", "c d e"], "de_de") == pytest.approx(1 / 5)
+    # CER without spaces: one substituted character out of six.
+    assert M.unit("cmn_hans_cn") == "cer"
+    assert M.error_rate(["今天天气很好"], ["今天天汽很好"], "cmn_hans_cn") == pytest.approx(1 / 6)
+    assert M.error_rate(["今天 天气很好。"], ["今天天气很好"], "cmn_hans_cn") == 0.0
+    assert M.error_rate([], [], "de_de") is None
+
+
+def test_units_follow_the_language_table():
+    from whisper_npu import languages as langs
+
+    for code, lang in langs.LANGUAGES.items():
+        assert M.unit(code) == ("cer" if lang.cer else "wer")
+    assert {M.unit(c) for c in ("ja_jp", "th_th", "cmn_hans_cn")} == {"cer"}
+
+
+def test_normalizer_per_language():
+    assert M.normalizer_name("en_us") == M.ENGLISH_NORMALIZER
+    assert M.normalizer_name("de_de") == M.BASIC_NORMALIZER
+    # English: spelled-out titles and contractions (EnglishTextNormalizer); others: case + punctuation only.
+    assert M.normalize("Mr. Smith isn't here.", "en_us") == "mister smith is not here"
+    assert M.normalize("Mr. Smith isn't here.", "de_de") == "mr smith isn t here"
+    assert M.error_rate(["Mr. Smith isn't here."], ["mister smith is not here"], "en_us") == 0.0
+
+
+def test_edit_distance_properties():
+    rng = random.Random(1)
+    for _ in range(100):
+        a = [rng.randint(0, 4) for _ in range(rng.randint(0, 8))]
+        b = [rng.randint(0, 4) for _ in range(rng.randint(0, 8))]
+        c = [rng.randint(0, 4) for _ in range(rng.randint(0, 8))]
+        d = M.edit_distance(a, b)
+        assert d == M.edit_distance(b, a)
+        assert abs(len(a) - len(b)) <= d <= max(len(a), len(b))
+        assert M.edit_distance(a, c) <= d + M.edit_distance(b, c)
+        assert M.edit_distance(a, a) == 0
+
+
+def test_bleu_on_known_strings():
+    ref = "today the weather is nice and we are going to the park"
+    assert M.bleu([ref], [ref]) == pytest.approx(100.0)
+    assert M.bleu(["completely different words here"], [ref]) < 5
+    partial = M.bleu(["today the weather is nice and we go to a park"], [ref])
+    assert 5 < partial < 100
+    assert M.bleu([], []) is None
+
+
+def test_agreement():
+    a = M.agreement(["Hoy hace sol.", "Vamos al parque"], ["hoy hace sol", "vamos al pueblo"], "es_419")
+    assert a == {"exact_match": 0.5, "wer": pytest.approx(1 / 6)}
+    assert M.agreement(["", ""], ["", ""], "es_419") == {"exact_match": 1.0, "wer": 0.0}
+
+
+def test_budget_logic():
+    b = M.check_budget({"de_de": 0.05, "fr_fr": 0.2, "ja_jp": None, "es_419": 0.1}, 0.1)
+    assert b["pass"] is False and b["over_budget"] == "fr_fr" and b["unscored"] == "ja_jp"
+    assert M.check_budget({"de_de": 0.1, "es_419": -0.3}, 0.1)["pass"] is True   # at the budget passes
+    assert M.check_budget({"de_de": 0.0}, 0.0)["pass"] is True
+
+
+# ------------------------------------------------------------------------------------------- metrics files
+
+def synthetic_run():
+    """Clips and decode records for two languages without a model (for shape tests)."""
+    en = "Hello world, today the weather is nice and we go to the park"
+    clips = [ev.EvalClip("de_1", "de_de", Path("x.wav"), 2.0, "Hallo Welt", en),
+             ev.EvalClip("de_2", "de_de", Path("y.wav"), 3.0, "Guten Morgen", None),
+             ev.EvalClip("ja_1", "ja_jp", Path("z.wav"), 5.0, "今日は", "Today")]
+    texts = {("fp32", "de_1", "transcribe"): "hallo welt", ("compiled", "de_1", "transcribe"): "hallo wald",
+             ("fp32", "de_1", "translate"): en, ("compiled", "de_1", "translate"): en.replace("park", "forest"),
+             ("fp32", "de_2", "transcribe"): "guten morgen", ("compiled", "de_2", "transcribe"): "guten morgen",
+             ("fp32", "ja_1", "transcribe"): "今日は", ("compiled", "ja_1", "transcribe"): "今日わ",
+             ("fp32", "ja_1", "translate"): "Today", ("compiled", "ja_1", "translate"): "Today"}
+    records = [{"system": s, "id": i, "task": t, "lang": i[:2] + ("_de" if i.startswith("de") else "_jp"),
+                "text": x, "tokens": [len(x)], "stop": "eot", "seconds": 0.5} for (s, i, t), x in texts.items()]
+    return clips, records
+
+
+def test_metrics_shape_and_values():
+    clips, records = synthetic_run()
+    m = ev.score(records, clips, max_increase=0.1)
+    de, ja = m["languages"]["de_de"], m["languages"]["ja_jp"]
+    assert de["unit"] == "wer" and ja["unit"] == "cer"
+    assert de["fp32"]["wer"] == 0.0 and de["compiled"]["wer"] == pytest.approx(0.25)
+    assert de["delta"]["wer"] == pytest.approx(0.25) and de["within_budget"] is False
+    assert ja["compiled"]["cer"] == pytest.approx(1 / 3)
+    assert de["fp32"]["rtf"] == pytest.approx(2 * 0.5 / 5.0)       # transcribe seconds / audio seconds
+    assert de["agreement"]["exact_match"] == 0.5
+    assert de["fp32"]["bleu"] > de["compiled"]["bleu"]
+    assert m["budget"]["pass"] is False and m["budget"]["over_budget"] == "de_de,ja_jp"
+    assert set(m["overall"]) >= {"fp32", "compiled", "delta", "agreement"}
+    assert m["overall"]["fp32"]["error_rate"] == 0.0
+    assert m["stops"]["fp32"] == {"eot": 5}
+    # Everything dvc metrics can show is plain JSON.
+    json.dumps(m)
+    msg = ev.budget_failure(m)
+    assert "de_de +0.250" in msg and "ja_jp" in msg and "evaluate.strict" in msg
+
+
+def test_plot_rows_shape():
+    clips, records = synthetic_run()
+    wer_rows, bleu_rows = ev.plot_rows(ev.score(records, clips, 0.1))
+    assert [r["language"] for r in wer_rows] == ["de_de", "ja_jp"]
+    assert set(wer_rows[0]) == {"language", "unit", "fp32", "compiled"}
+    assert all(isinstance(r["fp32"], float) and isinstance(r["compiled"], float) for r in wer_rows + bleu_rows)
+    assert [r["language"] for r in bleu_rows] == ["de_de", "ja_jp"]
+
+
+def test_transcripts_are_sorted_and_carry_references():
+    clips, records = synthetic_run()
+    rows = ev.transcript_rows(list(reversed(records)), clips)
+    assert [(r["lang"], r["id"], r["task"], r["system"]) for r in rows] == \
+        sorted((r["lang"], r["id"], r["task"], r["system"]) for r in rows)
+    assert all("seconds" not in r for r in rows)
+    assert {r["reference"] for r in rows if r["id"] == "de_1" and r["task"] == "translate"} == {clips[0].text_en}
+
+
+# ------------------------------------------------------------------------------------------- stage main
+
+class StubTokenizer:
+    def decode(self, tokens, skip_special_tokens=True):
+        return " ".join(f"w{t}" for t in tokens)
+
+
+class BrokenBackend:
+    """A 'compiled' model that always says one word: far outside any budget."""
+    name = "broken"
+
+    def __init__(self):
+        self.encoder = lambda feats: np.zeros((1, 1500, 16), np.float32)
+        self.decoder = ScriptedSession([5])
+
+
+def write_audio(root: Path, langs_: list[str], n_eval: int = 1) -> None:
+    rng = np.random.default_rng(0)
+    for lang in langs_:
+        folder = root / lang
+        folder.mkdir(parents=True)
+        rows = []
+        for i, split in enumerate(["calibration"] + ["evaluation"] * n_eval):
+            name = f"{lang}_{i:04d}.wav"
+            sf.write(folder / name, (0.1 * rng.standard_normal(16000)).astype(np.float32), 16000)
+            rows.append({"id": f"{lang}_{i:04d}", "file": name, "lang": lang, "split": split, "duration": 1.0,
+                         "text": "placeholder", "text_en": "placeholder" if lang != "en_us" else None,
+                         "source": "test"})
+        (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture
+def stage_run(tmp_path, tiny_model, monkeypatch):
+    """main() on tmp_path with the tiny model as fp32 and a broken 'compiled' model; references set to the
+    fp32 output, so fp32 scores 0 and the compiled model is over budget."""
+    import yaml
+    from transformers import WhisperFeatureExtractor
+
+    from whisper_npu.backends import torch_ref
+    from whisper_npu.calibration import load_audio, npu_features
+
+    # The tiny model knows de and ja only.
+    tiny_model.generation_config.lang_to_id = {"<|de|>": DE, "<|ja|>": JA}
+    processor = types.SimpleNamespace(feature_extractor=WhisperFeatureExtractor(), tokenizer=StubTokenizer())
+    write_audio(tmp_path / "audio", ["de_de", "ja_jp"])
+    fp32 = torch_ref.TorchBackend(tiny_model)
+    cfg = ev.decode_config(tiny_model, ev.load_params(ROOT / "params.yaml").evaluate)
+    for lang in ("de_de", "ja_jp"):
+        manifest = tmp_path / "audio" / lang / "manifest.jsonl"
+        rows = [json.loads(x) for x in manifest.read_text().splitlines()]
+        for r in rows:
+            feats = npu_features(processor.feature_extractor, load_audio(manifest.parent / r["file"]))
+            wl = lang[:2]
+            r["text"] = StubTokenizer().decode(greedy_decode(fp32.decoder, fp32.encoder(feats),
+                                                             cfg.prompt(wl, "transcribe"), cfg)[0])
+        manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(torch_ref, "load_torch_backend", lambda model_dir: (fp32, processor))
+    monkeypatch.setattr(ev, "load_compiled", lambda enc, dec, config: BrokenBackend())
+    monkeypatch.setattr(ev, "compiled_backend_name", lambda enc, dec: "onnxruntime")
+    for d in ("enc", "dec", "model/hf"):
+        (tmp_path / d).mkdir(parents=True)
+    (tmp_path / "enc" / "m.onnx").write_bytes(b"x" * 10)
+    (tmp_path / "model" / "hf" / "model.safetensors").write_bytes(b"x" * 40)
+
+    def run(strict: bool):
+        params = yaml.safe_load((ROOT / "params.yaml").read_text())
+        params["languages"] = ["de_de", "ja_jp"]
+        params["evaluate"]["strict"] = strict
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        out = tmp_path / "out"
+        ev.main(["--params", str(tmp_path / "params.yaml"), "--model", str(tmp_path / "model"),
+                 "--encoder", str(tmp_path / "enc"), "--decoder", str(tmp_path / "dec"),
+                 "--audio", str(tmp_path / "audio"), "--metrics", str(out / "metrics.json"),
+                 "--wer-plot", str(out / "wer.json"), "--bleu-plot", str(out / "bleu.json"),
+                 "--transcripts", str(out / "transcripts.jsonl")])
+        return out
+    return run
+
+
+def test_main_reports_budget_failure_without_failing(stage_run):
+    out = stage_run(strict=False)
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["languages"]) == {"de_de", "ja_jp"}
+    assert m["languages"]["de_de"]["fp32"]["wer"] == 0.0 and m["languages"]["ja_jp"]["fp32"]["cer"] == 0.0
+    assert m["languages"]["de_de"]["compiled"]["wer"] > 0.5
+    assert m["budget"]["pass"] is False and m["budget"]["over_budget"] == "de_de,ja_jp"
+    assert m["sizes"] == {"fp32_bytes": 40, "compiled_encoder_bytes": 10, "compiled_decoder_bytes": 0,
+                          "compiled_bytes": 10, "compression": 4.0}
+    assert m["languages"]["de_de"]["normalizer"] == M.BASIC_NORMALIZER
+    rows = [json.loads(x) for x in (out / "transcripts.jsonl").read_text().splitlines()]
+    # Only evaluation clips (ids ..._0001), never the calibration clip (..._0000); both tasks, both systems.
+    assert {r["id"] for r in rows} == {"de_de_0001", "ja_jp_0001"}
+    assert len(rows) == 2 * 2 * 2
+    wer = json.loads((out / "wer.json").read_text())
+    assert [r["language"] for r in wer] == ["de_de", "ja_jp"] and wer[0]["fp32"] == 0.0
+
+
+def test_main_strict_fails_naming_languages_and_leaves_no_outputs(stage_run):
+    out = stage_run(strict=False)
+    assert (out / "metrics.json").is_file()
+    with pytest.raises(StageError, match=r"de_de \+.*ja_jp"):
+        stage_run(strict=True)
+    # Nothing DVC could take for a finished run, not even the previous run's files.
+    assert not any(out.iterdir())
+
+
+def test_evaluation_clips_reads_only_listed_languages_and_evaluation_split(tmp_path):
+    write_audio(tmp_path, ["de_de", "ja_jp", "fr_fr"], n_eval=2)
+    clips = ev.evaluation_clips(tmp_path, ["ja_jp", "de_de"])
+    assert [c.id for c in clips] == ["de_de_0001", "de_de_0002", "ja_jp_0001", "ja_jp_0002"]
+    with pytest.raises(StageError, match="audio@ko_kr"):
+        ev.evaluation_clips(tmp_path, ["ko_kr"])
+    assert ev.EvalClip("a", "en_us", Path("a"), 1.0, "x", "x").tasks() == ["transcribe"]
+    assert ev.EvalClip("a", "de_de", Path("a"), 1.0, "x", None).tasks() == ["transcribe"]
+    assert ev.EvalClip("a", "de_de", Path("a"), 1.0, None, "y").tasks() == ["transcribe", "translate"]
+
+
+def test_compiled_backend_from_provenance(tmp_path):
+    for d in ("enc", "dec"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "provenance.json").write_text(json.dumps({"backend": "onnxruntime"}))
+    assert ev.compiled_backend_name(tmp_path / "enc", tmp_path / "dec") == "onnxruntime"
+    (tmp_path / "dec" / "provenance.json").write_text(json.dumps({"backend": "qbcompiler"}))
+    with pytest.raises(StageError, match="different backends"):
+        ev.compiled_backend_name(tmp_path / "enc", tmp_path / "dec")
+
+
+# ------------------------------------------------------------------------------------------- MXQ backend
+
+def test_mxq_backend_refuses_clearly_without_the_runtime(tmp_path, monkeypatch):
+    from whisper_npu.backends import mxq_runtime
+
+    for name in mxq_runtime.RUNTIME_MODULES:
+        monkeypatch.setitem(sys.modules, name, None)  # import fails even where the runtime exists
+    with pytest.raises(mxq_runtime.RuntimeUnavailable, match="qbruntime"):
+        mxq_runtime.import_runtime()
+    # Refused before any file is read (the folders do not even exist).
+    with pytest.raises(mxq_runtime.RuntimeUnavailable, match="compile.backend=onnxruntime"):
+        mxq_runtime.load_mxq_backend(tmp_path / "nope", tmp_path / "nope", None)
+    for d in ("enc", "dec"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "provenance.json").write_text(json.dumps({"backend": "qbcompiler"}))
+    with pytest.raises(StageError, match="Mobilint's runtime"):
+        ev.load_compiled(tmp_path / "enc", tmp_path / "dec", None)
+
+
+class FakeMxqModel:
+    """Records the runtime calls an .mxq model receives (no NPU here; checks the call protocol only)."""
+
+    def __init__(self, vocab: int):
+        self.vocab, self.calls, self.resets = vocab, [], 0
+
+    def launch(self, acc):
+        self.acc = acc
+
+    def reset_cache_memory(self):
+        self.resets += 1
+
+    def infer(self, inputs, cache_size=None):
+        self.calls.append(([np.array(x) for x in inputs], cache_size))
+        seq = inputs[0].shape[2] if inputs[0].ndim == 4 else 1
+        return [np.tile(np.arange(self.vocab, dtype=np.float32), (1, seq, 1))]
+
+    def dispose(self):
+        pass
+
+
+def test_mxq_decoder_follows_the_documented_call_protocol(tmp_path, monkeypatch):
+    from whisper_npu.backends import mxq_runtime
+
+    created = []
+
+    class Enum(types.SimpleNamespace):
+        pass
+
+    def model(path, mc):
+        created.append((path, mc))
+        return FakeMxqModel(vocab=7)
+
+    class ModelConfig:
+        def __init__(self):
+            self.modes = []
+
+        def set_single_core_mode(self, *a):
+            self.modes.append(("single", a))
+
+        def set_global4_core_mode(self, *a):
+            self.modes.append(("global4", a))
+
+    fake = types.SimpleNamespace(Accelerator=lambda dev: ("acc", dev), ModelConfig=ModelConfig, Model=model,
+                                 CoreId=lambda cl, co: (cl, co), Cluster=Enum(Cluster0="c0", Cluster1="c1"),
+                                 Core=Enum(Core0="k0", Core3="k3"))
+    monkeypatch.setitem(sys.modules, "qbruntime", fake)
+    d = 4
+    tokens_table = np.arange(7 * d, dtype=np.float32).reshape(7, d)
+    positions = 100 * np.arange(10 * d, dtype=np.float32).reshape(10, d)
+    backend = mxq_runtime.MxqBackend(tmp_path / "e.mxq", tmp_path / "d.mxq", tokens_table, positions,
+                                     n_positions=1500, d_model=d)
+    assert [m.modes[0][0] for _, m in created] == ["global4", "single"]        # the tutorial's core modes
+    dec = backend.decoder
+    states = np.ones((1, 1500, d), np.float32)
+    dec.reset(states)
+    logits = dec.step([1, 2, 3])
+    dec.step([4])
+    dec.step([5])
+    model_ = backend._models[1]
+    assert model_.resets == 1 and logits.shape == (7,)
+    assert [c[1] for c in model_.calls] == [0, 3, 4]                             # cache_size = tokens so far
+    hidden, enc = model_.calls[1][0]
+    assert hidden.shape == (1, 1, 1, d) and enc.shape == (1, 1500, d)
+    np.testing.assert_array_equal(hidden[0, 0, 0], tokens_table[4] + positions[3])
+    first = model_.calls[0][0][0]
+    np.testing.assert_array_equal(first[0, 0], tokens_table[[1, 2, 3]] + positions[:3])
+    with pytest.raises(RuntimeError, match="exceed"):
+        dec.step(list(range(6)))
+
+
+# ------------------------------------------------------------------------------------------- slow
+
+@pytest.mark.slow
+def test_loop_matches_hf_generate_on_real_whisper(reference_model_dir, tmp_path):
+    """whisper-base on espeak-ng speech: the torch backend + our loop = HF greedy generate, token for token."""
+    import subprocess
+
+    import librosa
+    import torch
+
+    from whisper_npu.backends.torch_ref import load_torch_backend
+    from whisper_npu.calibration import npu_features
+
+    backend, processor = load_torch_backend(reference_model_dir)
+    model = backend.model
+    wav = tmp_path / "es.wav"
+    subprocess.run(["espeak-ng", "-v", "es-419", "-w", str(wav), "Hoy hace buen tiempo y vamos al parque."],
+                   check=True)
+    y, sr = sf.read(wav, dtype="float32")
+    feats = npu_features(processor.feature_extractor, librosa.resample(y, orig_sr=sr, target_sr=16000))
+    cfg = DecodeConfig.from_model(model.generation_config, model.config, max_new_tokens=40, repeat_times=0,
+                                  suppress_timestamps=False)
+    eot = cfg.eot
+    for task in ("transcribe", "translate"):
+        ours, stop = greedy_decode(backend.decoder, backend.encoder(feats), cfg.prompt("es", task), cfg)
+        with torch.inference_mode():
+            hf = model.generate(torch.from_numpy(np.ascontiguousarray(feats.transpose(0, 2, 1))), language="es",
+                                task=task, max_new_tokens=40, do_sample=False, num_beams=1)[0].tolist()
+        assert ours == [t for t in hf if t != eot] and stop == "eot"
+        if task == "transcribe":
+            assert "parque" in processor.tokenizer.decode(ours, skip_special_tokens=True)
+
+
+def write_metric_fixture(repo: Path) -> dict:
+    clips, records = synthetic_run()
+    m = ev.score(records, clips, 0.1)
+    wer_rows, bleu_rows = ev.plot_rows(m)
+    (repo / "metrics").mkdir(exist_ok=True)
+    (repo / "plots").mkdir(exist_ok=True)
+    (repo / "metrics" / "evaluate.json").write_text(json.dumps(m))
+    (repo / "plots" / "wer.json").write_text(json.dumps(wer_rows))
+    (repo / "plots" / "bleu.json").write_text(json.dumps(bleu_rows))
+    return m
+
+
+@pytest.mark.slow
+def test_dvc_metrics_and_plots_render(project):
+    from conftest import run
+
+    repo = project()
+    # The grouped-bar template lives in .dvc/plots (DVC's template folder); the project copy holds only
+    # .dvc/config, so bring it along.
+    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")
+    write_metric_fixture(repo)
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    (workspace,) = shown.values()   # keyed "workspace" or "" depending on the git state
+    data = workspace["data"]["metrics/evaluate.json"]["data"]
+    assert data["languages"]["de_de"]["fp32"]["wer"] == 0.0
+    assert data["languages"]["ja_jp"]["compiled"]["cer"] == pytest.approx(1 / 3, abs=1e-6)
+    run(["dvc", "plots", "show", "-o", "report"], repo)
+    html = (repo / "report" / "index.html").read_text()
+    assert "WER or CER per language (fp32 vs compiled)" in html
+    assert "Translation BLEU per language (fp32 vs compiled)" in html
+    assert "de_de" in html and "compiled" in html
