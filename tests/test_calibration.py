@@ -392,3 +392,70 @@ def test_validation_rejects_files_that_break_the_specs(tmp_path, built, store):
     pairs[1][1].with_suffix(".gone").rename(pairs[1][1])
     with pytest.raises(StageError, match="shapes"):
         cal.validate_decoder_set(dec / specs.DECODER_JSON, {**cfg, "d_model": d * 2})
+
+
+# ---------------------------------------------------------------------------------------------- real dvc CLI
+
+def _lock_outs(repo: Path) -> dict[str, str]:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    return {name: lock[name]["outs"][0]["md5"] for name in ("calibrate_encoder", "calibrate_decoder")}
+
+
+def _status(repo: Path) -> set[str]:
+    from tests.conftest import run
+
+    out = run(["dvc", "status", "--json", "calibrate_encoder", "calibrate_decoder"], repo).stdout
+    return set(json.loads(out or "{}"))
+
+
+@pytest.mark.slow
+def test_dvc_reruns_only_what_changed_and_is_reproducible(project, store):
+    """Through the real dvc CLI on a tiny profile (2 languages x 3 clips, tiny model). The upstream stages'
+    outputs are put in place by hand and the calibration stages run alone (-s), so this test depends only
+    on the calibration stages and the store layout."""
+    from tests.conftest import default_params, run
+
+    params = default_params()
+    params["languages"] = ["ko_kr", "ta_in"]
+    params["audio"].update(clips=4, eval_clips=1)
+    params["calibration"].update(samples_per_language=3, batch_size=2, max_new_tokens=4, translate_ratio=0.34)
+    repo = project(params)
+    make_audio(repo / "data" / "audio", langs=params["languages"], n_calib=3, n_eval=1, labels=repo / "data" / "labels")
+    shutil.copytree(store, repo / "models" / "reference")
+    stages = ["calibrate_encoder", "calibrate_decoder"]
+
+    run(["dvc", "repro", "-s", *stages], repo)
+    first = _lock_outs(repo)
+    assert _status(repo) == set()
+    metric = json.loads((repo / "metrics" / "calibration.json").read_text())
+    assert {lang: m["translate"] for lang, m in metric["per_language"].items()} == {"ko_kr": 1, "ta_in": 1}
+
+    run(["dvc", "repro", "-f", "-s", *stages], repo)       # forced rerun: the same bytes
+    assert _lock_outs(repo) == first
+
+    def set_param(section: str, key: str, value) -> None:
+        data = yaml.safe_load((repo / "params.yaml").read_text())
+        node = data
+        for part in section.split("."):
+            node = node[part]
+        node[key] = value
+        (repo / "params.yaml").write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False))
+
+    set_param("compile", "opset", params["compile"]["opset"] + 1)      # a compile option: no calibration rerun
+    set_param("compile.onnxruntime", "mode", "static")
+    assert _status(repo) == set()
+
+    set_param("calibration", "translate_ratio", 1.0)                  # only the decoder set reruns
+    assert _status(repo) == {"calibrate_decoder"}
+    out = run(["dvc", "repro", "-s", *stages], repo).stdout
+    assert "Stage 'calibrate_encoder' didn't change, skipping" in out
+    assert "Running stage 'calibrate_decoder'" in out
+    second = _lock_outs(repo)
+    assert second["calibrate_encoder"] == first["calibrate_encoder"]
+    assert second["calibrate_decoder"] != first["calibrate_decoder"]
+    metric = json.loads((repo / "metrics" / "calibration.json").read_text())
+    assert metric["translate"] == metric["samples"] == 6
+
+    # the list files hold no path of this machine
+    for f in (repo / "calibration" / "encoder" / specs.ENCODER_LIST, repo / "calibration" / "decoder" / specs.DECODER_JSON):
+        assert str(repo) not in f.read_text()
