@@ -42,19 +42,21 @@ def _one_line(e: BaseException) -> str:
 def from_transformers(model_id: str, revision: str | None, local_only: bool) -> ct2.HFWhisper:
     """Load a Whisper through transformers (hub id or folder) and return its parts for the store."""
     import torch
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+    from transformers import WhisperForConditionalGeneration, WhisperTokenizerFast
 
     kwargs: dict[str, Any] = {"local_files_only": local_only}
     if revision:
         kwargs["revision"] = revision
     model = WhisperForConditionalGeneration.from_pretrained(model_id, **kwargs)
-    processor = WhisperProcessor.from_pretrained(model_id, **kwargs)
+    # The fast class explicitly: on transformers 4.x the processor loads the slow tokenizer, which saves
+    # no tokenizer.json. The feature extractor is written afresh from num_mel_bins (model_store).
+    tokenizer = WhisperTokenizerFast.from_pretrained(model_id, **kwargs)
     model = model.to(torch.float32).eval()
     config = _clean(model.config.to_dict())
     config["architectures"] = ["WhisperForConditionalGeneration"]
     generation = _clean(model.generation_config.to_dict())
     with tempfile.TemporaryDirectory(prefix="whisper-npu-tok-") as tmp:
-        processor.tokenizer.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
         files = {n: (Path(tmp) / n).read_text(encoding="utf-8") for n in _TOKENIZER_FILES if (Path(tmp) / n).is_file()}
     if "tokenizer.json" not in files:
         raise StageError(f"{model_id}: the tokenizer has no tokenizer.json (fast tokenizer) to store")
