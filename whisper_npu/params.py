@@ -64,8 +64,9 @@ class SynthParams:
 
 @dataclass(frozen=True)
 class FleursParams:
-    dataset: str = _f("google/fleurs")
-    revision: str = _f("main")
+    dataset: str = _f("google/fleurs", doc="hub dataset id, or a local folder with <lang>/ sub-folders of Parquet")
+    # google/fleurs' main branch is a loading script, which datasets >= 4 refuses; its Parquet export is data.
+    revision: str = _f("refs/convert/parquet")
     split: str = _f("validation")
 
 

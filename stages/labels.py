@@ -1,0 +1,54 @@
+"""Stage labels: the per-language labels merged into the tutorial's two files.
+
+    python -m stages.labels --labels data/labels --transcriptions data/transcriptions.json \
+        --translations data/translations.json
+
+``transcriptions.json`` is ``{file_name: text}`` and ``translations.json`` is ``{file_name:
+{source_language_fleurs, source_language_whisper, target_language: "en", translation}}``, as the
+tutorial's download_data.py writes them. Exactly the languages in params ``languages`` are read, so
+removing a language removes its clips here even though its label file stays on disk.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from whisper_npu import languages as langs
+from whisper_npu.io import StageError, atomic_output, read_jsonl, run_stage, write_json
+from whisper_npu.params import load_params
+
+
+def merge(labels: dict[str, list[dict]]) -> tuple[dict, dict]:
+    """language -> label rows  =>  (transcriptions, translations) keyed by the tutorial's file names."""
+    transcriptions: dict[str, str] = {}
+    translations: dict[str, dict] = {}
+    for lang in sorted(labels):
+        whisper_lang = langs.get(lang).whisper
+        for row in labels[lang]:
+            if row.get("lang") != lang:
+                raise StageError(f"labels of {lang}: row {row.get('id')} is labelled {row.get('lang')!r}")
+            name = f"{row['id']}.wav"
+            transcriptions[name] = row["transcription"]
+            translations[name] = {"source_language_fleurs": lang, "source_language_whisper": whisper_lang,
+                                  "target_language": "en", "translation": row["translation"]}
+    return transcriptions, translations
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--labels", type=Path, required=True, help="folder of <lang>.jsonl label files")
+    parser.add_argument("--transcriptions", type=Path, required=True)
+    parser.add_argument("--translations", type=Path, required=True)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    p = load_params(args.params)
+    labels = {lang: read_jsonl(args.labels / f"{lang}.jsonl") for lang in p.languages}
+    transcriptions, translations = merge(labels)
+    with atomic_output(args.transcriptions) as tmp:
+        write_json(tmp, transcriptions)
+    with atomic_output(args.translations) as tmp:
+        write_json(tmp, translations)
+
+
+if __name__ == "__main__":
+    run_stage(main)
