@@ -448,3 +448,48 @@ def test_dvc_yaml_compile_block():
                 "calibration/${key}"):
         assert dep in deps
     assert block["do"]["params"] == ["compile"]
+
+
+# ------------------------------------------------------------------------------------------ real dvc CLI
+
+@pytest.mark.slow
+def test_dvc_compile_option_reruns_only_compile(project, tiny_model_dir, calib_root):
+    """Real dvc CLI in a project copy (tiny model, 5-entry calibration sets put in place by hand; the
+    compile stages run alone with -s). A compile option reruns both compile stages and nothing upstream;
+    a changed calibration set reruns only its own component."""
+    import shutil
+
+    from conftest import run
+
+    params = default_params()
+    params["compile"]["backend"] = "onnxruntime"
+    repo = project(params)
+    shutil.copytree(tiny_model_dir, repo / "models" / "reference")
+    shutil.copytree(calib_root, repo / "calibration")
+    stages = ["compile@encoder", "compile@decoder"]
+
+    def status() -> set[str]:
+        return set(json.loads(run(["dvc", "status", "--json", *stages], repo).stdout or "{}"))
+
+    run(["dvc", "repro", "-s", "toolchain", *stages], repo, timeout=900)
+    assert status() == set()
+    for c in ("encoder", "decoder"):
+        assert (repo / "compiled" / c / f"whisper-tiny-random_{c}.onnx").is_file()
+        assert json.loads((repo / "metrics" / f"compile_{c}.json").read_text())["checked"] is True
+    shown = run(["dvc", "metrics", "show", "--json"], repo).stdout
+    assert "compile_encoder.json" in shown and "cosine_min" in shown
+
+    data = yaml.safe_load((repo / "params.yaml").read_text())
+    data["compile"]["onnxruntime"]["per_channel"] = False
+    (repo / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    assert status() == set(stages)
+    upstream = json.loads(run(["dvc", "status", "--json", "model", "calibrate_encoder", "calibrate_decoder"],
+                              repo).stdout or "{}")
+    assert "compile" not in json.dumps(upstream), upstream       # no upstream stage reads compile params
+    data["compile"]["onnxruntime"]["per_channel"] = True
+    (repo / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    assert status() == set()
+
+    np.save(repo / "calibration" / "decoder" / "sample_0000" / "decoder_hidden_states.npy",
+            np.zeros((1, 5, 64), np.float32))
+    assert status() == {"compile@decoder"}

@@ -90,9 +90,11 @@ def _calibrate_method(name: str):
 
 
 def preprocess(fp32_path: Path, out_path: Path) -> Path:
-    """ORT's recommended pre-processing (shape inference + graph optimization) before quantization."""
+    """ORT's pre-processing (symbolic shape inference) before quantization, WITHOUT its graph optimization:
+    that fuses MatMul+Add into Gemm (with Reshapes), so ``op_types: [MatMul]`` would silently skip most
+    linear layers, and renames the nodes ``keep_float`` and ``nodes_to_exclude`` refer to."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
-    quant_pre_process(str(fp32_path), str(out_path))
+    quant_pre_process(str(fp32_path), str(out_path), skip_optimization=True)
     return out_path
 
 
