@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def label_rows(labeler: Labeler, lang: str, audio_dir: Path, manifest: list[dict], beam_size: int,
-               seed: int, decode_options: dict | None = None) -> list[dict]:
+               seed: int, logprob_fallback: bool = False, decode_options: dict | None = None) -> list[dict]:
     """Label every manifest row of one language; rows sorted by id."""
     whisper_lang = langs.get(lang).whisper
     check_language(labeler, whisper_lang, lang)
@@ -35,7 +35,7 @@ def label_rows(labeler: Labeler, lang: str, audio_dir: Path, manifest: list[dict
         except (BadAudio, OSError, RuntimeError) as e:
             raise StageError(f"{audio_dir / m['file']}: cannot read ({e}); rerun the audio stage") from None
         text, translation = label_clip(labeler, audio, whisper_lang, beam_size, clip_seed(seed, m["id"]),
-                                       **(decode_options or {}))
+                                       logprob_fallback, **(decode_options or {}))
         rows.append({"id": m["id"], "lang": lang, "transcription": text, "translation": translation,
                      "labeler": labeler.name})
     return rows
@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
             raise StageError(f"{args.audio / 'manifest.jsonl'}: row {m.get('id')} is {m.get('lang')!r}, not {args.lang}")
     labeler = load_labeler(p.labels.labeler, args.model)
     log.info("label@%s: %d clips with %s", args.lang, len(manifest), labeler.name)
-    rows = label_rows(labeler, args.lang, args.audio, manifest, p.labels.beam_size, p.seed)
+    rows = label_rows(labeler, args.lang, args.audio, manifest, p.labels.beam_size, p.seed,
+                      p.labels.logprob_fallback)
     with atomic_output(args.out) as tmp:
         write_jsonl(tmp, rows)
 

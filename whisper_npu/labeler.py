@@ -2,7 +2,10 @@
 
 The tutorial (download_data.py) calls ``model.transcribe(path, task=..., language=...)`` of Whisper
 large-v3; openai-whisper's ``transcribe`` retries a window at higher temperatures when the output is
-repetitive (compression ratio) or unlikely (log-prob), which keeps labels free of repetition loops.
+repetitive (compression ratio > 2.4), which keeps labels free of repetition loops, and, by default, when
+it is unlikely (average log-prob < -1). ``labels.logprob_fallback`` (default false) turns the second
+test off: when all temperatures fail it, openai-whisper keeps the last (t = 1.0) sample, which for a
+small reference model on synthetic speech is far worse than the greedy text.
 
 ``labels.labeler`` picks the model:
 
@@ -16,6 +19,7 @@ Decoding is seeded per clip, so labels are the same on every run with the same p
 from __future__ import annotations
 
 import logging
+import pickle
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +51,7 @@ def _load_path(path: Path) -> Any:
     import whisper
     try:
         return whisper.load_model(str(path), device="cpu")
-    except (OSError, RuntimeError, KeyError, TypeError, ValueError) as e:
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as e:
         raise StageError(f"{path}: not a loadable openai-whisper checkpoint ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
@@ -106,7 +110,7 @@ def clip_seed(seed: int, clip_id: str) -> int:
 
 
 def transcribe(labeler: Labeler, audio: np.ndarray, whisper_lang: str, task: str, beam_size: int, seed: int,
-               **decode_options: Any) -> str:
+               logprob_fallback: bool = True, **decode_options: Any) -> str:
     """One task on one 16 kHz clip, deterministic for a given seed. ``decode_options`` go to
     openai-whisper's ``transcribe`` on top of the tutorial's settings (tests shorten decoding with them)."""
     import torch
@@ -116,6 +120,10 @@ def transcribe(labeler: Labeler, audio: np.ndarray, whisper_lang: str, task: str
                                "verbose": None}
     if beam_size > 1:
         options["beam_size"] = beam_size  # openai-whisper drops it for the sampled (t > 0) fallbacks
+    if not logprob_fallback:
+        # Retry only on repetition (compression ratio > 2.4). When every temperature fails the log-prob
+        # test, openai-whisper returns the last, t = 1.0, sample: worse than the greedy text.
+        options["logprob_threshold"] = None
     options.update(decode_options)
     with torch.inference_mode():
         result = labeler.model.transcribe(np.ascontiguousarray(audio, dtype=np.float32), **options)
@@ -123,13 +131,14 @@ def transcribe(labeler: Labeler, audio: np.ndarray, whisper_lang: str, task: str
 
 
 def label_clip(labeler: Labeler, audio: np.ndarray, whisper_lang: str, beam_size: int, seed: int,
-               **decode_options: Any) -> tuple[str, str]:
+               logprob_fallback: bool = True, **decode_options: Any) -> tuple[str, str]:
     """(transcription, English translation) of one clip. For English with an English-only model the
     translation is the transcription (such a model has no translate task; English to English is identity)."""
-    text = transcribe(labeler, audio, whisper_lang, "transcribe", beam_size, seed, **decode_options)
+    text = transcribe(labeler, audio, whisper_lang, "transcribe", beam_size, seed, logprob_fallback, **decode_options)
     if not labeler.multilingual:
         return text, text
-    return text, transcribe(labeler, audio, whisper_lang, "translate", beam_size, seed + 1, **decode_options)
+    return text, transcribe(labeler, audio, whisper_lang, "translate", beam_size, seed + 1, logprob_fallback,
+                            **decode_options)
 
 
 __all__ = ["Labeler", "load_labeler", "check_language", "label_clip", "transcribe", "clip_seed", "TEMPERATURES"]

@@ -94,6 +94,8 @@ class LabelsParams:
     # any other value: an openai-whisper model name (large-v3, as the tutorial) or a .pt checkpoint path.
     labeler: str = _f("reference")
     beam_size: int = _f(1, ge=1)
+    logprob_fallback: bool = _f(False, doc="also retry at higher temperature when avg log-prob < -1 "
+                                           "(openai-whisper's default, the tutorial's); repetition always retries")
 
 
 @dataclass(frozen=True)
