@@ -427,7 +427,13 @@ def test_fleurs_seeded_choice_and_counts(fleurs_dir: Path, monkeypatch, tmp_path
 
 
 def test_fleurs_hub_unreachable_is_one_line(monkeypatch, tmp_path: Path) -> None:
+    import datasets
+    import huggingface_hub.constants
+
+    # offline mode is read at import time: set the constants too, so the test never touches the network
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     p = AudioParams(source="fleurs", clips=2, eval_clips=1)
