@@ -128,7 +128,7 @@ class OrtParams:
     percentile: float = _f(99.999, gt=0, le=100)
     op_types: list = _f(["MatMul", "Conv"], doc="op types quantized")
     nodes_to_exclude: list = _f([])
-    keep_float: list = _f([], doc="node groups kept in float: attention_matmuls, first_conv, convs, lm_head, fc2")
+    keep_float: list = _f(["fc2"], doc="node groups kept in float: attention_matmuls, first_conv, convs, lm_head, fc2")
     smooth_quant: bool = _f(False)
     smooth_quant_alpha: float = _f(0.5, ge=0, le=1)
     calibration_samples: int = _f(8, ge=1, doc="calibration samples used by the static quantizer")

@@ -13,6 +13,20 @@ What this module does about it:
 * accuracy: ``keep_float`` groups name sensitive nodes kept in float (activation x activation attention
   MatMuls, the convolutions, the LM head, fc2), on top of exact ``nodes_to_exclude`` names; percentile /
   entropy calibration; per-channel weights; optional SmoothQuant-style smoothing (see smoothing.py).
+
+Measured on whisper-base (real weights), 6 held-out synthetic-speech entries, 8 calibration samples,
+cosine vs torch fp32 (decoder: logits, and top-1 agreement under teacher forcing):
+
+    encoder  dynamic                                   0.992   23.3 MB
+    encoder  static minmax, all MatMul+Conv            0.808   23.3 MB
+    encoder  static minmax, keep attention+first conv  0.929   23.7 MB  (percentile 0.936; +smoothing 0.937)
+    encoder  static percentile+smooth, keep ...+fc2    0.996   42.5 MB
+    decoder  dynamic                                   0.977   top-1 0.79   52.7 MB
+    decoder  dynamic, keep fc2                         0.998   top-1 0.87   71.6 MB
+    decoder  static percentile+smooth, keep attn+fc2   0.986   top-1 0.84   71.6 MB
+
+The inputs of fc2 (after GELU) are what int8 handles worst; keeping fc2 in float is the single most
+useful option, so the default is dynamic with ``keep_float: [fc2]``.
 """
 from __future__ import annotations
 
