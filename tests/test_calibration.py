@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import default_params, run
 
 from stages import calibrate_decoder as dec_stage
 from stages import calibrate_encoder as enc_stage
@@ -402,8 +403,6 @@ def _lock_outs(repo: Path) -> dict[str, str]:
 
 
 def _status(repo: Path) -> set[str]:
-    from tests.conftest import run
-
     out = run(["dvc", "status", "--json", "calibrate_encoder", "calibrate_decoder"], repo).stdout
     return set(json.loads(out or "{}"))
 
@@ -413,8 +412,6 @@ def test_dvc_reruns_only_what_changed_and_is_reproducible(project, store):
     """Through the real dvc CLI on a tiny profile (2 languages x 3 clips, tiny model). The upstream stages'
     outputs are put in place by hand and the calibration stages run alone (-s), so this test depends only
     on the calibration stages and the store layout."""
-    from tests.conftest import default_params, run
-
     params = default_params()
     params["languages"] = ["ko_kr", "ta_in"]
     params["audio"].update(clips=4, eval_clips=1)
