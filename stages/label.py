@@ -58,8 +58,10 @@ def main(argv: list[str] | None = None) -> None:
             raise StageError(f"{args.audio / 'manifest.jsonl'}: row {m.get('id')} is {m.get('lang')!r}, not {args.lang}")
     labeler = load_labeler(p.labels.labeler, args.model)
     log.info("label@%s: %d clips with %s", args.lang, len(manifest), labeler.name)
+    decode_options = {"best_of": p.labels.best_of, "sample_len": p.labels.max_new_tokens,
+                      "without_timestamps": p.labels.without_timestamps}
     rows = label_rows(labeler, args.lang, args.audio, manifest, p.labels.beam_size, p.seed,
-                      p.labels.logprob_fallback)
+                      p.labels.logprob_fallback, decode_options)
     with atomic_output(args.out) as tmp:
         write_jsonl(tmp, rows)
 

@@ -96,6 +96,9 @@ class LabelsParams:
     beam_size: int = _f(1, ge=1)
     logprob_fallback: bool = _f(False, doc="also retry at higher temperature when avg log-prob < -1 "
                                            "(openai-whisper's default, the tutorial's); repetition always retries")
+    best_of: int = _f(5, ge=1, doc="samples drawn per fallback temperature (openai-whisper's default: 5)")
+    max_new_tokens: int = _f(224, ge=1, le=224, doc="tokens per 30 s window (openai-whisper's default: 224)")
+    without_timestamps: bool = _f(False, doc="decode without timestamp tokens (openai-whisper default: false)")
 
 
 @dataclass(frozen=True)
