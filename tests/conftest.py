@@ -61,6 +61,17 @@ def default_params() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
+def assert_status_clean(repo: Path, env: dict | None = None) -> None:
+    """`dvc status` reports nothing to do, except the toolchain stage, which is always_changed by design
+    (it re-reads tool versions on every run; what follows reruns only if they changed)."""
+    out = run(["dvc", "status", "--json"], repo, env=env).stdout
+    import json
+
+    status = json.loads(out or "{}")
+    assert set(status) <= {"toolchain"}, f"dvc status not clean: {out}"
+    assert status.get("toolchain", ["always changed"]) == ["always changed"], out
+
+
 # ------------------------------------------------------------------------------ reference Whisper models
 # (owned by the model stage's tests; see whisper_npu/model_store.py for the layout)
 
@@ -145,3 +156,42 @@ def make_tiny_model(dest: Path, reference: Path, seed: int = 0) -> Path:
 def tiny_model_dir(tmp_path_factory, reference_model_dir: Path) -> Path:
     """A tiny random multilingual Whisper in the full store layout (hf/, openai-whisper.pt, model.json)."""
     return make_tiny_model(tmp_path_factory.mktemp("tiny_model") / "reference", reference_model_dir)
+
+
+# ------------------------------------------------------------------------------ the tiny profile
+# A whole pipeline run in about a minute: two languages, three clips each, the tiny random Whisper as a
+# local model. Session-scoped and run once; tests that change it work on a copy (copy_project).
+
+def tiny_params(model_hf: Path, languages: tuple[str, ...] = ("en_us", "es_419")) -> dict:
+    p = default_params()
+    p["languages"] = list(languages)
+    p["model"].update(source="local", id=str(model_hf), name="whisper-tiny-random")
+    p["audio"].update(clips=3, eval_clips=1)
+    p["labels"].update(max_new_tokens=8, best_of=1)
+    p["calibration"].update(samples_per_language=2, max_new_tokens=8, batch_size=2)
+    p["compile"]["numerics_samples"] = 1
+    p["evaluate"]["max_new_tokens"] = 8
+    return p
+
+
+def copy_project(src: Path, dest: Path) -> Path:
+    """A copy of a project that has run (workspace, .git, .dvc cache): cheap to mutate."""
+    shutil.copytree(src, dest, symlinks=True)
+    return dest
+
+
+def lock_hashes(repo: Path) -> dict[str, str]:
+    """{stage:out path -> md5} from dvc.lock."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return {f"{stage}:{out['path']}": out.get("md5") or out.get("hash", "")
+            for stage, body in lock["stages"].items() for out in body.get("outs", [])}
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory, tiny_model_dir: Path) -> Path:
+    """The tiny profile after one full `dvc repro`, committed. Do not modify: copy_project() it first."""
+    repo = make_project(tmp_path_factory.mktemp("tiny_pipeline") / "proj", tiny_params(tiny_model_dir / "hf"))
+    run(["dvc", "repro"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "tiny profile run"], repo)
+    return repo
