@@ -227,12 +227,16 @@ def _bytes(paths: Sequence[Path]) -> int:
 
 
 def model_sizes(model_dir: Path, enc_dir: Path, dec_dir: Path) -> dict[str, int | float | None]:
-    """Bytes of the fp32 weights and of the compiled artifacts (every file but provenance/JSON)."""
+    """Bytes of the fp32 weights and of the compiled artifacts: the models themselves (.onnx/.mxq and any
+    external data), the CPU-side embedding tables (.npy, float32: not inside the NPU model), and the total.
+    provenance/JSON files are not counted."""
     fp32 = _bytes([model_dir / "hf" / "model.safetensors"])
-    enc = _bytes([p for p in sorted(enc_dir.rglob("*")) if p.suffix != ".json"])
-    dec = _bytes([p for p in sorted(dec_dir.rglob("*")) if p.suffix != ".json"])
-    return {"fp32_bytes": fp32, "compiled_encoder_bytes": enc, "compiled_decoder_bytes": dec,
-            "compiled_bytes": enc + dec, "compression": _r(fp32 / (enc + dec)) if enc + dec else None}
+    files = [p for d in (enc_dir, dec_dir) for p in sorted(d.rglob("*")) if p.suffix != ".json"]
+    tables = _bytes([p for p in files if p.suffix == ".npy"])
+    models = _bytes([p for p in files if p.suffix != ".npy"])
+    return {"fp32_bytes": fp32, "compiled_model_bytes": models, "embedding_table_bytes": tables,
+            "compiled_bytes": models + tables,
+            "compression": _r(fp32 / (models + tables)) if models + tables else None}
 
 
 def compiled_backend_name(enc_dir: Path, dec_dir: Path) -> str:
@@ -314,7 +318,9 @@ def main(argv: list[str] | None = None) -> None:
     records = (run_backend(FP32, fp32, clips, features, cfg, to_text)
                + run_backend(COMPILED, compiled, clips, features, cfg, to_text))
     metrics = score(records, clips, p.max_wer_increase)
-    metrics["backends"] = {FP32: "torch", COMPILED: compiled_backend_name(args.encoder, args.decoder)}
+    # e.g. onnxruntime-dynamic / onnxruntime-static, or mxq
+    metrics["backends"] = {FP32: "torch", COMPILED: getattr(compiled, "name", None)
+                           or compiled_backend_name(args.encoder, args.decoder)}
     metrics["sizes"] = model_sizes(args.model, args.encoder, args.decoder)
     for lang, e in metrics["languages"].items():
         log.info("%s %s fp32 %s compiled %s delta %s agreement %s", lang, e["unit"], e[FP32][e["unit"]],

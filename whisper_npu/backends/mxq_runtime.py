@@ -129,7 +129,7 @@ class MxqDecoderSession:
 
 class MxqBackend:
     """Compiled .mxq encoder + decoder on a Mobilint NPU, as a :class:`whisper_npu.runtime.Backend`."""
-    name = "compiled"
+    name = "mxq"
 
     def __init__(self, encoder_mxq: Path, decoder_mxq: Path, embed_tokens: np.ndarray, embed_positions: np.ndarray,
                  n_positions: int, d_model: int, encoder_scheme: str = "global4", decoder_scheme: str = "single",
