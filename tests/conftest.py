@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 # What a project copy needs: the pipeline, its code and the DVC config (no data, no outputs).
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "whisper_npu", ".dvc/config", ".dvcignore", ".gitignore")
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "whisper_npu", ".dvc/config", ".dvc/plots", ".dvcignore",
+                 ".gitignore")
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None,
