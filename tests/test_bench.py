@@ -1,0 +1,145 @@
+"""Benchmark scripts (bench/): they import, their tables format, their parsers read real DVC output.
+
+No timings are asserted here: benchmarks print figures, tests check the code that produces them.
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+import sys
+
+import pytest
+
+from bench import common, incremental, memory
+from bench.calibration_throughput import text_tokens
+from bench.run_all import BENCHES
+
+# What `dvc repro` printed in a tiny-profile run after adding a language (dvc 3.67), abridged.
+REPRO_OUTPUT = """\
+Running stage 'toolchain':
+> python -m stages.toolchain --out build/toolchain.json
+Stage 'model' didn't change, skipping
+'data/raw.dvc' didn't change, skipping
+Running stage 'audio@de_de':
+> python -m stages.audio --params params.yaml --lang de_de --out data/audio/de_de
+Stage 'audio@en_us' didn't change, skipping
+Running stage 'label@de_de':
+> python -m stages.label --params params.yaml --lang de_de ...
+Stage 'compile@encoder' is cached - skipping run, checking out outputs
+Running stage 'calibrate_decoder':
+> python -m stages.calibrate_decoder ...
+Updating lock file 'dvc.lock'
+Running stage 'calibrate_decoder':
+"""
+
+
+@pytest.mark.parametrize("name", BENCHES)
+def test_every_bench_module_imports_and_has_run(name):
+    module = importlib.import_module(f"bench.{name}")
+    assert callable(module.run) and callable(module.main)
+
+
+def test_parse_repro_sorts_stages_by_outcome_in_order():
+    out = incremental.parse_repro(REPRO_OUTPUT)
+    assert out.ran == ["toolchain", "audio@de_de", "label@de_de", "calibrate_decoder"]   # no duplicates
+    assert out.reran() == ["audio@de_de", "label@de_de", "calibrate_decoder"]           # toolchain always runs
+    assert out.run_cache == ["compile@encoder"]
+    assert out.unchanged == ["model", "data/raw.dvc", "audio@en_us"]
+    assert incremental.parse_repro("Data and pipelines are up to date.\n").ran == []
+
+
+def test_stage_list_collapses_foreach_instances():
+    assert incremental.stage_list([]) == "none"
+    assert incremental.stage_list(["audio@de_de", "compile@encoder", "compile@decoder", "evaluate"]) == \
+        "audio@de_de, compile@{encoder,decoder}, evaluate"
+
+
+def test_changes_each_modify_what_they_name():
+    from whisper_npu.calibration import n_translate
+
+    params = common.default_params()
+    params["languages"] = ["en_us", "es_419"]
+    params["calibration"].update(samples_per_language=2, translate_ratio=0.2)
+    original = copy.deepcopy(params)
+    changed = []
+    for ch in incremental.changes(params, "de_de"):
+        p = copy.deepcopy(params)
+        ch.apply(p)
+        changed.append((ch.name, p))
+    (n0, p0), (n1, p1), (n2, p2), (n3, p3) = changed
+    assert n0.startswith("compile.onnxruntime.per_channel")
+    assert p0["compile"]["onnxruntime"]["per_channel"] is (not params["compile"]["onnxruntime"]["per_channel"])
+    assert n1.startswith("calibration.translate_ratio")
+    # the new ratio moves at least one clip's task, so the decoder set really changes
+    assert n_translate(2, p1["calibration"]["translate_ratio"]) != n_translate(2, 0.2)
+    assert p2["languages"] == ["en_us", "es_419", "de_de"] and p3["languages"] == ["en_us"]
+    assert params == original
+
+
+def test_table_markdown_and_row_width():
+    t = common.Table("T", ["a", "b", "c"], command="python -m bench.x --y", notes=["note"])
+    t.add("x|y", 1.23456, None)
+    md = t.markdown()
+    assert "### T" in md and "Command: `python -m bench.x --y`" in md
+    assert "| x\\|y | 1.23 | — |" in md
+    assert md.count("\n|") == 3 and "* note" in md
+    with pytest.raises(ValueError, match="2 cells"):
+        t.add(1, 2)
+
+
+def test_machine_line_marks_a_busy_machine():
+    m = common.machine()
+    assert m["cores"] >= 1 and m["cpu"]
+    quiet = common.machine_line({**m, "load": 0.0})
+    loaded = common.machine_line({**m, "load": 4.0 * (m["cores"] or 1)})
+    assert "under load" not in quiet and "under load" in loaded
+    assert f"{m['cores']} cores" in quiet
+
+
+def test_cpu_model_from_cpuinfo_text():
+    assert common.cpu_model("processor\t: 0\nmodel name\t: AMD EPYC 7B13\n") == "AMD EPYC 7B13"
+    assert common.cpu_model("") != ""
+
+
+def test_text_tokens_ignores_special_ids():
+    eot = 50257
+    assert text_tokens([50258, 50259, 50359, 50363, 11, 22, 33, eot], eot) == 3
+
+
+def test_peak_rss_tells_a_big_allocation_from_a_small_one(tmp_path):
+    env = {"PATH": "/usr/bin:/bin"}
+    small, _, code = memory.peak_rss([sys.executable, "-c", "pass"], tmp_path, env, tmp_path / "a.log")
+    big, _, code2 = memory.peak_rss([sys.executable, "-c", "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"],
+                                    tmp_path, env, tmp_path / "b.log")
+    assert code == code2 == 0
+    assert big > small + 250
+    _, _, failed = memory.peak_rss([sys.executable, "-c", "raise SystemExit(3)"], tmp_path, env, tmp_path / "c.log")
+    assert failed == 3
+
+
+def test_peak_rss_is_the_childs_own_not_the_parents(tmp_path):
+    # Linux carries a forked child's parent peak into its ru_maxrss across exec; a 400 MB parent must not
+    # show up in a child that allocates nothing.
+    ballast = bytearray(400 * 2**20)
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    small, _, code = memory.peak_rss([sys.executable, "-c", "pass"], tmp_path, {"PATH": "/usr/bin:/bin"},
+                                     tmp_path / "a.log")
+    assert code == 0 and small < 200
+    del ballast
+
+
+def test_memory_table_groups_foreach_instances_and_shows_growth():
+    runs = {4: [memory.StageRun("audio@de_de", 100, 1.0), memory.StageRun("audio@en_us", 120, 2.0),
+                memory.StageRun("calibrate_decoder", 800, 10.0)],
+            8: [memory.StageRun("audio@de_de", 110, 1.0), memory.StageRun("calibrate_decoder", 1600, 20.0)]}
+    md = memory.table(runs, 4, "python -m bench.memory", "m").markdown()
+    assert "| audio@* | 120 (3.0 s) x2 | 110 (1.0 s) | 0.92x |" in md
+    assert "| calibrate_decoder | 800 (10.0 s) | 1600 (20.0 s) | 2.00x |" in md
+
+
+def test_memory_sizes_pick_enough_languages(tmp_path):
+    p = memory.size_params(tmp_path, 12, 4)
+    assert len(p["languages"]) == 3 and p["calibration"]["samples_per_language"] == 4
+    assert p["audio"]["clips"] - p["audio"]["eval_clips"] >= 4
+    with pytest.raises(SystemExit, match="languages"):
+        memory.size_params(tmp_path, 10_000, 4)
