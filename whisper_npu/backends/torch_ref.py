@@ -49,6 +49,12 @@ class TorchDecoderSession:
         self.spec.inputs[1].check(encoder_states, "torch decoder")
         self._encoder_outputs = BaseModelOutput(last_hidden_state=torch.from_numpy(encoder_states))
         self._cache = None
+        if self._cache_arg == "past_key_values":
+            # transformers 4.x (qbcompiler's 4.50.0): start from an empty cache object; given None it warns
+            # that tuples are deprecated and hands back tuples. 5.x builds its own from the model config.
+            from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+            self._cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
 
     def step(self, tokens: Sequence[int]) -> np.ndarray:
         import torch
