@@ -147,6 +147,10 @@ def build_decoder_set(model: Any, processor: Any, samples: Sequence[Sample], out
         lang, task = batch[0].clip.whisper_lang, batch[0].task
         feats = np.concatenate([cal.npu_features(processor.feature_extractor, cal.load_audio(s.clip.audio))
                                 for s in batch])
+        for s, f in zip(batch, feats):  # a corrupt clip fails here, named, not after generating its text
+            if not np.isfinite(f).all():
+                raise StageError(f"{s.clip.audio}: log-mel features contain NaN or inf values; the clip is "
+                                 f"corrupt (rerun `dvc repro audio@{s.clip.lang}`)")
         # The encoder takes HF's [B, mels, frames]; the saved features are in the NPU's [B, frames, mels].
         with torch.inference_mode():
             states = model.model.encoder(torch.from_numpy(feats.transpose(0, 2, 1).copy())).last_hidden_state

@@ -115,8 +115,15 @@ def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None =
     try:
         main(argv)
     except (StageError, ParamsError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        _say(f"error: {e}")
         sys.exit(1)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        _say("interrupted")
         sys.exit(130)
+
+
+def _say(message: str) -> None:
+    # Through tqdm: a progress bar being drawn is cleared first, so the message starts its own line.
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)

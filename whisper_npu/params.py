@@ -290,6 +290,15 @@ def parse_params(data: Any, source: str = "params.yaml") -> Params:
     return params
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: where and what (stage errors are one line)."""
+    mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+    if mark is not None and problem:
+        context = getattr(e, "context", None)
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" + (f" ({context})" if context else "")
+    return " ".join(str(e).split())
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and check a params file; raise :class:`ParamsError` naming the file and the key."""
     path = Path(path)
@@ -300,7 +309,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML: {e}") from None
+        raise ParamsError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
     return parse_params(data, str(path))
 
 

@@ -18,7 +18,8 @@ Each source returns exactly ``audio.clips`` :class:`SourceClip` objects in a det
   ``raw_transcription`` of the same FLEURS sentence ``id`` (FLEURS is n-way parallel), when the en_us
   split has it.
 * ``local``: ``<audio.local.dir>/<lang>/*.{wav,flac,mp3,ogg}`` in sorted order, with an optional
-  ``<stem>.txt`` transcript and ``<stem>.en.txt`` English reference.
+  ``<stem>.txt`` transcript and ``<stem>.en.txt`` English reference (two audio files of one stem with a
+  transcript, ``a.wav`` + ``a.flac`` + ``a.txt``, are refused: the text would apply to both).
 """
 from __future__ import annotations
 
@@ -239,6 +240,16 @@ def local_clips(lang: str, params: AudioParams, seed: int) -> list[SourceClip]:
         raise StageError(f"audio.local.dir = {params.local.dir!r}: no folder {folder} for {lang}; "
                          "make one sub-folder per language code")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+    # Files that share a name (a.wav, a.flac) are distinct clips, but a transcript a.txt / a.en.txt would be
+    # claimed by both: refuse rather than guess which recording it describes.
+    by_stem: dict[str, list[str]] = {}
+    for p in files:
+        by_stem.setdefault(p.stem, []).append(p.name)
+    for stem, names in by_stem.items():
+        texts = [t for t in (f"{stem}.txt", f"{stem}.en.txt") if (folder / t).is_file()]
+        if len(names) > 1 and texts:
+            raise StageError(f"audio.local.dir = {params.local.dir!r}: {lang}/{texts[0]} matches "
+                             f"{' and '.join(names)}; rename the audio files so each transcript names one")
     picked = select(len(files), params.clips, params.selection, seed, lang, f"{folder}")
     clips = []
     for i in picked:
