@@ -102,9 +102,10 @@ def test_bad_audio_corpus_through_the_stage_clis(tmp_path: Path, tiny_model_dir:
 
     hf = tiny_model_dir / "hf"
     enc = tmp_path / "calibration" / "encoder"
-    proc = stage_cli("calibrate_encoder", ["--params", str(tmp_path / "params.yaml"), "--audio", str(tmp_path / "data" / "audio"),
-                                           "--feature-config", str(hf / "preprocessor_config.json"),
-                                           "--model-config", str(hf / "config.json"), "--out", str(enc)])
+    proc = stage_cli("calibrate_encoder", [
+        "--params", str(tmp_path / "params.yaml"), "--audio", str(tmp_path / "data" / "audio"),
+        "--feature-config", str(hf / "preprocessor_config.json"), "--model-config", str(hf / "config.json"),
+        "--out", str(enc)])
     assert proc.returncode == 0, proc.stderr
     arrays = sorted(enc.glob("*.npy"))
     assert len(arrays) == len(cases) - 2
@@ -157,7 +158,8 @@ def test_a_nan_clip_that_gets_past_the_audio_stage_never_becomes_a_calibration_s
 
 BAD_PARAMS = {
     # case: (edit of small_params(), text that must be in the error line)
-    "out-of-range": (lambda p: p["calibration"].update(translate_ratio=1.5), "calibration.translate_ratio = 1.5: must be <= 1"),
+    "out-of-range": (lambda p: p["calibration"].update(translate_ratio=1.5),
+                     "calibration.translate_ratio = 1.5: must be <= 1"),
     "unknown-key": (lambda p: p["audio"].update(clip=3), "audio.clip: unknown key"),
     "wrong-type": (lambda p: p.update(seed="zero"), "seed = 'zero': must be an integer"),
     "unknown-language": (lambda p: p.update(languages=["de_de", "xx_yy"]), "languages[1] = 'xx_yy'"),
@@ -322,27 +324,32 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _interrupt_mid_run(repo: Path, stage: str, module: str, out: Path, sig: int, env: dict) -> subprocess.CompletedProcess:
+def _interrupt_mid_run(repo: Path, stage: str, module: str, out: Path, sig: int,
+                       env: dict) -> subprocess.CompletedProcess:
     """`dvc repro -f -s <stage>`; once the stage's temporary output exists (work under way), signal the stage
     process (as Ctrl-C or a job scheduler would) and return dvc's result."""
     full_env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1",
                 "PYTHONPATH": str(repo), **env}
-    proc = subprocess.Popen(["dvc", "repro", "-f", "-s", stage], cwd=repo, env=full_env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    child, signalled, deadline = None, False, time.time() + 300
-    try:
-        while proc.poll() is None and not signalled and time.time() < deadline:
-            if child is None:
-                child = next((p for p in _children(proc.pid) if f"-m {module} " in _cmdline(p)), None)
-            elif out.with_name(f".{out.name}.tmp-{child}").exists():
-                os.kill(child, sig)
-                signalled = True
-            time.sleep(0.01)
-        stdout, stderr = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # our own process group only
-            proc.wait()
+    logs = {name: repo.parent / f"dvc-{name}.log" for name in ("stdout", "stderr")}
+    with open(logs["stdout"], "w") as so, open(logs["stderr"], "w") as se:  # files: a full pipe cannot block dvc
+        proc = subprocess.Popen(["dvc", "repro", "-f", "-s", stage], cwd=repo, env=full_env, stdout=so, stderr=se,
+                                start_new_session=True)
+        signalled, deadline = False, time.time() + 300
+        try:
+            while proc.poll() is None and not signalled and time.time() < deadline:
+                # the stage process is the descendant whose pid names the temporary output (not its shell)
+                for pid in _children(proc.pid):
+                    if f"-m {module} " in _cmdline(pid) and out.with_name(f".{out.name}.tmp-{pid}").exists():
+                        os.kill(pid, sig)
+                        signalled = True
+                        break
+                time.sleep(0.01)
+            proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)  # our own process group only
+                proc.wait()
+    stdout, stderr = (logs[n].read_text(errors="replace") for n in ("stdout", "stderr"))
     assert signalled, f"the stage finished before its output appeared:\n{stdout}\n{stderr}"
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
@@ -367,7 +374,8 @@ def test_interrupted_stage_leaves_no_output_and_the_next_repro_completes(
     assert not list((repo / out).parent.glob(".*.tmp-*"))
     assert not list(tmpdir.iterdir()), list(tmpdir.iterdir())
     status = json.loads(run(["dvc", "status", "--json"], repo).stdout)
-    changed = {k: v for entry in status[stage] if isinstance(entry, dict) for k, v in entry.get("changed outs", {}).items()}
+    changed = {k: v for entry in status[stage] if isinstance(entry, dict)
+               for k, v in entry.get("changed outs", {}).items()}
     assert changed.get(out) == "deleted", status
     assert lock_hashes(repo) == before  # dvc.lock not touched by the failed run
 
