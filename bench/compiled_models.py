@@ -9,8 +9,10 @@ cores from synthetic speech):
   ``compile.onnxruntime`` defaults otherwise) -- each built by the compile stage's own ``run``.
 
 The ORT decoder has no KV cache (it re-runs the whole sequence each step, as the NPU decoder is driven), so
-its per-token time grows with the length; the torch decoder's does not. Latencies are medians over the
-evaluation clips after one warm-up clip; the real-time factor is (encoder + decoder time) / audio duration.
+its per-token time grows with the length; the torch decoder's does not. Timing: ``--repeats`` passes over the
+evaluation clips (after one warm-up clip), systems in rotating order; encoder ms = median per clip, decoder
+ms/token = decoder time / decoder calls, real-time factor = (encoder + decoder time) / audio duration, each
+the median over the passes.
 Accuracy: cosine vs torch fp32 on held-out calibration entries (the compile stage's numerics metric), the
 share of evaluation decodes with exactly the fp32 tokens, and the error rate (WER, CER for zh/ja/th) against
 the clips' reference text. ``--evaluate-metrics metrics/evaluate.json`` adds the evaluate stage's figures
@@ -185,8 +187,11 @@ def table(rows: list[dict], cmd: str, model_name: str, n_clips: int, notes: list
     for r in rows:
         dec = None if r["dec_cos"] is None else (f"{r['dec_cos']:.4f}"
                                                  + (f" ({r['top1']:.2f})" if r["top1"] is not None else ""))
-        t.add(r["name"], f"{r['size_enc']:.1f} + {r['size_dec']:.1f}", round(r["enc_ms"]), round(r["tok_ms"], 1),
-              r["rtf"], None if r["enc_cos"] is None else round(r["enc_cos"], 4), dec, r["same"], r["err"])
+        size = (f"{r['size_enc']:.1f} (whole model)" if r["size_dec"] is None
+                else f"{r['size_enc']:.1f} + {r['size_dec']:.1f}")
+        t.add(r["name"], size, f"{r['enc_ms']:.0f}", f"{r['tok_ms']:.1f}", f"{r['rtf']:.3f}",
+              None if r["enc_cos"] is None else f"{r['enc_cos']:.4f}", dec, r["same"],
+              None if r["err"] is None else f"{r['err']:.3f}")
     t.notes += ["cosine: vs torch fp32 on the compile stage's held-out calibration entries (mean); decoder under "
                 "teacher forcing (top-1 = share of positions with the same argmax)",
                 "torch fp32 size: model.safetensors (encoder + decoder + shared embeddings, one file); ORT decoder "
@@ -204,6 +209,7 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
     p.add_argument("--eval-per-language", type=int, default=2)
     p.add_argument("--max-new-tokens", type=int, default=None, help="decode cap (default: evaluate.max_new_tokens)")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES), metavar="MODE")
+    p.add_argument("--repeats", type=int, default=3, help="timing passes over the clips (median)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--evaluate-metrics", type=Path, default=Path("metrics/evaluate.json"))
     p.add_argument("--workdir", type=Path, default=None)
@@ -212,6 +218,7 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
     args = p.parse_args(argv)
     if args.quick:
         args.model, args.languages, args.calib_per_language, args.eval_per_language = "tiny", ["es_419"], 2, 1
+        args.repeats = 1
         args.max_new_tokens = args.max_new_tokens or 8
 
     import torch
@@ -253,43 +260,45 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
         cfg = decode_config(model, params.evaluate)
         to_text = tokenizer_text(processor.tokenizer)
 
-        def row(name: str, backend: Any, sizes: tuple[float, float], numerics: dict | None) -> dict:
-            log.info("timing %s", name)
-            t = time_backend(backend, features, langs, cfg)
-            enc = (numerics or {}).get("encoder", {}).get("compiled", {}).get("encoder_hidden_states", {})
-            dec = (numerics or {}).get("decoder", {}).get("compiled", {}).get("logits", {})
-            return {"name": name, "size_enc": sizes[0], "size_dec": sizes[1], "enc_ms": 1000 * median(t.encoder_s),
-                    "tok_ms": t.per_token_ms(), "rtf": (sum(t.encoder_s) + sum(t.decoder_s)) / duration,
-                    # numerics None: the reference itself
-                    "enc_cos": enc.get("cosine_mean", 1.0 if numerics is None else None),
-                    "dec_cos": dec.get("cosine_mean", 1.0 if numerics is None else None),
-                    "top1": dec.get("top1_agreement", 1.0 if numerics is None else None), "tokens": t.tokens,
-                    "err": error_rate([to_text(x) for x in t.tokens], clips)}
-
         weights = hf_dir(store) / "model.safetensors"
-        rows.append(row("torch fp32 (HF, KV cache)", TorchBackend(model), (_size_mb(weights), 0.0), None))
+        systems = [("torch fp32 (HF, KV cache)", TorchBackend(model), (_size_mb(weights), None), None)]
         export_numerics: dict = {}
         for name in args.modes:
             overrides = MODES[name]
             out = workdir / "compiled" / name.split(" (")[0].replace(" ", "_").replace(",", "")
             if overrides is None:
                 enc_dir, dec_dir = export_fp32(model, out, params.compile.opset, "model")
-                numerics = {}   # filled from a compiled mode's export check below
+                numerics: dict | None = {}   # filled from a compiled mode's export check below
             else:
-                enc_dir, dec_dir, metrics = compile_mode(overrides, base, store, workdir / "toolchain.json", calib, out)
-                numerics = metrics
-                export_numerics = {c: {"compiled": m["export_fp32"]} for c, m in metrics.items()}
-            backend = load_ort_backend(enc_dir, dec_dir, threads=args.threads)
-            rows.append(row(name, backend, (_size_mb(artifact(enc_dir)), _size_mb(artifact(dec_dir))), numerics))
-        # ORT fp32 vs torch, as the compile stage measured it on the export
+                enc_dir, dec_dir, numerics = compile_mode(overrides, base, store, workdir / "toolchain.json", calib, out)
+                export_numerics = {c: {"compiled": m["export_fp32"]} for c, m in numerics.items()}
+            systems.append((name, load_ort_backend(enc_dir, dec_dir, threads=args.threads),
+                            (_size_mb(artifact(enc_dir)), _size_mb(artifact(dec_dir))), numerics))
+        # ORT fp32 vs torch: what the compile stage measured on its fp32 export
+        systems = [(n, b, sz, export_numerics if num == {} else num) for n, b, sz, num in systems]
+
+        # Repeats in rotating order, so no system always runs first or last; medians over the repeats.
+        timings: dict[str, list[Timing]] = {n: [] for n, *_ in systems}
+        for r in range(args.repeats):
+            for n, backend, *_ in systems[r % len(systems):] + systems[: r % len(systems)]:
+                log.info("repeat %d: timing %s", r, n)
+                timings[n].append(time_backend(backend, features, langs, cfg))
+        for n, _, sizes, numerics in systems:
+            ts = timings[n]
+            enc = (numerics or {}).get("encoder", {}).get("compiled", {}).get("encoder_hidden_states", {})
+            dec = (numerics or {}).get("decoder", {}).get("compiled", {}).get("logits", {})
+            ref = numerics is None   # the reference itself
+            rows.append({"name": n, "size_enc": sizes[0], "size_dec": sizes[1],
+                         "enc_ms": 1000 * median([median(t.encoder_s) for t in ts]),
+                         "tok_ms": median([t.per_token_ms() for t in ts]),
+                         "rtf": median([(sum(t.encoder_s) + sum(t.decoder_s)) / duration for t in ts]),
+                         "enc_cos": enc.get("cosine_mean", 1.0 if ref else None),
+                         "dec_cos": dec.get("cosine_mean", 1.0 if ref else None),
+                         "top1": dec.get("top1_agreement", 1.0 if ref else None), "tokens": ts[0].tokens,
+                         "err": error_rate([to_text(x) for x in ts[0].tokens], clips)})
+        ref_tokens = rows[0]["tokens"]
         for r in rows:
-            if r["name"] == "ORT fp32" and export_numerics:
-                r["enc_cos"] = export_numerics["encoder"]["compiled"]["encoder_hidden_states"]["cosine_mean"]
-                r["dec_cos"] = export_numerics["decoder"]["compiled"]["logits"]["cosine_mean"]
-                r["top1"] = export_numerics["decoder"]["compiled"]["logits"].get("top1_agreement", 1.0)
-        ref = rows[0]["tokens"]
-        for r in rows:
-            r["same"] = f"{sum(a == b for a, b in zip(r['tokens'], ref))}/{len(ref)}"
+            r["same"] = f"{sum(a == b for a, b in zip(r['tokens'], ref_tokens))}/{len(ref_tokens)}"
     name = "whisper-base" if args.model == "base" else "tiny random Whisper, code path only"
     return [table(rows, command(MODULE, argv), name, len(clips), evaluate_note(args.evaluate_metrics))]
 

@@ -149,7 +149,7 @@ def table(m: dict, cmd: str, profile: str) -> Table:
                "revert wall s"], command=cmd, digits=1)
     first, first_s = m["first"]
     total = m["n_stages"]
-    t.add("first run (empty cache)", f"all {total}", f"{len(first.reran())}/{total}", first_s, "—", None)
+    t.add("first run (empty cache)", "all", f"{len(first.ran)}/{total}", first_s, "—", None)
     noop_s = [s for _, s in m["noop"]]
     t.add(f"none (no-op, median of {len(noop_s)})", stage_list(m["noop"][0][0].reran()),
           f"{len(m['noop'][0][0].reran())}/{total}", median(noop_s), "—", None)

@@ -11,7 +11,7 @@ Per-language stages (audio@*, label@*) always see ``per_language`` clips; their 
 instance. The stages that see every clip (calibrate_*, labels, compile@*, evaluate) are the ones that
 would grow if they held the whole set in memory.
 
-Sizes: the default (4 12 36, 4 per language) keeps ``make bench`` short on two cores; the issue's sizes are
+Sizes: the default (4 12 24, 4 per language) keeps ``make bench`` short on two cores; the issue's sizes are
 ``--sizes 20 80 320 --per-language 20`` (1, 4 and 16 languages; expect about an hour on two cores, most of
 it in the label stage).
 """
@@ -150,13 +150,13 @@ def table(by_size: dict[int, list[StageRun]], per_language: int, cmd: str, model
     t.notes += [f"{per_language} calibration clips + 1 evaluation clip per language; languages taken in sorted "
                 "order from params.yaml; per-language stages (audio@*, label@*) show their largest instance, "
                 "`xN` = instances, time summed",
-                "peak RSS = ru_maxrss of the stage process (os.wait4), run outside DVC with dvc.yaml's command"]
+                "peak RSS = ru_maxrss of the stage process (os.wait4 in a small launcher), run outside DVC with dvc.yaml's command"]
     return t
 
 
 def run(argv: Sequence[str] | None = None) -> list[Table]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[4, 12, 36], help="calibration clips in total")
+    p.add_argument("--sizes", type=int, nargs="+", default=[4, 12, 24], help="calibration clips in total")
     p.add_argument("--per-language", type=int, default=4, help="calibration clips per language")
     p.add_argument("--stages", nargs="+", default=["*"], help="stage name patterns to report (all run)")
     p.add_argument("--model", choices=("base", "tiny"), default="base")

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.common import busy, machine, machine_line
+from bench.common import machine, machine_line
 
 BENCHES = ("calibration_throughput", "incremental", "memory", "compiled_models")
 
@@ -46,8 +46,6 @@ def run(argv: Sequence[str] | None = None) -> str:
     header = ["## Measured run", "", f"Machine: {machine_line(m, load_after)}", "",
               f"Total wall time: {(time.perf_counter() - started) / 60:.1f} min"
               + (" (`--quick`: tiny model and sizes, figures are not meaningful)" if args.quick else ""), ""]
-    if busy(m["load"], m["cores"]):
-        header += ["**Measured under load (other jobs were running when it started): not valid figures.**", ""]
     text = "\n".join(header) + "\n" + "\n".join(sections)
     if args.out:
         args.out.write_text(text, encoding="utf-8")
