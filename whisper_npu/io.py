@@ -100,9 +100,12 @@ def sha256_tree(root: str | Path) -> str:
     return h.hexdigest()
 
 
+class Terminated(SystemExit):
+    """SIGTERM, turned into an exception so `finally` blocks and atomic_output clean up partial outputs."""
+
+
 def _raise_on_sigterm(signum: int, _frame: Any) -> None:
-    # Turn SIGTERM into an exception so `finally` blocks and atomic_output clean up partial outputs.
-    raise SystemExit(128 + signum)
+    raise Terminated(128 + signum)
 
 
 def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
@@ -120,6 +123,9 @@ def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None =
     except KeyboardInterrupt:
         _say("interrupted")
         sys.exit(130)
+    except Terminated:
+        _say("terminated (SIGTERM); partial outputs removed")
+        raise
 
 
 def _say(message: str) -> None:
