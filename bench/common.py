@@ -196,3 +196,12 @@ def synth_audio(root: Path, languages: Sequence[str], calib_per_language: int, e
         if not (audio_root / lang / "manifest.jsonl").is_file():
             audio_stage.main(["--params", str(p), "--lang", lang, "--out", str(audio_root / lang)])
     return audio_root
+
+
+def print_tables(run: Callable[[Sequence[str] | None], list[Table]], argv: Sequence[str] | None = None) -> None:
+    """A bench module's main: log to stderr, print each table as markdown."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for t in run(argv):
+        print(t.markdown())

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import Table, command, default_params, median, reference_model, synth_audio, write_params
+from bench.common import Table, print_tables, command, default_params, median, reference_model, synth_audio, write_params
 
 log = logging.getLogger(__name__)
 
@@ -304,9 +304,7 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for t in run(argv):
-        print(t.markdown())
+    print_tables(run, argv)
 
 
 if __name__ == "__main__":

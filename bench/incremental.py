@@ -23,7 +23,7 @@ from pathlib import Path
 
 from whisper_npu.calibration import n_translate
 
-from bench.common import Table, command, median, reference_model, test_helpers, timed, write_params
+from bench.common import Table, print_tables, command, median, reference_model, test_helpers, timed, write_params
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +186,7 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for t in run(argv):
-        print(t.markdown())
+    print_tables(run, argv)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 
-from bench.common import Table, command, default_params, reference_model, test_helpers
+from bench.common import Table, print_tables, command, default_params, reference_model, test_helpers
 
 log = logging.getLogger(__name__)
 
@@ -189,9 +189,7 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for t in run(argv):
-        print(t.markdown())
+    print_tables(run, argv)
 
 
 if __name__ == "__main__":
