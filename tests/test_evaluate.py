@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import sys
 import types
 from pathlib import Path
@@ -582,10 +581,7 @@ def write_metric_fixture(repo: Path) -> dict:
 def test_dvc_metrics_and_plots_render(project):
     from conftest import run
 
-    repo = project()
-    # The grouped-bar template lives in .dvc/plots (DVC's template folder); the project copy holds only
-    # .dvc/config, so bring it along.
-    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")
+    repo = project()  # the copy carries .dvc/plots, DVC's template folder (the grouped-bar template)
     write_metric_fixture(repo)
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
     (workspace,) = shown.values()   # keyed "workspace" or "" depending on the git state
@@ -615,7 +611,6 @@ def test_pipeline_end_to_end_with_a_tiny_model(project, tiny_model_dir):
     params["compile"].update(numerics_samples=1)
     params["evaluate"].update(max_new_tokens=8)
     repo = project(params)
-    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")
     run(["dvc", "repro", "evaluate"], repo, timeout=1200)
     m = json.loads((repo / "metrics" / "evaluate.json").read_text())
     assert set(m["languages"]) == {"de_de"} and m["backends"]["compiled"].startswith("onnxruntime")
