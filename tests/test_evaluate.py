@@ -622,3 +622,13 @@ def test_pipeline_end_to_end_with_a_tiny_model(project, tiny_model_dir):
     run(["dvc", "plots", "show", "-o", "report"], repo)
     assert "WER or CER per language" in (repo / "report" / "index.html").read_text()
     assert "evaluate" not in json.loads(run(["dvc", "status", "--json"], repo).stdout or "{}")
+
+
+def test_report_table_lists_every_language_and_the_overall_row():
+    from whisper_npu.report import table
+
+    metrics = json.loads((ROOT / "metrics" / "evaluate.json").read_text())
+    text = table(metrics)
+    for lang in metrics["languages"]:
+        assert f"| {lang} |" in text
+    assert "| **overall** |" in text and "budget: max increase" in text
