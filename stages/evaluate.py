@@ -34,7 +34,8 @@ from tqdm import tqdm
 from whisper_npu import languages as langs
 from whisper_npu import metrics as M
 from whisper_npu.decode import DecodeConfig, greedy_decode, tokenizer_text
-from whisper_npu.io import StageError, atomic_output, read_json, read_jsonl, run_stage, write_json, write_jsonl
+from whisper_npu.backends import compiled_backend_name, load_compiled
+from whisper_npu.io import StageError, atomic_output, read_jsonl, run_stage, write_json, write_jsonl
 from whisper_npu.params import EvaluateParams, load_params
 from whisper_npu.runtime import Backend
 
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 FP32, COMPILED = "fp32", "compiled"
 SYSTEMS = (FP32, COMPILED)
 TRANSCRIBE, TRANSLATE = "transcribe", "translate"
-PROVENANCE = "provenance.json"
 
 
 # ---------------------------------------------------------------------------------------------- clips
@@ -237,39 +237,6 @@ def model_sizes(model_dir: Path, enc_dir: Path, dec_dir: Path) -> dict[str, int 
     return {"fp32_bytes": fp32, "compiled_model_bytes": models, "embedding_table_bytes": tables,
             "compiled_bytes": models + tables,
             "compression": _r(fp32 / (models + tables)) if models + tables else None}
-
-
-def compiled_backend_name(enc_dir: Path, dec_dir: Path) -> str:
-    """The compile stage's backend recorded in provenance.json (both components must agree)."""
-    names = []
-    for d in (enc_dir, dec_dir):
-        prov = d / PROVENANCE
-        if not prov.is_file():
-            raise StageError(f"{prov}: missing; run the compile stage (`dvc repro compile@{d.name}`)")
-        names.append(read_json(prov).get("backend"))
-    if names[0] != names[1]:
-        raise StageError(f"{enc_dir} and {dec_dir}: compiled with different backends ({names[0]}, {names[1]}); "
-                         "recompile both with one compile.backend")
-    return str(names[0])
-
-
-def load_compiled(enc_dir: Path, dec_dir: Path, model_config: Any) -> Backend:
-    """The compiled model as a Backend: ONNX Runtime here, Mobilint's runtime for .mxq files."""
-    backend = compiled_backend_name(enc_dir, dec_dir)
-    if backend == "onnxruntime":
-        from whisper_npu.backends.ort_runtime import load_ort_backend
-
-        return load_ort_backend(enc_dir, dec_dir)
-    if backend == "qbcompiler":
-        from whisper_npu.backends.mxq_runtime import RuntimeUnavailable, load_mxq_backend
-
-        schemes = [read_json(d / PROVENANCE).get("options", {}).get("inference_scheme") for d in (enc_dir, dec_dir)]
-        try:
-            return load_mxq_backend(enc_dir, dec_dir, model_config, encoder_scheme=schemes[0] or "global4",
-                                    decoder_scheme=schemes[1] or "single")
-        except RuntimeUnavailable as e:
-            raise StageError(f"{dec_dir}: {e}") from None
-    raise StageError(f"{dec_dir / PROVENANCE}: unknown backend {backend!r}; expected onnxruntime or qbcompiler")
 
 
 # ---------------------------------------------------------------------------------------------- main

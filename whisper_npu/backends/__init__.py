@@ -6,9 +6,18 @@
 """
 from __future__ import annotations
 
-from whisper_npu.io import StageError
+from pathlib import Path
+from typing import Any
+
+from whisper_npu.io import StageError, read_json
 
 BACKENDS = ("qbcompiler", "onnxruntime")
+PROVENANCE = "provenance.json"
+
+
+class CompiledNotRunnable(StageError):
+    """The compiled artifacts are valid but cannot run on this host (e.g. .mxq files without Mobilint's
+    runtime or without an NPU device): the evaluate stage records the reason instead of failing."""
 
 
 def resolve_backend(choice: str) -> str:
@@ -22,3 +31,38 @@ def resolve_backend(choice: str) -> str:
     if choice not in BACKENDS:
         raise StageError(f"compile.backend = {choice!r}: must be auto, {' or '.join(BACKENDS)}")
     return choice
+
+
+def compiled_backend_name(enc_dir: Path, dec_dir: Path) -> str:
+    """The compile stage's backend recorded in provenance.json (both components must agree)."""
+    names = []
+    for d in (enc_dir, dec_dir):
+        prov = d / PROVENANCE
+        if not prov.is_file():
+            raise StageError(f"{prov}: missing; run the compile stage (`dvc repro compile@{d.name}`)")
+        names.append(read_json(prov).get("backend"))
+    if names[0] != names[1]:
+        raise StageError(f"{enc_dir} and {dec_dir}: compiled with different backends ({names[0]}, {names[1]}); "
+                         "recompile both with one compile.backend")
+    return str(names[0])
+
+
+def load_compiled(enc_dir: Path, dec_dir: Path, model_config: Any) -> Any:
+    """The compiled model as a runtime.Backend: ONNX Runtime here, Mobilint's runtime for .mxq files.
+
+    Raises CompiledNotRunnable when the artifacts cannot run on this host, StageError when they are broken."""
+    backend = compiled_backend_name(enc_dir, dec_dir)
+    if backend == "onnxruntime":
+        from whisper_npu.backends.ort_runtime import load_ort_backend
+
+        return load_ort_backend(enc_dir, dec_dir)
+    if backend == "qbcompiler":
+        from whisper_npu.backends.mxq_runtime import RuntimeUnavailable, load_mxq_backend
+
+        schemes = [read_json(d / PROVENANCE).get("options", {}).get("inference_scheme") for d in (enc_dir, dec_dir)]
+        try:
+            return load_mxq_backend(enc_dir, dec_dir, model_config, encoder_scheme=schemes[0] or "global4",
+                                    decoder_scheme=schemes[1] or "single")
+        except RuntimeUnavailable as e:
+            raise CompiledNotRunnable(f"{dec_dir}: {e}") from None
+    raise StageError(f"{dec_dir / PROVENANCE}: unknown backend {backend!r}; expected onnxruntime or qbcompiler")
