@@ -5,16 +5,17 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PLOTS_PAGE := .dvc/plots/offline.html
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup demo test test-fast bench help
+.PHONY: setup browser demo test test-fast bench help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-setup: $(STAMP)  ## espeak-ng, virtual environment, torch (CPU) first, then the package
+setup: $(STAMP) $(PLOTS_PAGE)  ## espeak-ng, virtual environment, torch (CPU) first, then the package; the offline plots page
 $(STAMP): pyproject.toml constraints.txt
 	@command -v espeak-ng >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq espeak-ng; }
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -24,14 +25,21 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	@touch $@
 
+# `dvc plots show/diff` pages with vega, vega-lite and vega-embed inlined (pinned npm packages, integrity checked)
+$(PLOTS_PAGE): whisper_npu/vega_page.py | $(STAMP)
+	$(PY) -m whisper_npu.vega_page --out $@
+
+browser:  ## headless Chromium, which the plots tests open dvc's pages in
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+
 demo: setup  ## run the pipeline (dvc repro) on params.yaml, then print the per-language accuracy table
 	dvc repro
 	$(PY) -m whisper_npu.report metrics/evaluate.json
 
-test: setup  ## the whole test suite, slow end-to-end tests included
+test: setup browser  ## the whole test suite, slow end-to-end tests included
 	$(PY) -m pytest
 
-test-fast: setup  ## unit tests only
+test-fast: setup browser  ## unit tests only
 	$(PY) -m pytest -m "not slow"
 
 bench: setup  ## benchmark scripts (print tables; see BENCHMARKS.md)

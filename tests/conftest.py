@@ -196,3 +196,34 @@ def tiny_pipeline(tmp_path_factory, tiny_model_dir: Path) -> Path:
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "tiny profile run"], repo)
     return repo
+
+
+# ------------------------------------------------------------------------------ plots in a real browser
+# `dvc plots show/diff` pages opened by headless Chromium (Debian package `chromium`, installed by `make
+# test`), with no network: the page must carry its own vega libraries (.dvc/plots/offline.html).
+
+PLOTS_PAGE = ROOT / ".dvc" / "plots" / "offline.html"
+# vega's default categorical scheme (tableau10), in the order series are coloured
+VEGA_COLOURS = ((0x4C, 0x78, 0xA8), (0xF5, 0x85, 0x18), (0xE4, 0x57, 0x56), (0x72, 0xB7, 0xB2))
+
+
+def screenshot(page: Path, png: Path, profile: Path) -> None:
+    """Open ``page`` in headless Chromium with networking off and save a screenshot to ``png``."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        raise AssertionError("chromium: not installed (`make test` installs it: apt-get install chromium)")
+    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+           "--window-size=1400,1400", "--virtual-time-budget=15000", f"--screenshot={png}", page.as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 or not png.is_file():
+        raise AssertionError(f"chromium exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+
+
+def colour_counts(png: Path, tolerance: int = 12) -> list[int]:
+    """How many pixels of the screenshot have each of vega's first four series colours."""
+    import numpy as np
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(png).convert("RGB"), dtype=np.int16)
+    return [int(np.count_nonzero(np.abs(rgb - np.array(c)).max(axis=2) <= tolerance)) for c in VEGA_COLOURS]

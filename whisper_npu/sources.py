@@ -99,9 +99,12 @@ def espeak(text: str, voice: str, rate: int, pitch: int) -> bytes:
     exe = shutil.which("espeak-ng")
     if exe is None:
         raise StageError("espeak-ng: not installed; install it (`sudo apt-get install espeak-ng`, or `make setup`)")
-    # Text goes through stdin, never the command line: it cannot be taken for an option.
-    proc = subprocess.run([exe, "-v", voice, "-s", str(rate), "-p", str(pitch), "--stdout", "--stdin"],
-                          input=text.encode("utf-8"), capture_output=True, check=False)
+    # The text is the one argument after "--", so it cannot be taken for an option. Not --stdin: espeak-ng
+    # 1.51 as released drops the last byte of stdin input (fixed in Debian's 1.51+dfsg-10+deb12u2, not in
+    # every build), which cuts a final multi-byte character ("。") into invalid UTF-8 that the reader then
+    # completes from whatever memory follows the text: the clip would depend on the build and on memory.
+    proc = subprocess.run([exe, "-v", voice, "-s", str(rate), "-p", str(pitch), "--stdout", "--", text],
+                          stdin=subprocess.DEVNULL, capture_output=True, check=False)
     if proc.returncode != 0 or len(proc.stdout) <= 44:
         err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
         raise StageError(f"espeak-ng -v {voice}: failed (exit {proc.returncode}): {err[0] if err else 'no audio'}")
