@@ -371,7 +371,6 @@ def test_onnxruntime_backend_stage(ort_over, tmp_path, toolchain, tiny_model_dir
         metrics = json.loads((tmp_path / "metrics" / f"compile_{component}.json").read_text())
         output = "encoder_hidden_states" if component == "encoder" else "logits"
         assert metrics["checked"] is True and metrics["export_fp32"][output]["cosine_min"] > 0.999
-        assert -1 <= metrics["compiled"][output]["cosine_min"] <= 1
     backend = load_ort_backend(tmp_path / "compiled" / "encoder", tmp_path / "compiled" / "decoder")
     states = backend.encoder(np.zeros((1, 3000, 80), np.float32))
     assert states.shape == (1, 1500, 64)

@@ -387,6 +387,68 @@ def test_interrupted_stage_leaves_no_output_and_the_next_repro_completes(
     assert lock_hashes(repo) == before
 
 
+def _start_and_wait_for_stage(repo: Path, args: list[str], module: str, out: Path | None, logs: Path) -> tuple:
+    """Start `dvc <args>` in its own process group; return (proc, stage pid) once the stage process runs (DVC
+    holds the workspace lock then) and, with ``out``, its temporary output exists."""
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1",
+           "PYTHONPATH": str(repo)}
+    so, se = open(logs.with_suffix(".out"), "w"), open(logs.with_suffix(".err"), "w")
+    proc = subprocess.Popen(["dvc", *args], cwd=repo, env=env, stdout=so, stderr=se, start_new_session=True)
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        for pid in _children(proc.pid):
+            if f"-m {module} " in _cmdline(pid) and (out is None or out.with_name(f".{out.name}.tmp-{pid}").exists()):
+                return proc, pid
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+    raise AssertionError(f"{module} never started writing {out}:\n{logs.with_suffix('.err').read_text()}")
+
+
+def _finish(proc: subprocess.Popen) -> None:
+    try:
+        proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # our own process group only
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_sigkilled_stage_temporary_is_removed_by_the_next_run(tiny_pipeline: Path, tmp_path: Path) -> None:
+    repo = copy_project(tiny_pipeline, tmp_path / "proj")
+    before = lock_hashes(repo)
+    out = repo / "calibration" / "decoder"
+    proc, pid = _start_and_wait_for_stage(repo, ["repro", "-f", "-s", "calibrate_decoder"], "stages.calibrate_decoder",
+                                          out, tmp_path / "killed")
+    os.kill(pid, signal.SIGKILL)  # no handler runs: the temporary stays, as after a power cut or the OOM killer
+    _finish(proc)
+    assert proc.returncode != 0
+    assert out.with_name(f".decoder.tmp-{pid}").exists()
+    run(["dvc", "repro", "-f", "-s", "calibrate_decoder"], repo)
+    assert not list(out.parent.glob(".*.tmp-*")), list(out.parent.glob(".*.tmp-*"))
+    assert_status_clean(repo)
+    assert lock_hashes(repo) == before  # the rerun is byte-identical
+
+
+@pytest.mark.slow
+def test_two_repros_at_once_get_dvcs_lock_error_not_corrupted_outputs(tiny_pipeline: Path, tmp_path: Path) -> None:
+    repo = copy_project(tiny_pipeline, tmp_path / "proj")
+    before = lock_hashes(repo)
+    first, pid = _start_and_wait_for_stage(repo, ["repro", "-f", "-s", "audio@es_419"], "stages.audio", None,
+                                           tmp_path / "first")
+    os.kill(pid, signal.SIGSTOP)  # held mid-stage (with DVC's lock) for as long as the second run takes
+    try:
+        second = run(["dvc", "repro", "-f", "-s", "audio@es_419"], repo, check=False, timeout=600)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        _finish(first)
+    assert second.returncode != 0
+    assert "Unable to acquire lock" in second.stderr + second.stdout, second.stderr
+    assert first.returncode == 0, (tmp_path / "first.err").read_text()
+    assert_status_clean(repo)
+    assert lock_hashes(repo) == before
+
+
 # ------------------------------------------------------------------------------------------- 5+6. determinism, paths
 
 def _without_rtf(obj):

@@ -11,6 +11,7 @@ quantizer or compiler calibrates on, so the check measures inputs the quantizer 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,10 +51,16 @@ def read_calib_set(component: str, path: str | Path) -> CalibSet:
     """The component's list (encoder .txt) or JSON (decoder), relative paths resolved (whisper_npu/calibration.py)."""
     path = Path(path)
     if component == ENCODER:
-        return CalibSet(ENCODER, path, tuple((p.resolve(),) for p in calibration.read_encoder_list(path)), {})
+        return CalibSet(ENCODER, path, tuple((_absolute(p),) for p in calibration.read_encoder_list(path)), {})
     _, pairs = calibration.read_decoder_json(path)
     header = {k: v for k, v in read_json(path).items() if k != "calib paths"}   # info, metadata
-    return CalibSet(DECODER, path, tuple((d.resolve(), e.resolve()) for d, e in pairs), header)
+    return CalibSet(DECODER, path, tuple((_absolute(d), _absolute(e)) for d, e in pairs), header)
+
+
+def _absolute(p: Path) -> Path:
+    # Absolute, links NOT followed: with cache.type symlink/hardlink each .npy is a link into .dvc/cache, and
+    # resolving it would hand the compiler an extension-less cache object instead of the file the list names.
+    return Path(os.path.abspath(p))
 
 
 def split_holdout(n: int, n_holdout: int, where: str = "calibration set") -> tuple[list[int], list[int]]:

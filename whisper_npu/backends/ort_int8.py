@@ -1,8 +1,8 @@
 """INT8 quantization of the exported ONNX models with ONNX Runtime: dynamic and calibrated static.
 
-Measured before this module existed (shared/notes/offline-whisper-facts.md §4): naive static INT8 of
-the whole encoder breaks it (cosine 0.56-0.88 vs fp32), dynamic INT8 keeps 0.98, and ORT's calibrator
-held 10.7 GB for three whisper-small clips because it keeps every intermediate output of every sample.
+Why it is more than a call to quantize_static: naive static INT8 of the whole encoder breaks it (BENCHMARKS.md,
+"Compiled models", measures static minmax even with fc2 in float), and ORT's calibrator keeps every intermediate
+output of every sample, gigabytes for a few whisper-small clips.
 
 What this module does about it:
 
@@ -14,18 +14,8 @@ What this module does about it:
   MatMuls, the convolutions, the LM head, fc2), on top of exact ``nodes_to_exclude`` names; percentile /
   entropy calibration; per-channel weights; optional SmoothQuant-style smoothing (see smoothing.py).
 
-Measured on whisper-base (real weights), 6 held-out synthetic-speech entries, 8 calibration samples,
-cosine vs torch fp32 (decoder: logits, and top-1 agreement under teacher forcing):
-
-    encoder  dynamic                                   0.992   23.3 MB
-    encoder  static minmax, all MatMul+Conv            0.808   23.3 MB
-    encoder  static minmax, keep attention+first conv  0.929   23.7 MB  (percentile 0.936; +smoothing 0.937)
-    encoder  static percentile+smooth, keep ...+fc2    0.996   42.5 MB
-    decoder  dynamic                                   0.977   top-1 0.79   52.7 MB
-    decoder  dynamic, keep fc2                         0.998   top-1 0.87   71.6 MB
-    decoder  static percentile+smooth, keep attn+fc2   0.986   top-1 0.84   71.6 MB
-
-The inputs of fc2 (after GELU) are what int8 handles worst; keeping fc2 in float is the single most
+What the variants do on whisper-base is measured by ``python -m bench.compiled_models`` (BENCHMARKS.md,
+"Compiled models"): keeping fc2 (after GELU, the input int8 handles worst) in float is the single most
 useful option, so the default is dynamic with ``keep_float: [fc2]``.
 """
 from __future__ import annotations
