@@ -176,3 +176,39 @@ def test_push_clone_pull_round_trip(kind, tiny_pipeline, tmp_path, request):
     original = _files(repo)
     for name, data in _files(again).items():
         assert data == original[name], f"{name} was checked out corrupted"
+
+
+@pytest.mark.slow
+def test_experiment_shared_through_git_and_dvc_remotes(tiny_pipeline, tmp_path):
+    """README "Share results": an experiment run on machine A is pushed (`dvc exp push`: git refs to a git remote,
+    its outputs to the DVC remote); machine B pulls it (`dvc exp pull`), sees it in `dvc exp show` and gets its
+    outputs byte-identical. Two clones of one bare git repository on disk stand for the two machines."""
+    origin = tmp_path / "seed"
+    shutil.copytree(tiny_pipeline, origin, symlinks=True)
+    _add_remote(origin, "local", tmp_path)
+    run(["git", "add", "-A"], origin)
+    run(["git", "commit", "-qm", "remote"], origin)
+    bare = tmp_path / "shared.git"
+    run(["git", "clone", "-q", "--bare", str(origin), str(bare)], tmp_path)
+    run(["dvc", "push"], origin)  # the baseline's outputs, as a team's main branch has them
+
+    machine_a, machine_b = tmp_path / "a", tmp_path / "b"
+    for m in (machine_a, machine_b):
+        run(["git", "clone", "-q", str(bare), str(m)], tmp_path)
+        run(["git", "config", "user.email", "test@example.com"], m)
+        run(["git", "config", "user.name", "test"], m)
+    run(["dvc", "pull"], machine_a)
+    run(["dvc", "exp", "run", "-n", "ratio-0.5", "-S", "calibration.translate_ratio=0.5"], machine_a)
+    run(["dvc", "exp", "push", "origin", "ratio-0.5"], machine_a)
+
+    listed = run(["dvc", "exp", "list", "origin"], machine_b).stdout
+    assert "ratio-0.5" in listed, listed
+    run(["dvc", "exp", "pull", "origin", "ratio-0.5"], machine_b)
+    shown = run(["dvc", "exp", "show", "--md"], machine_b).stdout
+    assert "ratio-0.5" in shown and "0.5" in shown, shown
+    run(["dvc", "exp", "apply", "ratio-0.5"], machine_b)
+    run(["dvc", "pull"], machine_b)   # its outputs come from the DVC remote (nothing was recomputed on B)
+    run(["dvc", "exp", "apply", "ratio-0.5"], machine_a)
+    assert_status_clean(machine_b)
+    assert _files(machine_b) == _files(machine_a)
+    assert "translate_ratio: 0.5" in (machine_b / "params.yaml").read_text()

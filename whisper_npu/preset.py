@@ -1,6 +1,6 @@
 """Turn a params preset file into `dvc exp run -S` overrides.
 
-    dvc exp run $(python -m whisper_npu.preset params/tutorial.yaml)
+    eval "dvc exp run $(python -m whisper_npu.preset params/tutorial.yaml)"
 
 prints ``-S model.source=hub -S model.id=openai/whisper-small ...`` (Hydra override syntax), so a preset
 is applied as an experiment on top of params.yaml and `dvc exp show` compares it with the baseline.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import copy
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     try:
-        print(" ".join(overrides(args.preset, args.params)))
+        # shell words: `eval "dvc exp run $(python -m whisper_npu.preset ...)"` keeps a value with spaces or
+        # quotes in one argument (plain $(...) would split it at the spaces)
+        print(shlex.join(overrides(args.preset, args.params)))
     except (ParamsError, OSError, yaml.YAMLError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
