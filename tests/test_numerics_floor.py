@@ -5,10 +5,12 @@ for one language of espeak-ng speech; the compile stage's numerics metric (compi
 calibration entries) must stay above floors set from a measured run, so a change that wrecks quantization
 fails here instead of passing a range check every cosine satisfies.
 
-Measured (2026-12-01, this machine, es_419, 5 clips, compile.numerics_samples 2, onnxruntime dynamic INT8,
-per-channel, fc2 kept float): encoder cosine_min 0.9966, decoder logits cosine_min 0.9976, top-1 1.0
-(see MEASURED below). The floors leave room for other calibration clips and onnxruntime versions, and
-still fail on a broken quantizer (random weights give cosine ~0, a wrong scale well below 0.9).
+Measured (2026-12-01, this machine, loaded: es_419, 5 espeak-ng clips, 4 calibration entries per component of
+which compile.numerics_samples 2 held out, onnxruntime dynamic INT8, per-channel, fc2 kept float; the run
+printed `numerics: {...}`): encoder cosine_min 0.996041, decoder logits cosine_min 0.998584, decoder top-1
+agreement 0.925134 (see MEASURED below). The floors leave room for other clips and onnxruntime versions and
+still fail on a broken quantizer (plain dynamic INT8 without fc2 in float already drops the decoder to 0.96 /
+top-1 0.84 in BENCHMARKS.md; random or mis-scaled weights fall far lower).
 """
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ import pytest
 
 from conftest import default_params, run
 
-MEASURED = {"encoder_cosine_min": 0.9966, "decoder_cosine_min": 0.9976, "decoder_top1": 1.0}
-FLOORS = {"encoder_cosine_min": 0.98, "decoder_cosine_min": 0.98, "decoder_top1": 0.9}
+MEASURED = {"encoder_cosine_min": 0.996041, "decoder_cosine_min": 0.998584, "decoder_top1": 0.925134}
+FLOORS = {"encoder_cosine_min": 0.98, "decoder_cosine_min": 0.98, "decoder_top1": 0.8}
 
 
 @pytest.mark.slow
