@@ -413,6 +413,26 @@ def _finish(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def test_stage_start_removes_temporaries_of_dead_processes_only(tmp_path: Path) -> None:
+    from whisper_npu.io import atomic_output
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        out = tmp_path / "out"
+        (tmp_path / f".out.tmp-{gone.pid}").mkdir()                 # a SIGKILLed run's leftover
+        (tmp_path / f".out.tmp-{alive.pid}").mkdir()                # another run's work in progress
+        (tmp_path / f".other.tmp-{gone.pid}").mkdir()               # another output's: not ours to judge
+        with atomic_output(out) as tmp:
+            tmp.write_text("done")
+        left = sorted(p.name for p in tmp_path.iterdir())
+        assert left == sorted([f".other.tmp-{gone.pid}", f".out.tmp-{alive.pid}", "out"]), left
+    finally:
+        alive.kill()
+        alive.wait()
+
+
 @pytest.mark.slow
 def test_sigkilled_stage_temporary_is_removed_by_the_next_run(tiny_pipeline: Path, tmp_path: Path) -> None:
     repo = copy_project(tiny_pipeline, tmp_path / "proj")
