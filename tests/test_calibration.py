@@ -510,7 +510,6 @@ def test_latest_recipe_prefixes_eot_strip_min_tokens_minimal_json(tmp_path, buil
     metric = json.loads((out.parent / "decoder.metric.json").read_text())
     skipped = {(s["clip_id"], s["fraction"]) for s in metric["skipped"]}
     assert all(s["length"] < 7 for s in metric["skipped"]) and metric["skipped_short"] == len(skipped)
-    assert 0 < len(skipped) < 18, "the tiny model must leave some short and some long samples"
     kept = [(Path(d).parent.name, Path(e).parent.name) for d, e in data["calib paths"]]
     assert all(a == b for a, b in kept)
     folder = {1.0: "sample_{}", 0.5: "sample_{}_p050"}
@@ -537,6 +536,26 @@ def test_latest_recipe_prefixes_eot_strip_min_tokens_minimal_json(tmp_path, buil
     assert cal.validate_decoder_set(out / specs.DECODER_JSON, cfg) == len(expected)
     again = run_decoder(built, store, tmp_path / "again" / "decoder", params)
     assert sha256_tree(again) == sha256_tree(out)
+
+
+def test_min_tokens_skips_exactly_the_short_samples(tmp_path, built, store):
+    """Reference texts of different token lengths: exactly those under min_tokens (prefix + text, EOT
+    stripped) are skipped and listed; the rest are kept."""
+    params = write_params(tmp_path / "params.yaml", text_source="reference", translate_ratio=0.0,
+                          strip_final_eot=True, min_tokens=11)
+    out = run_decoder(built, store, tmp_path / "decoder", params)
+    tok = tokenizer(store)
+    rows = manifest_rows(built / "audio")
+    length = {cid: 4 + len(tok.encode(" " + r["text"].strip(), add_special_tokens=False))
+              for cid, r in rows.items() if r["split"] == "calibration" and int(cid[-4:]) < 3}
+    short = {cid for cid, n in length.items() if n < 11}
+    assert short and short != set(length), "the texts must give some short and some long samples"
+    metric = json.loads((out.parent / "decoder.metric.json").read_text())
+    assert {s["clip_id"] for s in metric["skipped"]} == short and metric["skipped_short"] == len(short)
+    meta = json.loads((out / specs.DECODER_JSON).read_text())["metadata"]
+    assert {m["clip_id"] for m in meta} == set(length) - short
+    assert all(m["length"] == length[m["clip_id"]] and m["tokens"][-1] != tok.convert_tokens_to_ids("<|endoftext|>")
+               for m in meta)
 
 
 def test_recipe_knobs_rerun_only_the_decoder_set_and_what_follows():
