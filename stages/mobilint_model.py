@@ -8,7 +8,7 @@ the folder holds only NOT_BUILT.txt saying so (a DVC output must exist).
 
 On the NPU host (``pip install transformers-mblt``, in its own environment: it needs transformers < 5.18)::
 
-    from transformers_mblt import MobilintWhisperForConditionalGeneration  # registers mobilint-whisper
+    from transformers_mblt.models.whisper import MobilintWhisperForConditionalGeneration
     from transformers import AutoProcessor
     model = MobilintWhisperForConditionalGeneration.from_pretrained("compiled/mobilint-whisper")
     processor = AutoProcessor.from_pretrained("compiled/mobilint-whisper")
