@@ -104,7 +104,8 @@ def test_standin_method_set_is_the_real_one(standin_rt):
                     or name == "from_cpp"
 
 
-def _compiled(tmp_path: Path, tiny_model_dir: Path, schemes=("global4", "single")) -> tuple[Path, Path]:
+def _compiled(tmp_path: Path, tiny_model_dir: Path, schemes=("global4", "single"),
+              target: str = "aries-rb") -> tuple[Path, Path]:
     """compiled/encoder + compiled/decoder as the stand-in compiler leaves them (stand-in .mxq = JSON)."""
     from whisper_npu.backends import onnx_export
     from whisper_npu.model_store import load_hf
@@ -116,8 +117,9 @@ def _compiled(tmp_path: Path, tiny_model_dir: Path, schemes=("global4", "single"
         d.mkdir(parents=True)
         (d / f"m_{component}.mxq").write_text(json.dumps({"standin": "qbcompiler", "component": component,
                                                            "inference_scheme": scheme}))
+        calls = {"inference_scheme": scheme, "target_device": target}
         (d / "provenance.json").write_text(json.dumps({
-            "backend": "qbcompiler", "resolved": {"calls": {"mxq_compile": {"inference_scheme": scheme}}}}))
+            "backend": "qbcompiler", "resolved": {"calls": {"mxq_compile": calls}}}))
         dirs.append(d)
     tokens, positions = onnx_export.embedding_tables(model)
     np.save(dirs[1] / "embed_tokens.npy", tokens)
@@ -161,8 +163,9 @@ def test_scheme_comes_from_the_recorded_calls(tmp_path, tiny_model_dir):
     assert compiled_scheme(dec) == "single"
 
 
-@pytest.mark.parametrize("schemes", [("global4", "single"), ("all", "all"), ("global8", "multi")])
-def test_runner_end_to_end_matches_fp32(standin_rt, monkeypatch, tmp_path, tiny_model_dir, schemes):
+@pytest.mark.parametrize("schemes,target", [(("global4", "single"), "aries-rb"), (("all", "all"), "aries-rb"),
+                                            (("global8", "multi"), "aries-rb"), (("single", "single"), "regulus-rb")])
+def test_runner_end_to_end_matches_fp32(standin_rt, monkeypatch, tmp_path, tiny_model_dir, schemes, target):
     """The runner through the stand-in runtime (fp32 reference inside) decodes exactly as the torch
     reference: embeddings, cache_size bookkeeping, core modes from the recorded scheme, output reshape."""
     from whisper_npu.backends.torch_ref import load_torch_backend
@@ -171,7 +174,7 @@ def test_runner_end_to_end_matches_fp32(standin_rt, monkeypatch, tmp_path, tiny_
     monkeypatch.setenv("STANDIN_QBRUNTIME_NPU", "1")
     monkeypatch.setenv("STANDIN_QBRUNTIME_REFERENCE", str(tiny_model_dir))
     fp32, processor = load_torch_backend(tiny_model_dir)
-    enc, dec = _compiled(tmp_path, tiny_model_dir, schemes)
+    enc, dec = _compiled(tmp_path, tiny_model_dir, schemes, target)
     backend = load_compiled(enc, dec, fp32.model.config)
     assert isinstance(backend, mxq_runtime.MxqBackend)
     cfg = DecodeConfig.from_model(fp32.model.generation_config, fp32.model.config, max_new_tokens=6,
@@ -183,6 +186,18 @@ def test_runner_end_to_end_matches_fp32(standin_rt, monkeypatch, tmp_path, tiny_
         got = transcribe(backend, feats, cfg, "en", "transcribe")
         assert got.tokens == ref.tokens and len(ref.tokens) > 0
     backend.close()
+
+
+def test_regulus_core_modes(standin_rt):
+    """REGULUS has one core: both components on Cluster0/Core0; anything but single is refused."""
+    seen = []
+    standin_rt.CoreId.__init__ = (lambda orig: lambda self, cl, co: (seen.append(co), orig(self, cl, co))[1])(
+        standin_rt.CoreId.__init__)
+    for component in ("encoder", "decoder"):
+        assert mxq_runtime.model_config(standin_rt, "all", component, "regulus-rb").mode == "single"
+    assert seen == [standin_rt.Core.Core0, standin_rt.Core.Core0]
+    with pytest.raises(ValueError, match="REGULUS runs only single"):
+        mxq_runtime.model_config(standin_rt, "global4", "encoder", "regulus-rb")
 
 
 def test_standin_refuses_a_core_mode_the_mxq_lacks(standin_rt, monkeypatch, tmp_path, tiny_model_dir):

@@ -47,15 +47,24 @@ def compiled_backend_name(enc_dir: Path, dec_dir: Path) -> str:
     return str(names[0])
 
 
-def compiled_scheme(compiled_dir: Path) -> str:
-    """The inference scheme the compile stage passed to ``mxq_compile`` (``resolved.calls.mxq_compile``);
-    ``single`` when it passed none (qbcompiler's documented default; the 0.11 decoder call)."""
+def _mxq_call(compiled_dir: Path) -> dict:
     prov = read_json(compiled_dir / PROVENANCE)
     calls = prov.get("resolved", {}).get("calls")
     if not isinstance(calls, dict) or not isinstance(calls.get("mxq_compile"), dict):
         raise StageError(f"{compiled_dir / PROVENANCE}: no resolved.calls.mxq_compile (written by an older "
                          f"compile stage?); rerun `dvc repro compile@{compiled_dir.name}`")
-    return str(calls["mxq_compile"].get("inference_scheme") or "single")
+    return calls["mxq_compile"]
+
+
+def compiled_scheme(compiled_dir: Path) -> str:
+    """The inference scheme the compile stage passed to ``mxq_compile`` (``resolved.calls.mxq_compile``);
+    ``single`` when it passed none (qbcompiler's documented default; the 0.11 decoder call)."""
+    return str(_mxq_call(compiled_dir).get("inference_scheme") or "single")
+
+
+def compiled_target(compiled_dir: Path) -> str:
+    """The target device passed to ``mxq_compile``; ``aries-rb`` for compilers without the argument."""
+    return str(_mxq_call(compiled_dir).get("target_device") or "aries-rb")
 
 
 def load_compiled(enc_dir: Path, dec_dir: Path, model_config: Any) -> Any:
@@ -72,7 +81,7 @@ def load_compiled(enc_dir: Path, dec_dir: Path, model_config: Any) -> Any:
 
         try:
             return load_mxq_backend(enc_dir, dec_dir, model_config, encoder_scheme=compiled_scheme(enc_dir),
-                                    decoder_scheme=compiled_scheme(dec_dir))
+                                    decoder_scheme=compiled_scheme(dec_dir), target_device=compiled_target(dec_dir))
         except RuntimeUnavailable as e:
             raise CompiledNotRunnable(f"{dec_dir}: {e}") from None
     raise StageError(f"{dec_dir / PROVENANCE}: unknown backend {backend!r}; expected onnxruntime or qbcompiler")

@@ -71,15 +71,19 @@ def open_accelerator(rt: Any, dev_no: int = 0) -> Any:
                                  f"{' '.join(str(e).split())}") from None
 
 
-def model_config(rt: Any, scheme: str, component: str) -> Any:
+def model_config(rt: Any, scheme: str, component: str, target_device: str = "aries-rb") -> Any:
     """``rt.ModelConfig`` with the core mode for a compile-time inference scheme.
 
     The tutorial's v0.12 runtime: encoder global4 on Cluster1, decoder single-core on Cluster0/Core3, so
     both stay resident. ``all`` (qbcompiler >= 1.0.2) holds every mode and needs an explicit one: single
-    cores (Mobilint's prepare_model.py), encoder Cluster0/Core0 and decoder Cluster0/Core3.
+    cores (Mobilint's prepare_model.py), encoder Cluster0/Core0 and decoder Cluster0/Core3. REGULUS has
+    one core (Cluster0/Core0) and runs only single.
     """
     mc = rt.ModelConfig()
-    core = rt.Core.Core3 if component == "decoder" else rt.Core.Core0
+    regulus = target_device.startswith("regulus")
+    if regulus and scheme not in ("single", "all"):
+        raise ValueError(f"inference scheme {scheme!r} on {target_device}: REGULUS runs only single")
+    core = rt.Core.Core3 if component == "decoder" and not regulus else rt.Core.Core0
     if scheme in ("single", "all"):
         mc.set_single_core_mode(core_ids=[rt.CoreId(rt.Cluster.Cluster0, core)])
     elif scheme == "multi":
@@ -93,8 +97,8 @@ def model_config(rt: Any, scheme: str, component: str) -> Any:
     return mc
 
 
-def _launch(rt: Any, acc: Any, path: Path, scheme: str, component: str) -> Any:
-    model = rt.Model(str(path), model_config(rt, scheme, component))
+def _launch(rt: Any, acc: Any, path: Path, scheme: str, component: str, target_device: str) -> Any:
+    model = rt.Model(str(path), model_config(rt, scheme, component, target_device))
     model.launch(acc)
     return model
 
@@ -154,11 +158,11 @@ class MxqBackend:
 
     def __init__(self, encoder_mxq: Path, decoder_mxq: Path, embed_tokens: np.ndarray, embed_positions: np.ndarray,
                  n_positions: int, d_model: int, encoder_scheme: str = "global4", decoder_scheme: str = "single",
-                 dev_no: int = 0, embed_scale: float = 1.0):
+                 dev_no: int = 0, embed_scale: float = 1.0, target_device: str = "aries-rb"):
         rt = import_runtime()
         self._acc = open_accelerator(rt, dev_no)
-        self._models = [_launch(rt, self._acc, Path(encoder_mxq), encoder_scheme, "encoder")]
-        self._models.append(_launch(rt, self._acc, Path(decoder_mxq), decoder_scheme, "decoder"))
+        self._models = [_launch(rt, self._acc, Path(encoder_mxq), encoder_scheme, "encoder", target_device)]
+        self._models.append(_launch(rt, self._acc, Path(decoder_mxq), decoder_scheme, "decoder", target_device))
         self.encoder = MxqEncoder(self._models[0], n_positions, d_model)
         self.decoder = MxqDecoderSession(self._models[1], embed_tokens, embed_positions, embed_scale)
 
@@ -176,7 +180,8 @@ def _one(folder: Path, pattern: str) -> Path:
 
 
 def load_mxq_backend(enc_dir: str | Path, dec_dir: str | Path, model_config_: Any,
-                     encoder_scheme: str = "global4", decoder_scheme: str = "single", dev_no: int = 0) -> MxqBackend:
+                     encoder_scheme: str = "global4", decoder_scheme: str = "single", dev_no: int = 0,
+                     target_device: str = "aries-rb") -> MxqBackend:
     """The NPU backend from compiled/encoder and compiled/decoder (one .mxq each + the embedding tables)."""
     import_runtime()  # refuse before touching files when the runtime is absent
     enc_dir, dec_dir = Path(enc_dir), Path(dec_dir)
@@ -185,4 +190,4 @@ def load_mxq_backend(enc_dir: str | Path, dec_dir: str | Path, model_config_: An
                       np.load(dec_dir / "embed_tokens.npy"), np.load(dec_dir / "embed_positions.npy"),
                       n_positions=int(model_config_.max_source_positions), d_model=int(model_config_.d_model),
                       encoder_scheme=encoder_scheme, decoder_scheme=decoder_scheme, embed_scale=scale,
-                      dev_no=dev_no)
+                      dev_no=dev_no, target_device=target_device)
