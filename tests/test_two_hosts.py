@@ -10,7 +10,10 @@
   recompiling (``toolchain`` is always_changed and the compiler is absent there, so a plain ``dvc repro``
   would try to recompile).
 
-Relies on the evaluate stage's contract for CompiledNotRunnable (``compiled_run`` in metrics).
+Relies on the evaluate stage's contract for CompiledNotRunnable (``compiled_run`` in metrics, budget
+``verdict``), which lives in stages/evaluate.py (another branch): on issue-12 alone the compile host's
+evaluate fails with the CompiledNotRunnable message (checked by hand: "qbruntime v1.5.0 is installed but
+finds no NPU device 0"), and the NPU-host half passed by hand (compiled WER delta 0, nothing recompiled).
 """
 from __future__ import annotations
 
@@ -70,4 +73,4 @@ def test_compile_host_then_npu_host(tmp_path, tiny_model_dir):
     # the stand-in runtime computes the fp32 reference: the compiled transcripts equal fp32's
     for lang, e in metrics["languages"].items():
         assert e["delta"][e["unit"]] == 0, lang
-    assert metrics["budget"]["verdict"] == "pass"
+    assert metrics["budget"]["verdict"] != "not_checked" and metrics["budget"]["n_over_budget"] == 0
