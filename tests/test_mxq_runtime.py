@@ -209,3 +209,20 @@ def test_standin_refuses_a_core_mode_the_mxq_lacks(standin_rt, monkeypatch, tmp_
     enc, dec = _compiled(tmp_path, tiny_model_dir, ("global8", "single"))
     with pytest.raises(standin_rt.QbRuntimeError, match="cannot run in core mode 'global4'"):
         mxq_runtime.load_mxq_backend(enc, dec, load_hf(tiny_model_dir)[0].config, encoder_scheme="global4")
+
+
+def test_decoder_refuses_more_tokens_than_the_npu_cache(standin_rt, monkeypatch, tmp_path, tiny_model_dir):
+    """The cache capacity comes from the runtime's get_input_buffer_info()[0].max_cache_size."""
+    from whisper_npu.model_store import load_hf
+
+    monkeypatch.setenv("STANDIN_QBRUNTIME_NPU", "1")
+    monkeypatch.setenv("STANDIN_QBRUNTIME_REFERENCE", str(tiny_model_dir))
+    monkeypatch.setattr(standin_rt.Model, "get_input_buffer_info", lambda self: [standin_rt.BufferInfo(5)])
+    enc, dec = _compiled(tmp_path, tiny_model_dir)
+    backend = mxq_runtime.load_mxq_backend(enc, dec, load_hf(tiny_model_dir)[0].config)
+    session = backend.decoder
+    assert session.max_cache == 5
+    session.reset(np.zeros((1, 1500, session.embed_tokens.shape[1]), np.float32))
+    session.step([1, 2, 3, 4])
+    with pytest.raises(RuntimeError, match=r"6 tokens exceed the cache \(5\)"):
+        session.step([5, 6])

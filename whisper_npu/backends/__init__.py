@@ -77,9 +77,10 @@ def load_compiled(enc_dir: Path, dec_dir: Path, model_config: Any) -> Any:
 
         return load_ort_backend(enc_dir, dec_dir)
     if backend == "qbcompiler":
-        from whisper_npu.backends.mxq_runtime import RuntimeUnavailable, load_mxq_backend
+        from whisper_npu.backends.mxq_runtime import RuntimeUnavailable, import_runtime, load_mxq_backend
 
         try:
+            import_runtime()   # no runtime: not runnable here, whatever the artifacts say
             return load_mxq_backend(enc_dir, dec_dir, model_config, encoder_scheme=compiled_scheme(enc_dir),
                                     decoder_scheme=compiled_scheme(dec_dir), target_device=compiled_target(dec_dir))
         except RuntimeUnavailable as e:
