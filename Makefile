@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first and pinned: an unpinned torch pulls gigabytes of CUDA packages.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	# Mobilint's loader, read by tests/test_mblt_folder.py but not installed (it needs transformers < 5.18)
+	$(PY) -m pip download -q --no-deps -d $(VENV)/mblt-wheels transformers-mblt==0.6.1 mblt-npu-python==0.1.0
 	@touch $@
 
 # `dvc plots show/diff` pages with vega, vega-lite and vega-embed inlined (pinned npm packages, integrity checked)

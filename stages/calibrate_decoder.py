@@ -10,8 +10,12 @@ listed in ``whisper_decoder_calib.json`` (``calib paths`` = [decoder input, enco
 the JSON's folder) with per-sample ``metadata``, plus ``whisper_decoder_calib_metadata.json`` (the decoded
 sequences) and a small DVC metric with the task counts per language.
 
-The task per clip is a seeded, exact, per-language draw (``calibration.translate_ratio``). The text comes
-from ``calibration.text_source``:
+The task per clip is a seeded, exact, per-language draw (``calibration.translate_ratio``). Recipe knobs
+cover the seed (0.12) and the newest public recipe: ``calibration.prefix_fractions`` (one sample per clip
+and fraction, from the first fraction of its audio, folder ``sample_<id>_p<percent>``; the task mix drawn
+exactly per fraction), ``min_tokens`` (shorter samples skipped, listed in the metric), ``strip_final_eot``
+and ``json_layout`` (``full``: info + calib paths + metadata; ``minimal``: info names/shapes + calib
+paths). The text comes from ``calibration.text_source``:
 
 * ``generated`` (the tutorial's choice): the reference model's greedy output for the drawn task, at most
   ``calibration.max_new_tokens`` tokens, used as token ids directly;
@@ -48,10 +52,13 @@ class Sample:
     clip: cal.Clip
     task: str
     text: str | None = None   # None: generate it
+    fraction: float = 1.0     # the first ``fraction`` of the clip's audio
 
     @property
     def folder(self) -> str:
-        return f"sample_{self.clip.id}"
+        if self.fraction == 1.0:
+            return f"sample_{self.clip.id}"
+        return f"sample_{self.clip.id}_p{cal.percent(self.fraction):03d}"
 
 
 # ---------------------------------------------------------------------------------------------- planning
@@ -82,7 +89,7 @@ def _reference_text(clip: cal.Clip, task: str) -> str:
 
 
 def plan_samples(clips: Sequence[cal.Clip], tasks: dict[str, str], text_source: str,
-                 labels: dict[str, dict] | None = None) -> list[Sample]:
+                 labels: dict[str, dict] | None = None, fraction: float = 1.0) -> list[Sample]:
     """One sample per clip with its task and, unless the text is generated, its text."""
     samples = []
     for clip in clips:
@@ -95,7 +102,18 @@ def plan_samples(clips: Sequence[cal.Clip], tasks: dict[str, str], text_source: 
             if row is None:
                 raise StageError(f"{clip.id}: no label row in data/labels/{clip.lang}.jsonl; rerun the label stage")
             text = row["translation" if task == cal.TRANSLATE else "transcription"] or ""
-        samples.append(Sample(clip, task, text))
+        samples.append(Sample(clip, task, text, fraction))
+    return samples
+
+
+def plan_recipe(clips: Sequence[cal.Clip], cp: CalibrationParams, seed: int,
+                labels: dict[str, dict] | None = None) -> list[Sample]:
+    """Every clip once per ``calibration.prefix_fractions`` entry, the task mix drawn exactly per fraction
+    (the newest tutorial recipe: 5 prefixes, 20 % translate each; the seed: the whole clip once)."""
+    samples = []
+    for fraction in cp.prefix_fractions:
+        tasks = cal.task_mix(clips, cp.translate_ratio, seed, fraction)
+        samples += plan_samples(clips, tasks, cp.text_source, labels, fraction)
     return samples
 
 
@@ -132,9 +150,16 @@ def _generate(model: Any, states: Any, lang: str, task: str, max_new_tokens: int
     return seqs.tolist()
 
 
+def _audio(s: Sample) -> np.ndarray:
+    audio = cal.load_audio(s.clip.audio)
+    return audio if s.fraction == 1.0 else audio[: max(1, int(len(audio) * s.fraction))]
+
+
 def build_decoder_set(model: Any, processor: Any, samples: Sequence[Sample], out_dir: Path,
-                      batch_size: int, max_new_tokens: int, text_source: str) -> list[dict]:
-    """Write every sample's two ``.npy`` files into ``out_dir``; return the metadata rows sorted by clip id."""
+                      batch_size: int, max_new_tokens: int, text_source: str, strip_eot: bool = False,
+                      min_tokens: int = 0, skipped: list | None = None) -> list[dict]:
+    """Write every sample's two ``.npy`` files into ``out_dir``; return the metadata rows sorted by clip id
+    (then fraction). Samples shorter than ``min_tokens`` are not written; they are appended to ``skipped``."""
     import torch
 
     tokenizer = processor.tokenizer
@@ -145,8 +170,7 @@ def build_decoder_set(model: Any, processor: Any, samples: Sequence[Sample], out
     bar = tqdm(total=len(samples), desc="decoder calibration", unit="clip")
     for batch in batches(samples, batch_size):
         lang, task = batch[0].clip.whisper_lang, batch[0].task
-        feats = np.concatenate([cal.npu_features(processor.feature_extractor, cal.load_audio(s.clip.audio))
-                                for s in batch])
+        feats = np.concatenate([cal.npu_features(processor.feature_extractor, _audio(s)) for s in batch])
         for s, f in zip(batch, feats):  # a corrupt clip fails here, named, not after generating its text
             if not np.isfinite(f).all():
                 raise StageError(f"{s.clip.audio}: log-mel features contain NaN or inf values; the clip is "
@@ -158,19 +182,24 @@ def build_decoder_set(model: Any, processor: Any, samples: Sequence[Sample], out
         generated = _generate(model, states, lang, task, max_new_tokens) if batch[0].text is None else None
         for j, s in enumerate(batch):
             if generated is not None:
-                ids, truncated = cal.sequence_from_generated(prefix, generated[j], sp.eot, max_len)
+                ids, truncated = cal.sequence_from_generated(prefix, generated[j], sp.eot, max_len, strip_eot)
             else:
-                ids, truncated = cal.sequence_from_text(tokenizer, prefix, s.text or "", sp.eot, max_len)
+                ids, truncated = cal.sequence_from_text(tokenizer, prefix, s.text or "", sp.eot, max_len, strip_eot)
             if truncated:
                 log.warning("%s: text longer than the decoder's %d positions; truncated", s.clip.id, max_len)
-            if len(ids) == len(prefix) + 1:
-                log.warning("%s: empty %s text; kept as [prefix, EOT]", s.clip.id, s.task)
+            if len(ids) < min_tokens:
+                if skipped is not None:
+                    skipped.append({"clip_id": s.clip.id, "fraction": s.fraction, "length": len(ids)})
+                continue
+            if len(ids) == len(prefix) + (0 if strip_eot else 1):
+                log.warning("%s: empty %s text; kept as the bare prefix", s.clip.id, s.task)
             folder = out_dir / s.folder
             folder.mkdir(parents=True, exist_ok=True)
             np.save(folder / cal.ENCODER_STATES, np.ascontiguousarray(states[j:j + 1].to(torch.float32).numpy()))
             np.save(folder / cal.DECODER_STATES, cal.decoder_inputs(decoder, ids))
             rows.append({
-                "clip_id": s.clip.id, "language": s.clip.lang, "source_language": s.clip.whisper_lang,
+                "clip_id": s.clip.id, **({} if s.fraction == 1.0 else {"audio_fraction": s.fraction}),
+                "language": s.clip.lang, "source_language": s.clip.whisper_lang,
                 "task": s.task, "task_type": cal.TASK_TYPES[s.task], "use_translation": s.task == cal.TRANSLATE,
                 "text_source": text_source, "tokens": ids, "length": len(ids), "truncated": truncated,
                 "decoded_tokens": tokenizer.decode(ids, skip_special_tokens=False),
@@ -179,7 +208,7 @@ def build_decoder_set(model: Any, processor: Any, samples: Sequence[Sample], out
             })
         bar.update(len(batch))
     bar.close()
-    return sorted(rows, key=lambda r: r["clip_id"])
+    return sorted(rows, key=lambda r: (r["clip_id"], r.get("audio_fraction", 1.0)))
 
 
 def task_counts(rows: Sequence[dict]) -> dict:
@@ -194,12 +223,22 @@ def task_counts(rows: Sequence[dict]) -> dict:
 
 
 def write_decoder_set(model: Any, processor: Any, samples: Sequence[Sample], out_dir: Path,
-                      cp: CalibrationParams, seed: int) -> list[dict]:
-    """Samples, the tutorial's JSON and the decoded-strings JSON in ``out_dir``; returns the metadata rows."""
-    rows = build_decoder_set(model, processor, samples, out_dir, cp.batch_size, cp.max_new_tokens, cp.text_source)
+                      cp: CalibrationParams, seed: int, skipped: list | None = None) -> list[dict]:
+    """Samples, the tutorial's JSON and the decoded-strings JSON in ``out_dir``; returns the metadata rows
+    (samples under ``calibration.min_tokens`` are left out and appended to ``skipped``)."""
+    skipped = [] if skipped is None else skipped
+    rows = build_decoder_set(model, processor, samples, out_dir, cp.batch_size, cp.max_new_tokens, cp.text_source,
+                             cp.strip_final_eot, cp.min_tokens, skipped)
+    if not rows:
+        raise StageError(f"decoder calibration: all {len(samples)} samples are shorter than calibration.min_tokens "
+                         f"= {cp.min_tokens}; lower it or raise calibration.max_new_tokens")
     pairs = [(r["decoder_hidden_states"], r["encoder_hidden_states"]) for r in rows]
     extra = {"text_source": cp.text_source, "translate_ratio": cp.translate_ratio, "seed": seed}
-    write_json(out_dir / specs.DECODER_JSON, cal.decoder_json(model.config, pairs, rows, extra))
+    recipe = {"prefix_fractions": cp.prefix_fractions, "min_tokens": cp.min_tokens,
+              "strip_final_eot": cp.strip_final_eot}
+    if recipe != {"prefix_fractions": [1.0], "min_tokens": 0, "strip_final_eot": False}:
+        extra.update(recipe)   # the seed's JSON stays as it was
+    write_json(out_dir / specs.DECODER_JSON, cal.decoder_json(model.config, pairs, rows, extra, cp.json_layout))
     write_json(out_dir / specs.DECODER_METADATA_JSON, [r["decoded_tokens"] for r in rows])
     return rows
 
@@ -221,18 +260,21 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     cp = params.calibration
     clips = cal.select_clips(args.audio, params.languages, cp.samples_per_language)
-    tasks = cal.task_mix(clips, cp.translate_ratio, params.seed)
     labels = read_labels(args.labels, params.languages) if cp.text_source == "labels" else None
-    samples = plan_samples(clips, tasks, cp.text_source, labels)
+    samples = plan_recipe(clips, cp, params.seed, labels)
     torch.manual_seed(params.seed)
     model, processor = load_hf(args.model)
     log.info("decoder set: %d clips, %d translate, text from %s", len(samples),
              sum(s.task == cal.TRANSLATE for s in samples), cp.text_source)
+    skipped: list[dict] = []
     with atomic_output(args.out) as tmp:
-        rows = write_decoder_set(model, processor, samples, tmp, cp, params.seed)
+        rows = write_decoder_set(model, processor, samples, tmp, cp, params.seed, skipped)
         cal.validate_decoder_set(tmp / specs.DECODER_JSON, model.config)
+        if skipped:
+            log.info("skipped %d samples under calibration.min_tokens = %d", len(skipped), cp.min_tokens)
         with atomic_output(args.metrics) as mtmp:
-            write_json(mtmp, task_counts(rows))
+            write_json(mtmp, {**task_counts(rows), **({"skipped_short": len(skipped), "skipped": skipped}
+                                                       if cp.min_tokens else {})})
     log.info("wrote %d decoder calibration samples to %s", len(rows), args.out)
 
 

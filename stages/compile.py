@@ -13,8 +13,10 @@ Outputs, in ``--out`` (compiled/<component>/), named after the reference model (
 And ``--metrics``: compiled vs fp32 (torch) on held-out inputs, per output: cosine (mean, min), max abs
 error (decoder: also top-1 agreement of the logits). Held-out inputs are ``compile.numerics_samples``
 entries of the component's calibration set spread evenly over it; they are left out of what the
-quantizer/compiler calibrates on (whisper_npu/backends/calib_sets.py). The qbcompiler backend cannot run
-an .mxq without the NPU, so its metric says so (``checked: false``).
+quantizer calibrates on (whisper_npu/backends/calib_sets.py). The qbcompiler backend cannot run an .mxq
+without the NPU, so it calibrates on every entry (no hold-out: nothing could use it) and its metric says
+so (``checked: false``). With qbcompiler 1.3+ the configuration the compiler resolved
+(``config_save_path``) is kept as ``<name>_<component>.config.yaml`` and copied into provenance.
 
 A compiler exception, or a missing or empty output, exits non-zero with the compiler's message and leaves
 neither the output folder nor the metric behind.
@@ -134,13 +136,22 @@ def compile_qbcompiler(model: Any, component: str, spec: ComponentSpec, cs: cali
     inst = qbcompiler.require()
     plan = qbcompiler.plan_calls(inst.api, component, cp.qbcompiler, gpu=torch.cuda.is_available(),
                                  input_features_shape=(1, int(model.config.num_mel_bins),
-                                                       spec.inputs[0].shape[1] if component == "encoder" else 0))
+                                                       spec.inputs[0].shape[1] if component == "encoder" else 0),
+                                 version=inst.version)
     with tempfile.TemporaryDirectory(prefix="whisper-npu-calib-") as tmp:
         # Absolute paths for the compiler, in a temp dir: never inside a DVC output.
         calib_file = calib_sets.write_absolute(cs, calib_idx, Path(tmp).resolve())
         artifacts = qbcompiler.compile_component(inst, plan, model, calib_file, out_dir, stem)
     resolved = {"compiler": {"module": inst.module, "version": inst.version, "api": inst.api}, "calls": plan,
                 "calibrated_on": calib_idx}
+    if "compile_config" in artifacts:   # what the compiler says it resolved (config_save_path, 1.3+)
+        import yaml
+
+        saved = out_dir / artifacts["compile_config"]
+        try:
+            resolved["compiler_config"] = yaml.safe_load(saved.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as e:
+            raise StageError(f"{saved.name}: the compiler's saved configuration is unreadable ({e})") from None
     metrics = {"checked": False,
                "reason": "an .mxq runs only on a Mobilint NPU (qbruntime); compare on the device with the "
                          "evaluate stage"}
@@ -158,7 +169,11 @@ def run(component: str, params_path: Path, toolchain: Path, model_dir: Path, cal
     model, _ = model_store.load_hf(model_dir)
     spec = component_spec(component, model.config)
     cs = calib_sets.read_calib_set(component, calibration)
-    calib_idx, held_idx = calib_sets.split_holdout(len(cs), cp.numerics_samples, str(calibration))
+    if backend == "qbcompiler":
+        # nothing can be checked on a compile host (an .mxq runs only on the NPU): calibrate on every entry
+        calib_idx, held_idx = list(range(len(cs))), []
+    else:
+        calib_idx, held_idx = calib_sets.split_holdout(len(cs), cp.numerics_samples, str(calibration))
     stem = f"{info['name']}_{component}"
     log.info("compile %s with %s: %d calibration entries (%d held out)", stem, backend, len(cs), len(held_idx))
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import default_params, run
+from conftest import ROOT, default_params, run
 
 from stages import calibrate_decoder as dec_stage
 from stages import calibrate_encoder as enc_stage
@@ -456,3 +456,112 @@ def test_dvc_reruns_only_what_changed_and_is_reproducible(project, store):
     # the list files hold no path of this machine
     for f in (repo / "calibration" / "encoder" / specs.ENCODER_LIST, repo / "calibration" / "decoder" / specs.DECODER_JSON):
         assert str(repo) not in f.read_text()
+
+
+# ---------------------------------------------------------------------------------------------- recipe knobs
+
+def test_strip_final_eot_keeps_the_room_for_text():
+    prefix, eot = [1, 2, 3, 4], 9
+    assert cal.sequence_from_generated(prefix, [7, 8, 9, 9], eot, 448, strip_eot=True) == ([1, 2, 3, 4, 7, 8], False)
+    ids, truncated = cal.sequence_from_generated(prefix, [5] * 20, eot, 10, strip_eot=True)
+    assert ids == prefix + [5] * 6 and truncated and eot not in ids
+
+
+def test_task_mix_is_exact_and_seeded_per_fraction():
+    clips = [clip(f"{lang}_{i:04d}", lang) for lang in ("en_us", "ko_kr") for i in range(20)]
+    fractions = [0.2, 0.4, 0.6, 0.8, 1.0]
+    mixes = {f: cal.task_mix(clips, 0.2, seed=42, fraction=f) for f in fractions}
+    for f, tasks in mixes.items():
+        for lang in ("en_us", "ko_kr"):
+            assert sum(t == cal.TRANSLATE for c, t in tasks.items() if c.startswith(lang)) == cal.n_translate(20, 0.2)
+        assert tasks == cal.task_mix(list(reversed(clips)), 0.2, seed=42, fraction=f)    # order-free, seeded
+    assert mixes[1.0] == cal.task_mix(clips, 0.2, seed=42)      # the whole clip keeps the seed's draw
+    assert len({tuple(sorted(m.items())) for m in mixes.values()}) > 1, "each fraction draws on its own stream"
+
+
+@pytest.mark.parametrize("over,match", [
+    ({"prefix_fractions": []}, "calibration.prefix_fractions = \\[\\]"),
+    ({"prefix_fractions": [0.0, 1.0]}, "calibration.prefix_fractions\\[0\\] = 0.0: must be > 0"),
+    ({"prefix_fractions": [1.0, 0.5]}, "must be increasing and distinct"),
+    ({"prefix_fractions": [0.5, 1.0], "text_source": "labels"}, "need calibration.text_source = generated"),
+    ({"json_layout": "compact"}, "calibration.json_layout = 'compact': must be one of full, minimal"),
+    ({"min_tokens": -1}, "calibration.min_tokens = -1: must be >= 0"),
+])
+def test_recipe_knobs_are_checked(over, match):
+    from whisper_npu.params import ParamsError, parse_params
+
+    with pytest.raises(ParamsError, match=match):
+        parse_params({"calibration": over})
+
+
+def test_latest_recipe_prefixes_eot_strip_min_tokens_minimal_json(tmp_path, built, store):
+    """The newest public recipe's knobs through the stage's main: 2 prefixes per clip, final EOT removed,
+    short samples skipped (and listed), the minimal JSON; byte-identical on rerun."""
+    import torch
+
+    from whisper_npu.model_store import load_hf
+
+    knobs = {"prefix_fractions": [0.5, 1.0], "strip_final_eot": True, "min_tokens": 7, "json_layout": "minimal"}
+    params = write_params(tmp_path / "params.yaml", **knobs)
+    out = run_decoder(built, store, tmp_path / "decoder", params)
+    data = json.loads((out / specs.DECODER_JSON).read_text())
+    cfg = model_config(store)
+    assert set(data) == {"info", "calib paths"} and set(data["info"]) == {"input names", "input shapes"}
+    metric = json.loads((out.parent / "decoder.metric.json").read_text())
+    skipped = {(s["clip_id"], s["fraction"]) for s in metric["skipped"]}
+    assert all(s["length"] < 7 for s in metric["skipped"]) and metric["skipped_short"] == len(skipped)
+    kept = [(Path(d).parent.name, Path(e).parent.name) for d, e in data["calib paths"]]
+    assert all(a == b for a, b in kept)
+    folder = {1.0: "sample_{}", 0.5: "sample_{}_p050"}
+    expected = sorted(folder[f].format(f"{lang}_{i:04d}") for lang in LANGS for i in range(3) for f in (0.5, 1.0)
+                      if (f"{lang}_{i:04d}", f) not in skipped)
+    assert sorted(k[0] for k in kept) == expected and metric["samples"] == len(expected)
+    eot = tokenizer(store).convert_tokens_to_ids("<|endoftext|>")
+    model, processor = load_hf(store)
+    for dec_path, enc_path in data["calib paths"]:
+        dh = np.load(out / dec_path)
+        assert dh.shape[1] >= 7                                           # min_tokens
+        # the last input row is not EOT's embedding (+ its position): the final EOT was stripped
+        last = model.model.decoder.embed_tokens.weight[eot] + model.model.decoder.embed_positions.weight[dh.shape[1] - 1]
+        assert not np.allclose(dh[0, -1], last.detach().numpy(), atol=1e-5)
+    # a prefix sample's encoder states are the reference encoder's on the first half of the clip's audio
+    name = next(k[0] for k in kept if k[0].endswith("_p050"))
+    cid = name[len("sample_"):-len("_p050")]
+    lang = cid.rsplit("_", 1)[0]
+    audio = cal.load_audio(built / "audio" / lang / f"{cid}.wav")
+    feats = cal.npu_features(processor.feature_extractor, audio[: int(len(audio) * 0.5)])
+    with torch.inference_mode():
+        states = model.model.encoder(torch.from_numpy(feats.transpose(0, 2, 1).copy())).last_hidden_state.numpy()
+    np.testing.assert_allclose(np.load(out / name / cal.ENCODER_STATES), states, rtol=1e-4, atol=1e-4)
+    assert cal.validate_decoder_set(out / specs.DECODER_JSON, cfg) == len(expected)
+    again = run_decoder(built, store, tmp_path / "again" / "decoder", params)
+    assert sha256_tree(again) == sha256_tree(out)
+
+
+def test_min_tokens_skips_exactly_the_short_samples(tmp_path, built, store):
+    """Reference texts of different token lengths: exactly those under min_tokens (prefix + text, EOT
+    stripped) are skipped and listed; the rest are kept."""
+    params = write_params(tmp_path / "params.yaml", text_source="reference", translate_ratio=0.0,
+                          strip_final_eot=True, min_tokens=11)
+    out = run_decoder(built, store, tmp_path / "decoder", params)
+    tok = tokenizer(store)
+    rows = manifest_rows(built / "audio")
+    length = {cid: 4 + len(tok.encode(" " + r["text"].strip(), add_special_tokens=False))
+              for cid, r in rows.items() if r["split"] == "calibration" and int(cid[-4:]) < 3}
+    short = {cid for cid, n in length.items() if n < 11}
+    assert short and short != set(length), "the texts must give some short and some long samples"
+    metric = json.loads((out.parent / "decoder.metric.json").read_text())
+    assert {s["clip_id"] for s in metric["skipped"]} == short and metric["skipped_short"] == len(short)
+    meta = json.loads((out / specs.DECODER_JSON).read_text())["metadata"]
+    assert {m["clip_id"] for m in meta} == set(length) - short
+    assert all(m["length"] == length[m["clip_id"]] and m["tokens"][-1] != tok.convert_tokens_to_ids("<|endoftext|>")
+               for m in meta)
+
+
+def test_recipe_knobs_rerun_only_the_decoder_set_and_what_follows():
+    """dvc.yaml: the encoder set reads only calibration.samples_per_language; compile@encoder depends on the
+    encoder set only; the decoder set reads the whole calibration section."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert stages["calibrate_encoder"]["params"] == ["languages", "calibration.samples_per_language"]
+    assert "calibration" in stages["calibrate_decoder"]["params"]
+    assert "calibration/${key}" in stages["compile"]["do"]["deps"]

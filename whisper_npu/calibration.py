@@ -135,14 +135,21 @@ def n_translate(n: int, ratio: float) -> int:
     return min(n, int(math.floor(ratio * n + 0.5)))
 
 
-def _lang_seed(seed: int, lang: str) -> list[int]:
-    # A per-language stream: adding or removing another language never changes this language's draw.
-    return [seed, int.from_bytes(hashlib.sha256(lang.encode()).digest()[:8], "little")]
+def _lang_seed(seed: int, lang: str, fraction: float = 1.0) -> list[int]:
+    # A per-language stream: adding or removing another language never changes this language's draw. An
+    # audio-prefix fraction other than the whole clip gets its own stream (the whole clip keeps the seed's).
+    stream = [seed, int.from_bytes(hashlib.sha256(lang.encode()).digest()[:8], "little")]
+    return stream if fraction == 1.0 else stream + [percent(fraction)]
 
 
-def task_mix(clips: Iterable[Clip], ratio: float, seed: int) -> dict[str, str]:
+def percent(fraction: float) -> int:
+    """A prefix fraction in whole percent (params check: distinct per list)."""
+    return int(round(fraction * 100))
+
+
+def task_mix(clips: Iterable[Clip], ratio: float, seed: int, fraction: float = 1.0) -> dict[str, str]:
     """Clip id -> task. Per language exactly ``n_translate(N, ratio)`` clips translate, chosen by a seeded
-    permutation of the language's clips sorted by id.
+    permutation of the language's clips sorted by id; each audio-prefix ``fraction`` draws on its own.
 
     English clips are drawn like the others: Whisper's translate task on English audio is valid and yields
     English text (the tutorial did the same), so every language gets the same task prompt mix.
@@ -153,7 +160,7 @@ def task_mix(clips: Iterable[Clip], ratio: float, seed: int) -> dict[str, str]:
     tasks: dict[str, str] = {}
     for lang, ids in sorted(by_lang.items()):
         ids = sorted(ids)
-        perm = np.random.default_rng(_lang_seed(seed, lang)).permutation(len(ids))
+        perm = np.random.default_rng(_lang_seed(seed, lang, fraction)).permutation(len(ids))
         chosen = {ids[i] for i in perm[: n_translate(len(ids), ratio)]}
         tasks.update({i: TRANSLATE if i in chosen else TRANSCRIBE for i in ids})
     return tasks
@@ -191,8 +198,9 @@ def prefix_ids(tokenizer: Any, whisper_lang: str, task: str) -> list[int]:
 
 
 def sequence_from_generated(prefix: Sequence[int], generated: Sequence[int], eot: int,
-                            max_len: int) -> tuple[list[int], bool]:
-    """Full decoder sequence from ``generate`` output: prefix + text ids up to the first EOT + EOT.
+                            max_len: int, strip_eot: bool = False) -> tuple[list[int], bool]:
+    """Full decoder sequence from ``generate`` output: prefix + text ids up to the first EOT + EOT (no final
+    EOT with ``strip_eot``, the newest tutorial recipe).
 
     ``generated`` may or may not start with the prefix (transformers versions differ); padding after EOT is
     dropped. Returns (ids, truncated).
@@ -202,11 +210,11 @@ def sequence_from_generated(prefix: Sequence[int], generated: Sequence[int], eot
         ids = ids[len(prefix):]
     if eot in ids:
         ids = ids[: ids.index(eot)]
-    return _finish(list(prefix), ids, eot, max_len)
+    return _finish(list(prefix), ids, eot, max_len, strip_eot)
 
 
 def sequence_from_text(tokenizer: Any, prefix: Sequence[int], text: str, eot: int,
-                       max_len: int) -> tuple[list[int], bool]:
+                       max_len: int, strip_eot: bool = False) -> tuple[list[int], bool]:
     """Full decoder sequence for a given text: prefix + tokens of ``" " + text.strip()`` + EOT.
 
     The leading space is how Whisper's own outputs and openai-whisper's prompts encode text; no text
@@ -214,13 +222,15 @@ def sequence_from_text(tokenizer: Any, prefix: Sequence[int], text: str, eot: in
     """
     text = text.strip()
     ids = tokenizer.encode(" " + text, add_special_tokens=False) if text else []
-    return _finish(list(prefix), list(ids), eot, max_len)
+    return _finish(list(prefix), list(ids), eot, max_len, strip_eot)
 
 
-def _finish(prefix: list[int], text_ids: list[int], eot: int, max_len: int) -> tuple[list[int], bool]:
-    room = max_len - len(prefix) - 1
+def _finish(prefix: list[int], text_ids: list[int], eot: int, max_len: int,
+            strip_eot: bool = False) -> tuple[list[int], bool]:
+    end = [] if strip_eot else [eot]
+    room = max_len - len(prefix) - len(end)
     truncated = len(text_ids) > room
-    return prefix + text_ids[:room] + [eot], truncated
+    return prefix + text_ids[:room] + end, truncated
 
 
 def decoder_inputs(decoder: Any, ids: Sequence[int]) -> np.ndarray:
@@ -268,11 +278,22 @@ def read_encoder_list(list_path: str | Path) -> list[Path]:
     return [_resolve(ln, base, list_path) for ln in lines]
 
 
+JSON_LAYOUTS = ("full", "minimal")
+
+
 def decoder_json(config: Any, pairs: Sequence[tuple[str, str]], metadata: Sequence[dict],
-                 extra_info: dict | None = None) -> dict:
-    """The tutorial's ``whisper_decoder_calib.json`` structure (paths as given, normally relative)."""
+                 extra_info: dict | None = None, layout: str = "full") -> dict:
+    """The tutorial's ``whisper_decoder_calib.json`` structure (paths as given, normally relative).
+
+    ``full``: the 0.12 seed's ``info`` (names, shapes, task types, omission rate), ``calib paths`` and
+    ``metadata``; ``minimal``: the newest recipe's ``info`` (names, shapes) and ``calib paths`` only."""
     spec = specs.decoder_spec(config)
-    info = {"input names": [t.name for t in spec.inputs], "input shapes": [list(t.shape) for t in spec.inputs],
+    names, shapes = [t.name for t in spec.inputs], [list(t.shape) for t in spec.inputs]
+    if layout == "minimal":
+        return {"info": {"input names": names, "input shapes": shapes}, "calib paths": [[d, e] for d, e in pairs]}
+    if layout != "full":
+        raise ValueError(f"decoder JSON layout {layout!r}: expected one of {JSON_LAYOUTS}")
+    info = {"input names": names, "input shapes": shapes,
             "task_types": sorted(TASK_TYPES.values()),
             # The tutorial wrote 0.2 here although language omission was disabled; it is really 0.
             "language_omission_rate": 0.0, **(extra_info or {})}

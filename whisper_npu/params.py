@@ -108,6 +108,20 @@ class CalibrationParams:
     samples_per_language: int = _f(6, ge=1, doc="calibration clips used per language (<= clips - eval_clips)")
     max_new_tokens: int = _f(128, ge=1, le=440)
     batch_size: int = _f(4, ge=1)
+    # Decoder-set recipe knobs. Seed (tutorial 0.12): [1.0], 0, false, full. Newest public recipe
+    # (f3f9d540): [0.2, 0.4, 0.6, 0.8, 1.0], 8, true, minimal (params/tutorial-latest.yaml).
+    prefix_fractions: list = _f([1.0], doc="decoder samples per clip: the first fraction of its audio, each in (0, 1]")
+    min_tokens: int = _f(0, ge=0, doc="skip decoder samples with fewer tokens (after the EOT strip); 0 = keep all")
+    strip_final_eot: bool = _f(False, doc="drop the final EOT from each decoder sequence")
+    json_layout: str = _f("full", choices=("full", "minimal"),
+                          doc="full: info + calib paths + metadata (0.12); minimal: info names/shapes + calib paths")
+
+
+QB_TARGETS = ("aries-rb", "regulus-rb", "regulus-rb-usb", "regulus-ra")
+QB_SCHEMES = ("auto", "single", "multi", "global", "global4", "global8", "all")
+# qbcompiler config objects settable per component (mxq_compile keyword <section>_config; docs v1.3 REF/MQ)
+QB_CONFIG_SECTIONS = ("calibration", "bit", "equivalent_transformation", "hessian_quant", "search_weight_scale",
+                      "resource_management", "layer_bias_correction", "bias_correction")
 
 
 @dataclass(frozen=True)
@@ -115,9 +129,21 @@ class QbcompilerParams:
     device: str = _f("auto", choices=("auto", "cuda", "gpu", "cpu"),
                      doc="auto: cuda on 0.12, gpu on 1.x when torch sees a GPU, else cpu")
     # auto: the tutorial's scheme for the installed version (<= 1.0: encoder global4, decoder single; >= 1.1: all)
-    encoder_scheme: str = _f("auto", choices=("auto", "single", "multi", "global", "global4", "global8", "all"))
-    decoder_scheme: str = _f("auto", choices=("auto", "single", "multi", "global", "global4", "global8", "all"))
+    # auto: REGULUS single; ARIES all where the compiler has it (1.0.2+), else the tutorial's
+    # encoder global4 / decoder single
+    encoder_scheme: str = _f("auto", choices=QB_SCHEMES)
+    decoder_scheme: str = _f("auto", choices=QB_SCHEMES)
+    target_device: str = _f("aries-rb", choices=QB_TARGETS,
+                            doc="NPU the .mxq is built for; anything but aries-rb needs qbcompiler >= 1.2")
     llm_full_seq_calibration: bool = _f(True)
+    llm_max_sequence_length: int = _f(0, ge=0, doc="decoder LlmConfig max_sequence_length; 0: REGULUS 1024, else "
+                                                   "the compiler's default (not passed)")
+    llm_max_cache_length: int = _f(0, ge=0, doc="decoder LlmConfig max_cache_length; 0 as above")
+    encoder_configs: dict = _f({}, doc="config objects for the encoder's mxq_compile, by section (1.0.1+)")
+    decoder_configs: dict = _f({}, doc="config objects for the decoder's mxq_compile, by section (1.0.1+)")
+    decoder_part_options: dict = _f({}, doc="1.3+: mblt_compile model_part_options for the decoder")
+    decoder_dynamic_axes: dict = _f({}, doc="1.3+: mblt_compile dynamic_axes for the decoder")
+    save_config: bool = _f(True, doc="1.3+: config_save_path: record the configuration the compiler resolved")
     encoder_mblt_backend: str = _f("auto", choices=("auto", "hf", "torch"),
                                    doc="mblt_compile backend for the encoder; auto: hf (0.11/0.12, >= 1.1), torch (1.0)")
     mblt_device: str = _f("cpu", choices=("cpu", "cuda", "gpu"), doc="mblt_compile device (tutorial: cpu)")
@@ -170,7 +196,8 @@ class Params:
 
 # ---------------------------------------------------------------------------------------------- loading
 
-_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
+               dict: "a mapping"}
 
 
 def _type_name(tp: Any) -> str:
@@ -190,6 +217,8 @@ def _check_scalar(key: str, value: Any, tp: Any) -> Any:
         ok = isinstance(value, str)
     elif tp is list:
         ok = isinstance(value, list)
+    elif tp is dict:
+        ok = isinstance(value, dict)
     else:
         raise TypeError(f"unsupported params type {tp} for {key}")
     if not ok:
@@ -273,11 +302,54 @@ def _cross_checks(p: Params) -> None:
         raise ParamsError("audio.synth.variants = []: list at least one variant ('' is the default voice)")
     if a.source == "local" and not a.local.dir:
         raise ParamsError("audio.local.dir = '': with audio.source = local name the folder of audio")
+    _check_calibration(p.calibration)
+    _check_qbcompiler(p.compile.qbcompiler)
     o = p.compile.onnxruntime
     _check_list("compile.onnxruntime.op_types", o.op_types, str)
     _check_list("compile.onnxruntime.nodes_to_exclude", o.nodes_to_exclude, str)
     _check_list("compile.onnxruntime.keep_float", o.keep_float, str,
                 ("attention_matmuls", "first_conv", "convs", "lm_head", "fc2"))
+
+
+def _check_calibration(c: CalibrationParams) -> None:
+    key = "calibration.prefix_fractions"
+    _check_list(key, c.prefix_fractions, float)
+    if not c.prefix_fractions:
+        raise ParamsError(f"{key} = []: list at least one fraction (1.0 = the whole clip, the seed)")
+    for i, f in enumerate(c.prefix_fractions):
+        if not 0 < f <= 1:
+            raise ParamsError(f"{key}[{i}] = {f!r}: must be > 0 and <= 1")
+    pct = [round(float(f) * 100) for f in c.prefix_fractions]
+    if len(set(pct)) != len(pct) or pct != sorted(pct):
+        raise ParamsError(f"{key} = {c.prefix_fractions!r}: must be increasing and distinct in whole percent")
+    if c.prefix_fractions != [1.0] and c.text_source != "generated":
+        raise ParamsError(f"{key} = {c.prefix_fractions!r}: audio prefixes need calibration.text_source = "
+                          f"generated (a {c.text_source} text belongs to the whole clip)")
+
+
+def _check_qbcompiler(q: QbcompilerParams) -> None:
+    key = "compile.qbcompiler"
+    if q.target_device == "regulus-ra":
+        raise ParamsError(f"{key}.target_device = regulus-ra: Mobilint's STT tutorial lists REGULUS-RA as not "
+                          "supported for Whisper; use aries-rb or regulus-rb")
+    if q.target_device.startswith("regulus"):
+        for comp in ("encoder", "decoder"):
+            scheme = getattr(q, f"{comp}_scheme")
+            if scheme not in ("auto", "single"):
+                raise ParamsError(f"{key}.{comp}_scheme = {scheme}: {key}.target_device = {q.target_device} "
+                                  "supports only single (REGULUS has one core); use auto or single")
+    if q.llm_max_sequence_length and q.llm_max_cache_length and q.llm_max_cache_length < q.llm_max_sequence_length:
+        raise ParamsError(f"{key}.llm_max_cache_length = {q.llm_max_cache_length}: must be >= "
+                          f"{key}.llm_max_sequence_length = {q.llm_max_sequence_length}")
+    for comp in ("encoder", "decoder"):
+        for section, value in getattr(q, f"{comp}_configs").items():
+            where = f"{key}.{comp}_configs.{section}"
+            if section == "llm":
+                raise ParamsError(f"{where}: set the LLM config with {key}.llm_* keys")
+            if section not in QB_CONFIG_SECTIONS:
+                raise ParamsError(f"{where}: unknown section; allowed: {', '.join(QB_CONFIG_SECTIONS)}")
+            if not isinstance(value, dict):
+                raise ParamsError(f"{where} = {value!r}: must be a mapping of the config object's fields")
 
 
 def parse_params(data: Any, source: str = "params.yaml") -> Params:

@@ -60,8 +60,10 @@ def overrides(preset_path: Path, params_path: Path = Path("params.yaml")) -> lis
     base = yaml.safe_load(params_path.read_text(encoding="utf-8")) if params_path.exists() else {}
     parse_params(merge(base, preset), str(preset_path))  # fail early on a bad preset
     args: list[str] = []
+    present = {k for k, _ in flatten(base)}
     for key, value in flatten(preset):
-        args += ["-S", f"{key}={_value(value)}"]
+        # Hydra (dvc -S) adds a key absent from params.yaml only with "+" (e.g. a nested config object field)
+        args += ["-S", f"{'' if key in present else '+'}{key}={_value(value)}"]
     return args
 
 

@@ -47,6 +47,26 @@ def compiled_backend_name(enc_dir: Path, dec_dir: Path) -> str:
     return str(names[0])
 
 
+def _mxq_call(compiled_dir: Path) -> dict:
+    prov = read_json(compiled_dir / PROVENANCE)
+    calls = prov.get("resolved", {}).get("calls")
+    if not isinstance(calls, dict) or not isinstance(calls.get("mxq_compile"), dict):
+        raise StageError(f"{compiled_dir / PROVENANCE}: no resolved.calls.mxq_compile (written by an older "
+                         f"compile stage?); rerun `dvc repro compile@{compiled_dir.name}`")
+    return calls["mxq_compile"]
+
+
+def compiled_scheme(compiled_dir: Path) -> str:
+    """The inference scheme the compile stage passed to ``mxq_compile`` (``resolved.calls.mxq_compile``);
+    ``single`` when it passed none (qbcompiler's documented default; the 0.11 decoder call)."""
+    return str(_mxq_call(compiled_dir).get("inference_scheme") or "single")
+
+
+def compiled_target(compiled_dir: Path) -> str:
+    """The target device passed to ``mxq_compile``; ``aries-rb`` for compilers without the argument."""
+    return str(_mxq_call(compiled_dir).get("target_device") or "aries-rb")
+
+
 def load_compiled(enc_dir: Path, dec_dir: Path, model_config: Any) -> Any:
     """The compiled model as a runtime.Backend: ONNX Runtime here, Mobilint's runtime for .mxq files.
 
@@ -57,12 +77,12 @@ def load_compiled(enc_dir: Path, dec_dir: Path, model_config: Any) -> Any:
 
         return load_ort_backend(enc_dir, dec_dir)
     if backend == "qbcompiler":
-        from whisper_npu.backends.mxq_runtime import RuntimeUnavailable, load_mxq_backend
+        from whisper_npu.backends.mxq_runtime import RuntimeUnavailable, import_runtime, load_mxq_backend
 
-        schemes = [read_json(d / PROVENANCE).get("options", {}).get("inference_scheme") for d in (enc_dir, dec_dir)]
         try:
-            return load_mxq_backend(enc_dir, dec_dir, model_config, encoder_scheme=schemes[0] or "global4",
-                                    decoder_scheme=schemes[1] or "single")
+            import_runtime()   # no runtime: not runnable here, whatever the artifacts say
+            return load_mxq_backend(enc_dir, dec_dir, model_config, encoder_scheme=compiled_scheme(enc_dir),
+                                    decoder_scheme=compiled_scheme(dec_dir), target_device=compiled_target(dec_dir))
         except RuntimeUnavailable as e:
             raise CompiledNotRunnable(f"{dec_dir}: {e}") from None
     raise StageError(f"{dec_dir / PROVENANCE}: unknown backend {backend!r}; expected onnxruntime or qbcompiler")

@@ -1,19 +1,23 @@
 """The Mobilint NPU backend: compiled ``.mxq`` encoder and decoder driven through Mobilint's runtime.
 
-NOT TESTED HERE. No Mobilint runtime (``qbruntime``, formerly ``maccel``) and no ARIES/REGULUS NPU exist on
-this machine; the code follows the calls documented in shared/notes/mobilint-qbcompiler.md §4 (Mobilint's
-tutorial ``runtime/transformers/stt/mblt-whisper.py`` and the ``qbruntime`` examples), and the tests only
-check that it refuses clearly when the runtime is absent. What it does:
+Runs with ``qbruntime`` (PyPI ``mobilint-qb-runtime``, checked against 1.5.0) and its 0.x name ``maccel``
+(checked against 0.30.1). Both wheels import on a machine without an NPU; tests/test_mxq_runtime.py checks
+every class, method and keyword used here against the installed packages and drives this runner end to
+end against a fake whose method set is read from the real ``qbruntime.Model``. NOT run here against an
+NPU (none exists on this project's machines). What it does (shared/notes/mobilint-current.md §3):
 
-* ``rt.Accelerator(dev_no)``, ``rt.ModelConfig()`` with the core mode matching the compile's inference
-  scheme (tutorial: encoder ``global4`` on Cluster1, decoder ``single`` on Cluster0/Core3),
-  ``rt.Model(path, mc)``, ``model.launch(acc)``, ``model.dispose()``;
+* ``rt.Accelerator(dev_no=N)`` (keyword: qbruntime's first parameter is ``device_name``, maccel's is
+  ``dev_no``); no NPU -> :class:`RuntimeUnavailable` with the runtime's own message;
+* ``rt.ModelConfig()`` with the core mode the compile's inference scheme needs (an ``all`` MXQ needs an
+  explicit mode: encoder and decoder on their own single cores), ``rt.Model(path, mc)``, ``launch(acc)``,
+  ``dispose()``;
 * encoder: ``infer([features [1, 3000, 80]])[0]`` reshaped to ``[1, 1500, d]``;
-* decoder: token + position embeddings computed on the CPU from ``embed_tokens.npy`` /
-  ``embed_positions.npy`` (the tables are not inside the MXQ), passed as ``[1, 1, seq, d]`` together
-  with the encoder states; ``infer([hidden, encoder_states], cache_size=past)`` where ``past`` is the
-  number of tokens already in the NPU's KV cache; ``reset_cache_memory()`` starts a new sequence;
-  output ``[0]`` holds the logits of every fed position, the last row is returned.
+* decoder: token + position embeddings computed on the CPU (the tables are not inside the MXQ) passed as
+  ``[1, 1, seq, d]`` with the encoder states; ``infer([hidden, states], cache_size=past)`` where ``past``
+  is the number of tokens already in the NPU's KV cache. A new sequence starts with ``cache_size=0``
+  (qbruntime 1.x has no ``reset_cache_memory``; Mobilint's own code dropped it, mblt-model-zoo
+  ``a31f272``). Output ``[0]`` holds the logits of the fed positions (or only the last one for a
+  ``last_token_only`` build); the last row is returned.
 """
 from __future__ import annotations
 
@@ -28,10 +32,11 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 RUNTIME_MODULES = ("qbruntime", "maccel")   # new name first; maccel is the 0.x name of the same API
+SCHEMES = ("single", "multi", "global", "global4", "global8", "all")
 
 
 class RuntimeUnavailable(RuntimeError):
-    """Mobilint's runtime is not installed (or no NPU): .mxq models cannot run on this machine."""
+    """Mobilint's runtime is not installed, or no NPU device is present: .mxq models cannot run here."""
 
 
 def import_runtime() -> Any:
@@ -49,17 +54,38 @@ def import_runtime() -> Any:
         "compile.backend=onnxruntime to evaluate on the CPU")
 
 
-def model_config(rt: Any, scheme: str, component: str) -> Any:
+def runtime_name(rt: Any) -> str:
+    return f"{rt.__name__} {getattr(rt, '__version__', '')}".strip()
+
+
+def open_accelerator(rt: Any, dev_no: int = 0) -> Any:
+    """``rt.Accelerator`` for device ``dev_no``; RuntimeUnavailable when the runtime finds no NPU."""
+    devices = getattr(rt, "get_available_device_numbers", None)   # qbruntime only
+    if devices is not None and dev_no not in list(devices()):
+        raise RuntimeUnavailable(f"{runtime_name(rt)} is installed but finds no NPU device {dev_no} "
+                                 f"(available: {list(devices()) or 'none'}); run evaluate on the NPU host")
+    try:
+        return rt.Accelerator(dev_no=dev_no)
+    except RuntimeError as e:   # QbRuntimeError / MAccelError both derive from RuntimeError
+        raise RuntimeUnavailable(f"{runtime_name(rt)} is installed but cannot open NPU device {dev_no}: "
+                                 f"{' '.join(str(e).split())}") from None
+
+
+def model_config(rt: Any, scheme: str, component: str, target_device: str = "aries-rb") -> Any:
     """``rt.ModelConfig`` with the core mode for a compile-time inference scheme.
 
-    Mirrors the tutorial's v0.12 runtime (encoder global4 on Cluster1, decoder single-core on
-    Cluster0/Core3, so both stay resident); ``all`` (qbcompiler >= 1.x) runs single-core, as Mobilint's
-    prepare_model.py (target cores "0:0").
+    The tutorial's v0.12 runtime: encoder global4 on Cluster1, decoder single-core on Cluster0/Core3, so
+    both stay resident. ``all`` (qbcompiler >= 1.0.2) holds every mode and needs an explicit one: single
+    cores (Mobilint's prepare_model.py), encoder Cluster0/Core0 and decoder Cluster0/Core3. REGULUS has
+    one core (Cluster0/Core0) and runs only single.
     """
     mc = rt.ModelConfig()
-    core = rt.Core.Core3 if component == "decoder" else rt.Core.Core0
+    regulus = target_device.startswith("regulus")
+    if regulus and scheme not in ("single", "all"):
+        raise ValueError(f"inference scheme {scheme!r} on {target_device}: REGULUS runs only single")
+    core = rt.Core.Core3 if component == "decoder" and not regulus else rt.Core.Core0
     if scheme in ("single", "all"):
-        mc.set_single_core_mode(None, [rt.CoreId(rt.Cluster.Cluster0, core)])
+        mc.set_single_core_mode(core_ids=[rt.CoreId(rt.Cluster.Cluster0, core)])
     elif scheme == "multi":
         mc.set_multi_core_mode([rt.Cluster.Cluster0, rt.Cluster.Cluster1])
     elif scheme in ("global", "global4"):
@@ -67,12 +93,12 @@ def model_config(rt: Any, scheme: str, component: str) -> Any:
     elif scheme == "global8":
         mc.set_global8_core_mode()
     else:
-        raise ValueError(f"inference scheme {scheme!r}: no core mode known for it")
+        raise ValueError(f"inference scheme {scheme!r}: no core mode known for it (known: {', '.join(SCHEMES)})")
     return mc
 
 
-def _launch(rt: Any, acc: Any, path: Path, scheme: str, component: str) -> Any:
-    model = rt.Model(str(path), model_config(rt, scheme, component))
+def _launch(rt: Any, acc: Any, path: Path, scheme: str, component: str, target_device: str) -> Any:
+    model = rt.Model(str(path), model_config(rt, scheme, component, target_device))
     model.launch(acc)
     return model
 
@@ -99,13 +125,12 @@ class MxqDecoderSession:
         self.max_positions = self.embed_positions.shape[0]
         self._states: np.ndarray | None = None
         self._past = 0
-        try:
-            self.max_cache = int(model.get_input_buffer_info()[0].max_cache_size)
-        except (AttributeError, IndexError, TypeError):
-            self.max_cache = self.max_positions
+        info = model.get_input_buffer_info()
+        cache = int(info[0].max_cache_size) if info else 0
+        self.max_cache = cache if cache > 0 else self.max_positions
 
     def reset(self, encoder_states: np.ndarray) -> None:
-        self.model.reset_cache_memory()
+        # No runtime call: the next infer passes cache_size=0, which starts a new sequence on the NPU.
         self._states = np.ascontiguousarray(encoder_states, dtype=np.float32)
         self._past = 0
 
@@ -133,11 +158,11 @@ class MxqBackend:
 
     def __init__(self, encoder_mxq: Path, decoder_mxq: Path, embed_tokens: np.ndarray, embed_positions: np.ndarray,
                  n_positions: int, d_model: int, encoder_scheme: str = "global4", decoder_scheme: str = "single",
-                 dev_no: int = 0, embed_scale: float = 1.0):
+                 dev_no: int = 0, embed_scale: float = 1.0, target_device: str = "aries-rb"):
         rt = import_runtime()
-        self._acc = rt.Accelerator(dev_no)
-        self._models = [_launch(rt, self._acc, Path(encoder_mxq), encoder_scheme, "encoder"),
-                        _launch(rt, self._acc, Path(decoder_mxq), decoder_scheme, "decoder")]
+        self._acc = open_accelerator(rt, dev_no)
+        self._models = [_launch(rt, self._acc, Path(encoder_mxq), encoder_scheme, "encoder", target_device)]
+        self._models.append(_launch(rt, self._acc, Path(decoder_mxq), decoder_scheme, "decoder", target_device))
         self.encoder = MxqEncoder(self._models[0], n_positions, d_model)
         self.decoder = MxqDecoderSession(self._models[1], embed_tokens, embed_positions, embed_scale)
 
@@ -155,7 +180,8 @@ def _one(folder: Path, pattern: str) -> Path:
 
 
 def load_mxq_backend(enc_dir: str | Path, dec_dir: str | Path, model_config_: Any,
-                     encoder_scheme: str = "global4", decoder_scheme: str = "single") -> MxqBackend:
+                     encoder_scheme: str = "global4", decoder_scheme: str = "single", dev_no: int = 0,
+                     target_device: str = "aries-rb") -> MxqBackend:
     """The NPU backend from compiled/encoder and compiled/decoder (one .mxq each + the embedding tables)."""
     import_runtime()  # refuse before touching files when the runtime is absent
     enc_dir, dec_dir = Path(enc_dir), Path(dec_dir)
@@ -163,4 +189,5 @@ def load_mxq_backend(enc_dir: str | Path, dec_dir: str | Path, model_config_: An
     return MxqBackend(_one(enc_dir, "*.mxq"), _one(dec_dir, "*.mxq"),
                       np.load(dec_dir / "embed_tokens.npy"), np.load(dec_dir / "embed_positions.npy"),
                       n_positions=int(model_config_.max_source_positions), d_model=int(model_config_.d_model),
-                      encoder_scheme=encoder_scheme, decoder_scheme=decoder_scheme, embed_scale=scale)
+                      encoder_scheme=encoder_scheme, decoder_scheme=decoder_scheme, embed_scale=scale,
+                      dev_no=dev_no, target_device=target_device)

@@ -1,44 +1,51 @@
 """Mobilint qbcompiler backend: ``mblt_compile`` (.mblt) then ``mxq_compile`` (.mxq), one adapter for
-every known API version.
+every known call style.
 
-The compiler is not on PyPI and its source and API reference are not public; the calls below are rebuilt
-from the tutorial's call sites per version (shared/notes/mobilint-qbcompiler.md §2.4-2.6, §3, §5):
+The compiler is not on PyPI and cannot be installed here. The calls are rebuilt from Mobilint's compiler
+documentation (v1.3, shared/notes/qbcompiler-docs.md) and the tutorial's call sites per version
+(shared/notes/mobilint-qbcompiler.md §2-3, mobilint-current.md §1). The call style is chosen by what the
+installed compiler offers, not by version cut-offs: does ``mxq_compile`` take ``target_device``, does
+``mblt_compile`` take ``model_part``, does ``qbcompiler.configs.LlmConfig`` import. Versions only pick
+the ``get_llm_config`` keyword names (0.11 vs 0.12/1.0.0) and a few documented firsts (below).
 
-=========  =====================================================================================
-API        what changes (``qubee`` is the package's name before 2026-01; both names are tried)
-=========  =====================================================================================
-0.11       ``get_llm_config(use_full_seq_len_calib=...)``; decoder mxq_compile without a scheme;
-           decoder compile needs the parser.py line-538 patch (checked: refused when unpatched)
-0.12       ``get_llm_config(llm_config_apply=True, use_full_seq_length=...)``; device ``cuda``;
-           schemes encoder ``global4`` / decoder ``single``; encoder ``mblt_compile(backend="hf")``
-1.0        as 0.12, but the encoder's ``mblt_compile(backend="torch")``
-1.1-1.x    ``qbcompiler.configs.LlmConfig(apply=True, attributes=LlmConfig.Attributes(calibration=
-           LlmConfig.Attributes.Calibration(use_full_seq_length=...)))``; device ``gpu``/``cpu``;
-           scheme ``all``; encoder ``mblt_compile(backend="hf", feed_dict={"input_features": [1,80,3000]})``
-other      refused with a clear error
-=========  =====================================================================================
+=======  ==========================================================================================
+style    what it sends (``qubee`` is the package's name before 2026-01; both names are tried)
+=======  ==========================================================================================
+0.11     ``get_llm_config(use_full_seq_len_calib=...)``; decoder mxq_compile without a scheme; the
+         decoder compile needs the parser.py line-538 patch (checked: refused when unpatched)
+0.12     ``get_llm_config(llm_config_apply=True, use_full_seq_length=...)``; device ``cuda``; schemes
+         encoder ``global4`` / decoder ``single``; ``mblt_compile(backend="hf", target=...)`` (the seed)
+1.0      as 0.12 (qbcompiler 1.0.0: no ``qbcompiler.configs``), the encoder's ``backend="torch"``
+1.x      ``qbcompiler.configs`` imports (1.0.1+; tutorial ``3fee81f``): ``LlmConfig(...)`` objects, device
+         ``gpu``/``cpu``, config objects (``calibration_config`` ...), encoder ``feed_dict``; scheme
+         ``all`` from 1.0.2 (docs CHANGELOG; the issue's notes say 1.0.1: the docs win)
+1.2      ``mxq_compile`` takes ``target_device`` (one compiler for ARIES and REGULUS): as 1.x plus
+         ``target_device`` on both calls, mblt still ``backend="hf"`` (tutorial ``d923fa3c``)
+1.3      ``mblt_compile`` takes ``model_part`` (docs 1.3: ``hf`` removed, ``target_device`` required):
+         the live model with ``backend="torch", model_part=<component>``; ``config_save_path`` records
+         the configuration the compiler resolved (beside the artifact and in provenance)
+other    refused, naming the version found and the styles supported
+=======  ==========================================================================================
 
 What was and was NOT verified against the real compiler
 --------------------------------------------------------
-NOT verified: nothing here has run against a real qbcompiler/qubee (the wheel needs a Mobilint login and
-cannot be installed on this project's machines). Unknown and therefore unchecked: the real signatures and
-defaults of ``mblt_compile``/``mxq_compile``/``get_llm_config``/``LlmConfig``, whether 1.x still accepts
-``global4``/``single`` (the adapter passes them when asked), whether the 1.1 decoder's ``mblt_compile``
-still takes ``backend="hf", target="decoder"`` (assumed: the notes show only its mxq call), whether a
-given compiler accepts ``transformers`` 5.x models (Mobilint documents 4.50.0 for the Whisper parser),
-and where 0.11's parser.py lives beyond the tutorial's ``<qubee>/model_dict/parser/parser.py``.
+NOT verified: nothing here has run against a real qbcompiler/qubee. The 1.3 signatures, argument names and
+config classes come from Mobilint's v1.3 docs; 0.11-1.2 from tutorial call sites only (no docs for them).
+Unknown: whether a given compiler accepts the ``transformers`` 5.x model (Mobilint documents 4.50.0 for
+the Whisper parser), the parts ``available_parts`` reports for Whisper, how 1.3 matches our calibration
+JSON's input names to the ``model_part`` graph (docs: by shape, then name).
 
-Verified here, against a stand-in (tests/standin_qbcompiler/, a fake module that records calls and checks
-them against the tutorial's call sites for 0.12 and 1.x): the exact keyword names and values the adapter
-passes per version, the absolute calibration paths it hands over (they exist and list the right files),
-and that a raising compiler or a missing/empty output file fails the stage with the compiler's message and
-no output left behind. A test marked ``qbcompiler`` runs the real compiler when it imports (skipped here).
+Verified here, against a stand-in (tests/standin_qbcompiler/, a fake module built from the documented
+signatures that records calls): the exact keyword names and values per style and target, the
+absolute calibration paths, refusals naming the params keys, and that a raising compiler or a
+missing/empty output fails the stage with the compiler's message and no output left behind.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
 import importlib.util
+import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,15 +62,27 @@ INSTALL_HINT = ("qbcompiler is not installed (it is not on PyPI): download the w
                 "`pip install qbcompiler-<version>-<platform>.whl` in this environment, or run the pipeline in "
                 "the mobilint/qbcompiler Docker image (e.g. mobilint/qbcompiler:1.0-cpu-ubuntu22.04); "
                 "or set compile.backend to onnxruntime (or auto)")
-KNOWN_APIS = ("0.11", "0.12", "1.0", "1.x")
+KNOWN_APIS = ("0.11", "0.12", "1.0", "1.x", "1.2", "1.3")
+OBJECT_STYLES = ("1.x", "1.2", "1.3")      # qbcompiler.configs objects
+TARGET_STYLES = ("1.2", "1.3")             # target_device argument
+SUPPORTED = "qbcompiler/qubee 0.11, 0.12, 1.0 and 1.x (1.0.1+: config objects; 1.2+: target_device; 1.3: model_part)"
 PARSER_PATCH_LINE = 538   # qubee 0.11.0.1 model_dict/parser/parser.py (tutorial v0.11.0.1)
+REGULUS = ("regulus-rb", "regulus-rb-usb")
+REGULUS_LLM_LENGTH = 1024   # newest public STT compile (f3f9d540): REGULUS max_sequence/cache length
+# params section -> (qbcompiler.configs class, mxq_compile keyword); docs REF/MQ "*_config objects"
+CONFIG_SECTIONS = {
+    "calibration": "CalibrationConfig", "bit": "BitConfig", "equivalent_transformation": "EquivalentTransformationConfig",
+    "hessian_quant": "HessianQuantConfig", "search_weight_scale": "SearchWeightScaleConfig",
+    "resource_management": "ResourceManagementConfig", "layer_bias_correction": "LayerBiasCorrectionConfig",
+    "bias_correction": "BiasCorrectionConfig",
+}
 
 
 @dataclass(frozen=True)
 class Installed:
     module: str     # import name: qbcompiler or qubee
     version: str
-    api: str        # one of KNOWN_APIS
+    api: str        # call style, one of KNOWN_APIS
 
 
 def is_importable() -> bool:
@@ -80,19 +99,64 @@ def _version(module: Any, name: str) -> str:
         return "unknown"
 
 
+def version_tuple(version: str) -> tuple[int, ...]:
+    out = []
+    for part in version.split("+")[0].split("."):
+        digits = "".join(c for c in part if c.isdigit()) if part[:1].isdigit() else ""
+        if not digits:
+            break
+        out.append(int(digits))
+    return tuple(out)
+
+
+def _check_known(version: str) -> tuple[int, ...]:
+    v = version_tuple(version)
+    if len(v) < 2 or not (0, 11) <= v[:2] < (2, 0):
+        raise StageError(f"qbcompiler {version}: unknown API version; this pipeline supports {SUPPORTED}. "
+                         "Install one of those, or extend whisper_npu/backends/qbcompiler.py (see its docstring)")
+    return v
+
+
 def api_of(version: str) -> str:
-    """Map a compiler version onto the API family the adapter knows; StageError for anything else."""
-    parts = version.split(".")
+    """The call style of a compiler known only by its version (no module to inspect)."""
+    v = _check_known(version)
+    if v[:2] in ((0, 11), (0, 12)):
+        return f"{v[0]}.{v[1]}"
+    if v[:3] == (1, 0, 0) or v[:2] == (1, 0) and len(v) == 2:
+        return "1.0"
+    if v[:2] >= (1, 3):
+        return "1.3"
+    return "1.2" if v[:2] >= (1, 2) else "1.x"
+
+
+def _takes(fn: Any, name: str, default: bool) -> bool:
+    """Whether ``fn`` has a parameter ``name``; ``default`` when its signature cannot tell (``**kwargs``)."""
     try:
-        major, minor = int(parts[0]), int(parts[1])
-    except (IndexError, ValueError):
-        major = minor = -1
-    if (major, minor) in ((0, 11), (0, 12), (1, 0)):
-        return f"{major}.{minor}"
-    if major == 1 and minor >= 1:
-        return "1.x"
-    raise StageError(f"qbcompiler {version}: unknown API version (this pipeline knows 0.11, 0.12, 1.0 and 1.1+); "
-                     "install one of those, or extend whisper_npu/backends/qbcompiler.py (see its docstring)")
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return default
+    if name in params:
+        return True
+    return default if any(p.kind is p.VAR_KEYWORD for p in params.values()) else False
+
+
+def call_style(module: Any, name: str, version: str) -> str:
+    """The call style the installed compiler offers (feature detection; see the module docstring)."""
+    v = _check_known(version)
+    for fn in ("mblt_compile", "mxq_compile"):
+        if not callable(getattr(module, fn, None)):
+            raise StageError(f"{name} {version}: has no {fn}(); this pipeline supports {SUPPORTED}")
+    if _takes(module.mxq_compile, "target_device", v[:2] >= (1, 2)):
+        return "1.3" if _takes(module.mblt_compile, "model_part", v[:2] >= (1, 3)) else "1.2"
+    try:
+        if hasattr(importlib.import_module(f"{name}.configs"), "LlmConfig"):
+            return "1.x"
+    except ImportError:
+        pass
+    if callable(getattr(module, "get_llm_config", None)):
+        return {(0, 11): "0.11", (0, 12): "0.12"}.get(v[:2], "1.0")
+    raise StageError(f"{name} {version}: neither {name}.configs.LlmConfig nor get_llm_config(); "
+                     f"this pipeline supports {SUPPORTED}")
 
 
 def find_installed() -> Installed | None:
@@ -102,7 +166,7 @@ def find_installed() -> Installed | None:
             continue
         module = importlib.import_module(name)
         version = _version(module, name)
-        return Installed(name, version, api_of(version))
+        return Installed(name, version, call_style(module, name, version))
     return None
 
 
@@ -115,59 +179,120 @@ def require() -> Installed:
 
 # ------------------------------------------------------------------------------------------- the plan
 
+KEY = "compile.qbcompiler"
+
+
 def _device(api: str, wanted: str, gpu: bool) -> str:
-    """The device name this API uses: cuda up to 1.0, gpu from 1.1 (explicit cuda/gpu mapped across)."""
-    accel = "gpu" if api == "1.x" else "cuda"
+    """The device name this style uses: cuda up to 1.0.0, gpu from 1.0.1 (explicit cuda/gpu mapped across)."""
+    accel = "gpu" if api in OBJECT_STYLES else "cuda"
     if wanted == "auto":
         return accel if gpu else "cpu"
     return "cpu" if wanted == "cpu" else accel
 
 
-def _scheme(api: str, component: str, wanted: str) -> str | None:
+def _has_all(api: str, version: str) -> bool:
+    v = version_tuple(version)
+    return api in OBJECT_STYLES and (not v or v >= (1, 0, 2))   # docs CHANGELOG: `all` from 1.0.2
+
+
+def _scheme(api: str, version: str, component: str, wanted: str, target: str) -> str | None:
+    key = f"{KEY}.{component}_scheme"
+    if target in REGULUS:
+        if wanted not in ("auto", "single"):   # also refused at params check
+            raise StageError(f"{key} = {wanted}: REGULUS ({KEY}.target_device = {target}) runs only single")
+        return "single"
     if wanted == "auto":
-        if api == "1.x":
+        if _has_all(api, version):
             return "all"
         if api == "0.11" and component == "decoder":
             return None   # the 0.11 tutorial passed no inference_scheme to the decoder's mxq_compile
         return "global4" if component == "encoder" else "single"
-    if wanted == "all" and api != "1.x":
-        raise StageError(f"compile.qbcompiler.{component}_scheme = all: needs qbcompiler >= 1.1 "
-                         f"(installed API {api}); use auto, single, multi, global4 or global8")
+    if wanted == "all" and not _has_all(api, version):
+        raise StageError(f"{key} = all: needs qbcompiler >= 1.0.2 (installed {version or api}, call style "
+                         f"{api}); use auto, single, multi, global4 or global8")
     return wanted
 
 
+def _check_target(api: str, version: str, target: str) -> None:
+    key = f"{KEY}.target_device"
+    if target != "aries-rb" and api not in TARGET_STYLES:
+        raise StageError(f"{key} = {target}: the installed qbcompiler {version or api} (call style {api}) takes "
+                         "no target_device and compiles for ARIES only; REGULUS needs qbcompiler >= 1.2")
+    v = version_tuple(version)
+    if target == "regulus-rb-usb" and v and v[:2] < (1, 3):
+        raise StageError(f"{key} = regulus-rb-usb: documented from qbcompiler 1.3 (installed {version})")
+
+
+def _llm(api: str, qb: QbcompilerParams, target: str) -> dict:
+    full = qb.llm_full_seq_calibration
+    seq, cache = qb.llm_max_sequence_length, qb.llm_max_cache_length
+    if target in REGULUS:
+        seq, cache = seq or REGULUS_LLM_LENGTH, cache or REGULUS_LLM_LENGTH
+    if api in OBJECT_STYLES:
+        desc: dict[str, Any] = {"factory": "LlmConfig", "use_full_seq_length": full}
+        if seq:
+            desc["max_sequence_length"] = seq
+        if cache:
+            desc["max_cache_length"] = cache
+        return desc
+    if seq or cache:
+        raise StageError(f"{KEY}.llm_max_sequence_length / llm_max_cache_length: get_llm_config "
+                         f"(call style {api}) takes no lengths; set them to 0 or install qbcompiler >= 1.0.1")
+    if api == "0.11":
+        return {"factory": "get_llm_config", "kwargs": {"use_full_seq_len_calib": full}}
+    return {"factory": "get_llm_config", "kwargs": {"llm_config_apply": True, "use_full_seq_length": full}}
+
+
+def _configs(api: str, component: str, qb: QbcompilerParams) -> dict:
+    data = qb.encoder_configs if component == "encoder" else qb.decoder_configs
+    if data and api not in OBJECT_STYLES:
+        raise StageError(f"{KEY}.{component}_configs: config objects need qbcompiler.configs (1.0.1+); the "
+                         f"installed compiler has call style {api}. Remove the key or upgrade the compiler")
+    return {section: data[section] for section in sorted(data)}
+
+
 def plan_calls(api: str, component: str, qb: QbcompilerParams, *, gpu: bool,
-               input_features_shape: tuple[int, ...]) -> dict:
+               input_features_shape: tuple[int, ...], version: str = "") -> dict:
     """The keyword arguments of the two compiler calls as plain data (without model and paths).
 
     ``llm_config`` (decoder only) is described as data: ``{"factory": "get_llm_config", "kwargs": ...}`` or
-    ``{"factory": "LlmConfig", "use_full_seq_length": ...}``; ``feed_dict`` maps input names to shapes.
+    ``{"factory": "LlmConfig", "use_full_seq_length": ..., ["max_sequence_length", "max_cache_length"]}``;
+    ``configs`` maps params sections (``calibration``, ``bit``, ...) to the data of their config objects;
+    ``feed_dict`` maps input names to shapes. ``version`` refines version-documented firsts (``all``).
     """
     if api not in KNOWN_APIS:
         raise StageError(f"qbcompiler API {api!r}: unknown")
-    mblt: dict[str, Any] = {"target": component, "device": qb.mblt_device if qb.mblt_device == "cpu"
-                            else _device(api, qb.mblt_device, True)}
-    if component == "encoder":
-        backend = qb.encoder_mblt_backend
-        mblt["backend"] = ("torch" if api == "1.0" else "hf") if backend == "auto" else backend
-        if api == "1.x":
-            mblt["feed_dict"] = {"input_features": list(input_features_shape)}
+    target = qb.target_device
+    _check_target(api, version, target)
+    mblt: dict[str, Any] = {}
+    if api == "1.3":
+        mblt.update(backend="torch", model_part=component, target_device=target)
+        if component == "decoder":
+            if qb.decoder_part_options:
+                mblt["model_part_options"] = dict(qb.decoder_part_options)
+            if qb.decoder_dynamic_axes:
+                mblt["dynamic_axes"] = dict(qb.decoder_dynamic_axes)
     else:
-        mblt["backend"] = "hf"
+        mblt.update(target=component, device=qb.mblt_device if qb.mblt_device == "cpu"
+                    else _device(api, qb.mblt_device, True))
+        backend = qb.encoder_mblt_backend if component == "encoder" else "hf"
+        if backend == "auto":
+            backend = "torch" if api == "1.0" or (api == "1.x" and version_tuple(version)[:2] == (1, 0)) else "hf"
+        mblt["backend"] = backend
+        if api in TARGET_STYLES:
+            mblt["target_device"] = target
+    if component == "encoder" and api in OBJECT_STYLES:
+        mblt["feed_dict"] = {"input_features": list(input_features_shape)}
     mxq: dict[str, Any] = {"device": _device(api, qb.device, gpu)}
-    scheme = _scheme(api, component, qb.encoder_scheme if component == "encoder" else qb.decoder_scheme)
+    if api in TARGET_STYLES:
+        mxq["target_device"] = target
+    scheme = _scheme(api, version, component, qb.encoder_scheme if component == "encoder" else qb.decoder_scheme,
+                     target)
     if scheme is not None:
         mxq["inference_scheme"] = scheme
-    llm = None
-    if component == "decoder":
-        full = qb.llm_full_seq_calibration
-        if api == "0.11":
-            llm = {"factory": "get_llm_config", "kwargs": {"use_full_seq_len_calib": full}}
-        elif api in ("0.12", "1.0"):
-            llm = {"factory": "get_llm_config", "kwargs": {"llm_config_apply": True, "use_full_seq_length": full}}
-        else:
-            llm = {"factory": "LlmConfig", "use_full_seq_length": full}
-    return {"api": api, "mblt_compile": mblt, "mxq_compile": mxq, "llm_config": llm}
+    llm = _llm(api, qb, target) if component == "decoder" else None
+    return {"api": api, "mblt_compile": mblt, "mxq_compile": mxq, "llm_config": llm,
+            "configs": _configs(api, component, qb), "save_config": qb.save_config and api == "1.3"}
 
 
 # ------------------------------------------------------------------------------------------- running
@@ -199,17 +324,54 @@ def check_0_11_decoder(inst: Installed) -> None:
                     "compiling anyway", inst.module, inst.version, PARSER_PATCH_LINE)
 
 
+def _pascal(key: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in key.split("_"))
+
+
+def config_object(cls: Any, data: dict) -> Any:
+    """``cls(**data)`` where a mapping value whose PascalCase key names a nested class of ``cls`` becomes
+    that class, recursively: ``{"norm_conv": {"apply": True}}`` on EquivalentTransformationConfig ->
+    ``EquivalentTransformationConfig(norm_conv=EquivalentTransformationConfig.NormConv(apply=True))``, the
+    nesting Mobilint's tutorial uses (``BitConfig.Transformer.MixedPrecision.Activation``, ...)."""
+    kwargs = {}
+    for key, value in data.items():
+        nested = getattr(cls, _pascal(key), None) if isinstance(value, dict) else None
+        kwargs[key] = config_object(nested, value) if inspect.isclass(nested) else value
+    return cls(**kwargs)
+
+
+def _configs_module(inst: Installed) -> Any:
+    return importlib.import_module(f"{inst.module}.configs")
+
+
 def _llm_config(inst: Installed, desc: dict) -> Any:
     if desc["factory"] == "get_llm_config":
         return getattr(importlib.import_module(inst.module), "get_llm_config")(**desc["kwargs"])
-    configs = importlib.import_module(f"{inst.module}.configs")
-    cfg = configs.LlmConfig
-    return cfg(apply=True, attributes=cfg.Attributes(
-        calibration=cfg.Attributes.Calibration(use_full_seq_length=desc["use_full_seq_length"])))
+    attributes = {k: desc[k] for k in ("max_sequence_length", "max_cache_length") if k in desc}
+    attributes["calibration"] = {"use_full_seq_length": desc["use_full_seq_length"]}
+    return config_object(_configs_module(inst).LlmConfig, {"apply": True, "attributes": attributes})
+
+
+def _config_objects(inst: Installed, component: str, sections: dict, mxq_compile: Any) -> dict:
+    configs = _configs_module(inst) if sections else None
+    out = {}
+    for section, data in sections.items():
+        key = f"{KEY}.{component}_configs.{section}"
+        cls = getattr(configs, CONFIG_SECTIONS[section], None)
+        if cls is None:
+            raise StageError(f"{key}: {inst.module} {inst.version} has no {inst.module}.configs."
+                             f"{CONFIG_SECTIONS[section]}")
+        if not _takes(mxq_compile, f"{section}_config", True):
+            raise StageError(f"{key}: {inst.module} {inst.version}'s mxq_compile takes no {section}_config")
+        try:
+            out[f"{section}_config"] = config_object(cls, data)
+        except (TypeError, ValueError) as e:   # pydantic's ValidationError is a ValueError
+            raise StageError(f"{key}: {CONFIG_SECTIONS[section]} refused it: {' '.join(str(e).split())}") from None
+    return out
 
 
 def _feed_dict(shapes: dict) -> dict:
-    """Example tensors for tracing (1.1 tutorial: torch.randn); seeded so reruns trace the same input."""
+    """Example tensors for tracing (tutorial: torch.randn); seeded so reruns trace the same input."""
     import torch
     g = torch.Generator().manual_seed(0)
     return {name: torch.randn(*shape, generator=g) for name, shape in shapes.items()}
@@ -236,23 +398,34 @@ def compile_component(inst: Installed, plan: dict, model: Any, calib_file: Path,
     """Run both compiler calls; ``calib_file`` must hold absolute paths. Returns artifact names by kind."""
     if not calib_file.is_absolute():
         raise ValueError(f"{calib_file}: the compiler needs an absolute calibration path")
-    if inst.api == "0.11" and plan["mblt_compile"]["target"] == "decoder":
+    component = plan["mblt_compile"].get("target") or plan["mblt_compile"].get("model_part")
+    if inst.api == "0.11" and component == "decoder":
         check_0_11_decoder(inst)
     module = importlib.import_module(inst.module)
     mblt_path, mxq_path = (out_dir / f"{stem}.mblt").resolve(), (out_dir / f"{stem}.mxq").resolve()
-    mblt_kwargs = dict(plan["mblt_compile"])
-    if "feed_dict" in mblt_kwargs:
-        mblt_kwargs["feed_dict"] = _feed_dict(mblt_kwargs["feed_dict"])
-    _call("mblt_compile", module.mblt_compile, model=model, mblt_save_path=str(mblt_path), **mblt_kwargs)
-    _check_output(mblt_path, "mblt_compile")
+    # objects first: a config the compiler refuses fails before the (long) parse
     mxq_kwargs = dict(plan["mxq_compile"])
+    mxq_kwargs.update(_config_objects(inst, component, plan.get("configs", {}), module.mxq_compile))
     if plan["llm_config"] is not None:
         try:
             mxq_kwargs["llm_config"] = _llm_config(inst, plan["llm_config"])
         except Exception as e:  # as above: unknown exception types from the compiler package
             raise StageError(f"qbcompiler LLM config ({plan['llm_config']['factory']}) failed: "
                              f"{type(e).__name__}: {e}") from None
+    artifacts = {"mblt": mblt_path.name, "model": mxq_path.name}
+    if plan.get("save_config") and _takes(module.mxq_compile, "config_save_path", True):
+        saved = (out_dir / f"{stem}.config.yaml").resolve()
+        mxq_kwargs["config_save_path"] = str(saved)
+        artifacts["compile_config"] = saved.name
+    mblt_kwargs = dict(plan["mblt_compile"])
+    if "feed_dict" in mblt_kwargs:
+        mblt_kwargs["feed_dict"] = _feed_dict(mblt_kwargs["feed_dict"])
+    _call("mblt_compile", module.mblt_compile, model=model, mblt_save_path=str(mblt_path), **mblt_kwargs)
+    _check_output(mblt_path, "mblt_compile")
     _call("mxq_compile", module.mxq_compile, model=str(mblt_path), calib_data_path=str(calib_file),
           save_path=str(mxq_path), **mxq_kwargs)
     _check_output(mxq_path, "mxq_compile")
-    return {"mblt": mblt_path.name, "model": mxq_path.name}
+    if "compile_config" in artifacts and not (out_dir / artifacts["compile_config"]).is_file():
+        log.warning("qbcompiler wrote no %s although config_save_path was given", artifacts["compile_config"])
+        del artifacts["compile_config"]
+    return artifacts

@@ -1,12 +1,29 @@
 """STAND-IN for Mobilint's qbcompiler. This is NOT the real compiler and compiles nothing.
 
 Tests put ``tests/standin_qbcompiler`` first on ``sys.path`` so ``import qbcompiler`` finds this module.
-It checks every call against the call sites of Mobilint's tutorial for the version it pretends to be
-(shared/notes/mobilint-qbcompiler.md §2.4-2.6, §3): keyword names and allowed values, the calibration
-file (every listed path absolute and existing), and records each call as one JSON line so tests can
-compare the exact calls. It writes small dummy output files, and can be told to raise or to write nothing.
+Per version it pretends to be, it offers the functions, signatures and config classes that Mobilint's
+compiler docs (v1.3, shared/notes/qbcompiler-docs.md) and, for versions the docs do not cover, the
+tutorial's call sites (shared/notes/mobilint-qbcompiler.md §2-3, mobilint-current.md §1) show:
 
-Configured through the environment, read at import (version) and at each call (the rest):
+=========  ===============================================================================================
+version    surface
+=========  ===============================================================================================
+0.11-1.0.0 ``get_llm_config`` (0.11: ``use_full_seq_len_calib``; else ``llm_config_apply``,
+           ``use_full_seq_length``), ``mblt_compile(model, mblt_save_path, backend, target, device)``
+1.0.1+     ``qbcompiler.configs`` (LlmConfig, CalibrationConfig, ...), ``*_config`` keywords, ``feed_dict``;
+           device gpu|cpu; ``all`` from 1.0.2 (CHANGELOG); ``get_llm_config`` until 1.0.x
+1.2+       ``target_device`` on both calls (optional)
+1.3+       ``target_device`` required, ``backend="hf"`` and ``target`` gone, ``model_part``,
+           ``model_part_options``, ``dynamic_axes``, ``config_save_path``, LayerBiasCorrectionConfig; REGULUS
+           takes only single (``all`` narrows to single)
+1.4+       BiasCorrectionConfig instead of LayerBiasCorrectionConfig (tutorial guide only)
+=========  ===============================================================================================
+
+It checks every call (keyword names, allowed values, the calibration file: every listed path absolute and
+existing) and records each call as one JSON line so tests can compare the exact calls. It writes small
+JSON output files (the .mxq names its component, scheme and target, which the stand-in runtime reads), and
+can be told to raise or to write nothing. Configured through the environment, read at import (version)
+and at each call (the rest):
 
 * ``STANDIN_QBCOMPILER_VERSION``: the version it reports (default 0.12.0.0);
 * ``STANDIN_QBCOMPILER_LOG``: JSON-lines file the calls are appended to;
@@ -15,6 +32,7 @@ Configured through the environment, read at import (version) and at each call (t
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
@@ -22,46 +40,69 @@ from typing import Any
 
 __version__ = os.environ.get("STANDIN_QBCOMPILER_VERSION", "0.12.0.0")
 STANDIN = True
+V = tuple(int(x) for x in __version__.split(".")[:3] if x.isdigit())
 
 
 def api() -> str:
-    major, minor = (int(x) for x in __version__.split(".")[:2])
-    if (major, minor) in ((0, 11), (0, 12), (1, 0)):
-        return f"{major}.{minor}"
-    return "1.x" if major == 1 else "unknown"
+    if V[:2] in ((0, 11), (0, 12)):
+        return f"{V[0]}.{V[1]}"
+    if V[:3] == (1, 0, 0):
+        return "1.0"
+    if V[:2] >= (1, 3):
+        return "1.3"
+    return "1.2" if V[:2] >= (1, 2) else "1.x"
 
 
+HAS_CONFIGS = V >= (1, 0, 1)
+HAS_ALL = V >= (1, 0, 2)
 _OLD_SCHEMES = {"single", "multi", "global", "global4", "global8"}
-# Documented keyword names (required, optional) and values per API family, from the tutorial scripts.
-_MBLT = {
-    "0.11": ({"model", "mblt_save_path", "backend", "target", "device"}, set(), {"backend": {"hf"}}),
-    "0.12": ({"model", "mblt_save_path", "backend", "target", "device"}, set(), {"backend": {"hf"}}),
-    "1.0": ({"model", "mblt_save_path", "backend", "target", "device"}, set(), {"backend": {"hf", "torch"}}),
-    "1.x": ({"model", "mblt_save_path", "backend", "target", "device"}, {"feed_dict"}, {"backend": {"hf", "torch"}}),
-}
-_MXQ = {
-    "0.11": ({"model", "calib_data_path", "save_path", "device"}, {"inference_scheme", "llm_config"},
-             {"device": {"cuda", "cpu"}, "inference_scheme": _OLD_SCHEMES}),
-    "0.12": ({"model", "calib_data_path", "save_path", "device", "inference_scheme"}, {"llm_config"},
-             {"device": {"cuda", "cpu"}, "inference_scheme": _OLD_SCHEMES}),
-    "1.0": ({"model", "calib_data_path", "save_path", "device", "inference_scheme"}, {"llm_config"},
-            {"device": {"cuda", "cpu"}, "inference_scheme": _OLD_SCHEMES | {"all"}}),
-    "1.x": ({"model", "calib_data_path", "save_path", "device", "inference_scheme"}, {"llm_config"},
-            {"device": {"gpu", "cpu"}, "inference_scheme": _OLD_SCHEMES | {"all"}}),
-}
+SCHEMES = _OLD_SCHEMES | ({"all"} if HAS_ALL else set())
+TARGETS = {"aries-rb", "regulus-ra", "regulus-rb"} | ({"regulus-rb-usb"} if V >= (1, 3) else set())
+_CONFIG_KWARGS = {"calibration_config", "bit_config", "equivalent_transformation_config", "hessian_quant_config",
+                  "search_weight_scale_config", "resource_management_config"}
+if V[:2] == (1, 3):
+    _CONFIG_KWARGS |= {"layer_bias_correction_config"}
+if V >= (1, 4):
+    _CONFIG_KWARGS |= {"bias_correction_config"}
+
+# (required, optional, allowed values) per function for this version
+if V < (1, 3):
+    _MBLT = ({"model", "mblt_save_path", "backend", "target", "device"},
+             ({"feed_dict"} if HAS_CONFIGS else set()) | ({"target_device"} if V >= (1, 2) else set()),
+             {"backend": {"hf"} if V < (1, 0) else {"hf", "torch"}, "target": {"encoder", "decoder"},
+              "target_device": TARGETS})
+    _MXQ = ({"model", "calib_data_path", "save_path", "device"} | ({"inference_scheme"} if V >= (0, 12) else set()),
+            {"llm_config"} | ({"inference_scheme"} if V < (0, 12) else set())
+            | (_CONFIG_KWARGS if HAS_CONFIGS else set()) | ({"target_device"} if V >= (1, 2) else set()),
+            {"device": {"gpu", "cpu"} if HAS_CONFIGS else {"cuda", "cpu"}, "inference_scheme": SCHEMES,
+             "target_device": TARGETS})
+else:   # docs v1.3 REF: mblt_compile / mxq_compile arguments
+    _MBLT = ({"model", "mblt_save_path", "target_device", "backend"},
+             {"feed_dict", "cpu_offload", "device", "model_part", "model_part_options", "dynamic_axes"},
+             {"backend": {"onnx", "tf", "tflite", "torchscript", "torch"}, "target_device": TARGETS,
+              "model_part": {"encoder", "decoder"}, "device": {"gpu", "cpu"}})
+    _MXQ = ({"model", "target_device", "calib_data_path", "save_path"},
+            {"device", "inference_scheme", "llm_config", "config_save_path", "use_random_calib", "cpu_offload",
+             "compile_config", "config_preset"} | _CONFIG_KWARGS,
+            {"device": {"gpu", "cpu"}, "inference_scheme": SCHEMES, "target_device": TARGETS})
 _LLM_KWARGS = {"0.11": {"use_full_seq_len_calib"}, "0.12": {"llm_config_apply", "use_full_seq_length"},
-               "1.0": {"llm_config_apply", "use_full_seq_length"}}
+               "1.0": {"llm_config_apply", "use_full_seq_length"}, "1.x": {"llm_config_apply", "use_full_seq_length"}}
+
+
+def _signature(table: tuple) -> inspect.Signature:
+    """The documented keyword-only signature, so the adapter's feature detection can inspect it."""
+    required, optional, _ = table
+    params = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY) for n in sorted(required)]
+    params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None) for n in sorted(optional)]
+    return inspect.Signature(params)
 
 
 class StandinLlmConfig(dict):
     """What the stand-in's get_llm_config returns: its arguments, recorded."""
 
 
-def _check(fn: str, kwargs: dict, table: dict) -> None:
-    a = api()
-    if a not in table:
-        raise TypeError(f"stand-in qbcompiler {__version__}: {fn} has no documented signature for this version")
-    required, optional, values = table[a]
+def _check(fn: str, kwargs: dict, table: tuple) -> None:
+    required, optional, values = table
     missing, unknown = required - set(kwargs), set(kwargs) - required - optional
     if missing or unknown:
         raise TypeError(f"stand-in qbcompiler {__version__}: {fn} missing {sorted(missing)}, "
@@ -78,13 +119,14 @@ def _record(entry: dict) -> None:
             f.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
 
 
-def _behave(fn: str, out: str) -> None:
+def _behave(fn: str, out: str, content: dict) -> None:
     action, _, target = os.environ.get("STANDIN_QBCOMPILER_BEHAVIOR", "").partition(":")
     if target == fn and action == "raise":
         raise RuntimeError(f"stand-in {fn} failure (simulated compiler error)")
     if target == fn and action == "nooutput":
         return
-    Path(out).write_bytes(b"" if (target == fn and action == "empty") else f"stand-in {fn} output\n".encode())
+    Path(out).write_bytes(b"" if (target == fn and action == "empty") else
+                          json.dumps({"standin": f"qbcompiler {fn}", **content}, sort_keys=True).encode())
 
 
 def _calib_paths(path: str) -> list[list[str]]:
@@ -106,35 +148,62 @@ def _calib_paths(path: str) -> list[list[str]]:
     return entries
 
 
+def _as_data(obj: Any) -> Any:
+    return obj.as_dict() if hasattr(obj, "as_dict") else dict(obj) if isinstance(obj, dict) else obj
+
+
 def mblt_compile(**kwargs: Any) -> None:
     _check("mblt_compile", kwargs, _MBLT)
     model = kwargs["model"]
+    if V >= (1, 3) and isinstance(model, (str, Path)):
+        raise TypeError("stand-in qbcompiler 1.3: load the model yourself and pass it (hf_config is removed)")
+    part = kwargs.get("target") or kwargs.get("model_part")
+    if part is None:
+        raise KeyError("stand-in: a Whisper model has several parts; model_part is required")
     rec = {k: v for k, v in kwargs.items() if k not in ("model", "feed_dict")}
     rec["model"] = type(model).__name__
     if "feed_dict" in kwargs:
         rec["feed_dict"] = {k: list(v.shape) for k, v in kwargs["feed_dict"].items()}
     _record({"fn": "mblt_compile", "version": __version__, "kwargs": rec})
-    _behave("mblt_compile", kwargs["mblt_save_path"])
+    _behave("mblt_compile", kwargs["mblt_save_path"], {"component": part})
 
 
 def mxq_compile(**kwargs: Any) -> None:
     _check("mxq_compile", kwargs, _MXQ)
-    if not Path(kwargs["model"]).is_file():
-        raise FileNotFoundError(f"stand-in: model {kwargs['model']} does not exist")
-    rec = {k: v for k, v in kwargs.items() if k != "llm_config"}
-    if "llm_config" in kwargs:
-        cfg = kwargs["llm_config"]
-        rec["llm_config"] = cfg.as_dict() if hasattr(cfg, "as_dict") else dict(cfg)
+    try:
+        part = json.loads(Path(kwargs["model"]).read_text())["component"]
+    except (OSError, ValueError, KeyError):
+        raise FileNotFoundError(f"stand-in: model {kwargs['model']} is not a stand-in .mblt") from None
+    target = kwargs.get("target_device", "aries-rb")
+    scheme = kwargs.get("inference_scheme") or "single"
+    if V >= (1, 3) and target.startswith("regulus"):
+        if scheme not in ("single", "all"):
+            raise ValueError(f"stand-in qbcompiler {__version__}: {target} supports only single, got {scheme}")
+        scheme = "single"   # docs: `all` narrows to single on REGULUS
+    rec = {k: _as_data(v) if k.endswith("_config") else v for k, v in kwargs.items()}
     rec["calib_entries"] = _calib_paths(kwargs["calib_data_path"])
     _record({"fn": "mxq_compile", "version": __version__, "kwargs": rec})
-    _behave("mxq_compile", kwargs["save_path"])
+    if kwargs.get("config_save_path"):   # docs: written before compiling, .yaml -> YAML
+        import yaml
+
+        resolved = {"inferenceScheme": scheme, "device": kwargs.get("device", "gpu"),
+                    **{k: _as_data(v) for k, v in kwargs.items() if k.endswith("_config")}}
+        Path(kwargs["config_save_path"]).write_text(yaml.safe_dump(resolved, sort_keys=True))
+    _behave("mxq_compile", kwargs["save_path"], {"component": part, "inference_scheme": scheme,
+                                                 "target_device": target})
+
+
+mblt_compile.__signature__ = _signature(_MBLT)
+mxq_compile.__signature__ = _signature(_MXQ)
 
 
 def get_llm_config(**kwargs: Any) -> StandinLlmConfig:
     a = api()
-    if a not in _LLM_KWARGS:
-        raise TypeError(f"stand-in qbcompiler {__version__}: the {a} tutorials use qbcompiler.configs.LlmConfig")
     if set(kwargs) != _LLM_KWARGS[a]:
         raise TypeError(f"stand-in qbcompiler {__version__}: get_llm_config takes {sorted(_LLM_KWARGS[a])}, "
                         f"got {sorted(kwargs)}")
     return StandinLlmConfig(factory="get_llm_config", kwargs=kwargs)
+
+
+if V >= (1, 1):
+    del get_llm_config   # the 1.1+ tutorials use qbcompiler.configs.LlmConfig only

@@ -1,29 +1,61 @@
-"""STAND-IN for ``qbcompiler.configs`` (1.1+): only ``LlmConfig`` with the nesting the 1.1 tutorial uses.
-NOT the real compiler; see the package docstring."""
+"""STAND-IN for ``qbcompiler.configs`` (1.0.1+): the config classes with the fields and nesting that
+Mobilint's compiler docs (v1.3 REF/MQ/TR) and the tutorial's guide and newest STT compile show. NOT the
+real compiler; like the real Pydantic models (``extra="forbid"``) an unknown field is refused."""
 from __future__ import annotations
 
-from qbcompiler import __version__, api
+from typing import Any
 
-if api() != "1.x":
-    raise ImportError(f"stand-in qbcompiler {__version__}: qbcompiler.configs is documented from 1.1 on")
+from qbcompiler import HAS_CONFIGS, V, __version__
+
+if not HAS_CONFIGS:
+    raise ImportError(f"stand-in qbcompiler {__version__}: qbcompiler.configs exists from 1.0.1 on")
 
 
-class LlmConfig:
-    class Attributes:
-        class Calibration:
-            def __init__(self, *, use_full_seq_length: bool):
-                self.use_full_seq_length = use_full_seq_length
+class _Config:
+    FIELDS: frozenset = frozenset()
 
-        def __init__(self, *, calibration: "LlmConfig.Attributes.Calibration"):
-            if not isinstance(calibration, LlmConfig.Attributes.Calibration):
-                raise TypeError("stand-in: calibration must be LlmConfig.Attributes.Calibration")
-            self.calibration = calibration
+    def __init__(self, **kwargs: Any):
+        unknown = set(kwargs) - self.FIELDS
+        if unknown:
+            raise TypeError(f"stand-in {type(self).__qualname__}: unknown fields {sorted(unknown)} "
+                            f"(allowed {sorted(self.FIELDS)})")
+        self.values = kwargs
 
-    def __init__(self, *, apply: bool, attributes: "LlmConfig.Attributes"):
-        if not isinstance(attributes, LlmConfig.Attributes):
-            raise TypeError("stand-in: attributes must be LlmConfig.Attributes")
-        self.apply, self.attributes = apply, attributes
+    def as_dict(self, top: bool = True) -> dict:
+        out = {k: v.as_dict(False) if isinstance(v, _Config) else v for k, v in self.values.items()}
+        return {"factory": type(self).__qualname__, **out} if top else out
 
-    def as_dict(self) -> dict:
-        return {"factory": "LlmConfig", "apply": self.apply,
-                "attributes": {"calibration": {"use_full_seq_length": self.attributes.calibration.use_full_seq_length}}}
+
+def _cfg(name: str, fields: str, **nested: type) -> type:
+    return type(name, (_Config,), {"FIELDS": frozenset(fields.split()) | frozenset(nested), **{
+        "".join(p.capitalize() for p in k.split("_")): v for k, v in nested.items()}})
+
+
+_Apply = "apply learn smoothing_factor ch_per_ffn"
+_Layers = "query key value output head ffn router"
+
+LlmConfig = _cfg("LlmConfig", "apply", attributes=_cfg(
+    "Attributes", "max_data_length max_sequence_length max_cache_length max_core_data_length",
+    calibration=_cfg("Calibration", "use_full_seq_length"),
+    runtime=_cfg("Runtime", "batch_size npu_core_ids dynamic_rope dynamic_mask")))
+CalibrationConfig = _cfg("CalibrationConfig", "method output mode max_sample_size_for_quant_scheme",
+                         max_percentile=_cfg("MaxPercentile", "percentile topk_ratio"))
+BitConfig = _cfg("BitConfig", "weight16_bits weight8_bits", transformer=_cfg(
+    "Transformer", "", weight=_cfg("Weight", _Layers), activation=_cfg("Activation", _Layers),
+    mixed_precision=_cfg("MixedPrecision", "", activation=_cfg("Activation", "apply"))),
+    layer_overrides=_cfg("LayerOverrides", "activation_16bits"))
+EquivalentTransformationConfig = _cfg("EquivalentTransformationConfig", "", **{
+    k: _cfg(k, _Apply) for k in ("norm_conv", "qk", "ud", "vo", "spin_r1", "spin_r2", "qk_rotation",
+                                 "feed_forward_multi_lut", "optimize_ffn", "flatten_quant")})
+# the tutorial spells the attributes both ways (actOrder / act_order); Pydantic aliases accept both
+HessianQuantConfig = _cfg("HessianQuantConfig", "apply hessian_dtype accumulation_device", attributes=_cfg(
+    "Attributes", "act_order block_size perc_damp actOrder blockSize percDamp solver rescomp"))
+SearchWeightScaleConfig = _cfg("SearchWeightScaleConfig", "apply",
+                               transformer=_cfg("Transformer", "query key value out ffn"))
+ResourceManagementConfig = _cfg("ResourceManagementConfig", "weight_dtype use_gpu_only_for_calibration",
+                                weight_memory=_cfg("WeightMemory", "method"))
+if V[:2] == (1, 3):
+    LayerBiasCorrectionConfig = _cfg("LayerBiasCorrectionConfig", "apply num_samples iterations correction_rate")
+if V >= (1, 4):
+    BiasCorrectionConfig = _cfg("BiasCorrectionConfig", "apply",
+                                attributes=_cfg("Attributes", "apply_layers exclude_layers"))

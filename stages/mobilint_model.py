@@ -1,0 +1,49 @@
+"""Mobilint's model folder (what transformers-mblt loads) from the compiled .mxq files.
+
+With ``compile.backend`` resolved to qbcompiler, ``--out`` (compiled/mobilint-whisper/) holds config.json
+(``model_type: mobilint-whisper``, the mxq paths and core fields), both .mxq files, ``model.safetensors``
+with the host-side embeddings, and the tokenizer/preprocessor/generation files; see
+whisper_npu/backends/mblt_folder.py. With the onnxruntime backend there is nothing for Mobilint's loader:
+the folder holds only NOT_BUILT.txt saying so (a DVC output must exist).
+
+On the NPU host (``pip install transformers-mblt``, in its own environment: it needs transformers < 5.18)::
+
+    from transformers_mblt.models.whisper import MobilintWhisperForConditionalGeneration
+    from transformers import AutoProcessor
+    model = MobilintWhisperForConditionalGeneration.from_pretrained("compiled/mobilint-whisper")
+    processor = AutoProcessor.from_pretrained("compiled/mobilint-whisper")
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from whisper_npu.backends import compiled_backend_name, mblt_folder
+from whisper_npu.io import atomic_output, run_stage
+
+log = logging.getLogger(__name__)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", type=Path, required=True, help="reference model store (models/reference)")
+    p.add_argument("--encoder", type=Path, required=True, help="compiled/encoder")
+    p.add_argument("--decoder", type=Path, required=True, help="compiled/decoder")
+    p.add_argument("--out", type=Path, required=True, help="compiled/mobilint-whisper")
+    a = p.parse_args(argv)
+    backend = compiled_backend_name(a.encoder, a.decoder)
+    with atomic_output(a.out) as tmp:
+        if backend != "qbcompiler":
+            tmp.mkdir()
+            (tmp / "NOT_BUILT.txt").write_text(
+                f"compiled with {backend}: no .mxq files, so no folder for Mobilint's transformers-mblt.\n"
+                "Compile with compile.backend = qbcompiler to get one.\n", encoding="utf-8")
+            log.info("%s: %s backend, nothing for transformers-mblt", a.out, backend)
+            return
+        mblt_folder.write_folder(tmp, a.model / "hf", a.encoder, a.decoder)
+    log.info("wrote Mobilint's model folder %s", a.out)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,233 @@
+"""The qbcompiler adapter's newer call styles (1.0.1 config objects, 1.2 target_device, 1.3 model_part) and
+target devices, against the STAND-IN compiler (tests/standin_qbcompiler: built from Mobilint's v1.3 docs'
+signatures; NOT the real compiler), and the newest public STT compile as a preset."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_compile import (CALIB_FILE, N_CALIB, _expected_entries, calib_root, compile_argv, run_main,  # noqa: F401
+                          standin, toolchain, write_params)
+from whisper_npu.backends import qbcompiler
+from whisper_npu.io import StageError
+from whisper_npu.params import QB_CONFIG_SECTIONS, ParamsError, QbcompilerParams, parse_params
+
+from conftest import ROOT, default_params
+
+SHAPE = (1, 80, 3000)
+ET = {"norm_conv": {"apply": True, "learn": True}, "qk": {"apply": True}, "ud": {"apply": True, "learn": True},
+      "vo": {"apply": True}, "feed_forward_multi_lut": {"apply": True}, "spin_r2": {"apply": True, "learn": True},
+      "qk_rotation": {"apply": True}, "flatten_quant": {"apply": True, "learn": True},
+      "optimize_ffn": {"apply": True, "ch_per_ffn": -1}}
+BIT = {"transformer": {"mixed_precision": {"activation": {"apply": True}}}}
+HESSIAN = {"apply": True, "attributes": {"actOrder": True, "blockSize": 128, "percDamp": 0.01}}
+
+
+def latest_params() -> dict:
+    """params.yaml with params/tutorial-latest.yaml applied the documented way (preset -> dvc -S overrides,
+    applied by DVC's own override code)."""
+    from dvc.utils.hydra import apply_overrides
+
+    from whisper_npu.preset import overrides
+    return _applied(overrides(ROOT / "params" / "tutorial-latest.yaml", ROOT / "params.yaml"), apply_overrides)
+
+
+def _applied(args: list[str], apply_overrides) -> dict:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "params.yaml"
+        shutil.copy(ROOT / "params.yaml", path)
+        apply_overrides(str(path), [a for a in args if a != "-S"])
+        return yaml.safe_load(path.read_text())
+
+
+def test_config_sections_agree():
+    assert set(qbcompiler.CONFIG_SECTIONS) == set(QB_CONFIG_SECTIONS)
+
+
+def test_latest_preset_is_the_newest_tutorial_compile():
+    """The f3f9d540 compile_config.py calls, as data, for ARIES and REGULUS."""
+    data = latest_params()
+    p = parse_params(data).compile.qbcompiler
+    enc = qbcompiler.plan_calls("1.3", "encoder", p, gpu=True, input_features_shape=SHAPE, version="1.3.0")
+    dec = qbcompiler.plan_calls("1.3", "decoder", p, gpu=True, input_features_shape=SHAPE, version="1.3.0")
+    assert enc["mblt_compile"] == {"backend": "torch", "model_part": "encoder", "target_device": "aries-rb",
+                                   "feed_dict": {"input_features": [1, 80, 3000]}}
+    assert dec["mblt_compile"] == {"backend": "torch", "model_part": "decoder", "target_device": "aries-rb",
+                                   "model_part_options": {"last_token_only": True},
+                                   "dynamic_axes": {"inputs_embeds": [1], "cache_position": [0]}}
+    assert enc["mxq_compile"] == dec["mxq_compile"] == {"device": "gpu", "target_device": "aries-rb",
+                                                        "inference_scheme": "all"}
+    assert enc["configs"] == {"bit": BIT, "equivalent_transformation": ET}
+    assert dec["configs"] == {"bit": BIT, "calibration": {"mode": 0, "output": 0}, "equivalent_transformation": ET,
+                              "hessian_quant": HESSIAN}
+    assert dec["llm_config"] == {"factory": "LlmConfig", "use_full_seq_length": True}
+    data["compile"]["qbcompiler"]["target_device"] = "regulus-rb"
+    p = parse_params(data).compile.qbcompiler
+    dec = qbcompiler.plan_calls("1.3", "decoder", p, gpu=False, input_features_shape=SHAPE, version="1.3.0")
+    assert dec["mxq_compile"] == {"device": "cpu", "target_device": "regulus-rb", "inference_scheme": "single"}
+    assert dec["llm_config"] == {"factory": "LlmConfig", "use_full_seq_length": True,
+                                 "max_sequence_length": 1024, "max_cache_length": 1024}
+    cal = parse_params(data).calibration
+    assert (cal.prefix_fractions, cal.min_tokens, cal.strip_final_eot, cal.json_layout) == \
+        ([0.2, 0.4, 0.6, 0.8, 1.0], 8, True, "minimal")
+
+
+def test_seed_preset_still_gives_the_012_calls():
+    from dvc.utils.hydra import apply_overrides
+
+    from whisper_npu.preset import overrides
+    data = _applied(overrides(ROOT / "params" / "tutorial.yaml", ROOT / "params.yaml"), apply_overrides)
+    qb = parse_params(data).compile.qbcompiler
+    plans = [qbcompiler.plan_calls("0.12", c, qb, gpu=True, input_features_shape=SHAPE, version="0.12.0.0")
+             for c in ("encoder", "decoder")]
+    assert [p["mxq_compile"] for p in plans] == [{"device": "cuda", "inference_scheme": "global4"},
+                                                 {"device": "cuda", "inference_scheme": "single"}]
+    assert parse_params(data).calibration.prefix_fractions == [1.0]
+
+
+@pytest.mark.parametrize("over,key", [
+    ({"target_device": "regulus-rb", "encoder_scheme": "global4"}, "compile.qbcompiler.encoder_scheme = global4"),
+    ({"target_device": "regulus-rb", "decoder_scheme": "all"}, "compile.qbcompiler.decoder_scheme = all"),
+    ({"target_device": "regulus-ra"}, "compile.qbcompiler.target_device = regulus-ra"),
+    ({"llm_max_sequence_length": 512, "llm_max_cache_length": 256}, "compile.qbcompiler.llm_max_cache_length"),
+    ({"decoder_configs": {"llm": {}}}, "compile.qbcompiler.decoder_configs.llm"),
+    ({"encoder_configs": {"quantisation": {}}}, "compile.qbcompiler.encoder_configs.quantisation: unknown"),
+    ({"encoder_configs": {"bit": 8}}, "compile.qbcompiler.encoder_configs.bit = 8"),
+])
+def test_params_refuse_unsupported_combinations(over, key):
+    params = default_params()
+    params["compile"]["qbcompiler"].update(over)
+    with pytest.raises(ParamsError, match=key.replace(".", r"\.").replace("(", r"\(")):
+        parse_params(params)
+
+
+@pytest.mark.parametrize("api,version,over,match", [
+    ("0.12", "0.12.0.0", {"target_device": "regulus-rb"}, "target_device = regulus-rb: the installed qbcompiler"),
+    ("1.x", "1.1.0", {"target_device": "regulus-rb"}, "REGULUS needs qbcompiler >= 1.2"),
+    ("1.2", "1.2.0", {"target_device": "regulus-rb-usb"}, "regulus-rb-usb: documented from qbcompiler 1.3"),
+    ("0.12", "0.12.0.0", {"decoder_configs": {"hessian_quant": {"apply": True}}},
+     "compile.qbcompiler.decoder_configs: config objects need qbcompiler.configs"),
+    ("0.12", "0.12.0.0", {"llm_max_sequence_length": 448}, "llm_max_sequence_length / llm_max_cache_length"),
+    ("1.x", "1.0.1", {"decoder_scheme": "all"}, r"decoder_scheme = all: needs qbcompiler >= 1\.0\.2"),
+])
+def test_plan_refuses_what_the_compiler_lacks(api, version, over, match):
+    qb = QbcompilerParams(**over)
+    with pytest.raises(StageError, match=match):
+        qbcompiler.plan_calls(api, "decoder", qb, gpu=True, input_features_shape=SHAPE, version=version)
+
+
+def test_0_12_plan_is_the_seed_exactly():
+    """The seed tutorial's calls (bc59d82), with every new key at its default."""
+    enc = qbcompiler.plan_calls("0.12", "encoder", QbcompilerParams(), gpu=True, input_features_shape=SHAPE,
+                                version="0.12.0.0")
+    dec = qbcompiler.plan_calls("0.12", "decoder", QbcompilerParams(), gpu=True, input_features_shape=SHAPE,
+                                version="0.12.0.0")
+    assert enc == {"api": "0.12", "mblt_compile": {"target": "encoder", "device": "cpu", "backend": "hf"},
+                   "mxq_compile": {"device": "cuda", "inference_scheme": "global4"}, "llm_config": None,
+                   "configs": {}, "save_config": False}
+    assert dec["mblt_compile"] == {"target": "decoder", "device": "cpu", "backend": "hf"}
+    assert dec["mxq_compile"] == {"device": "cuda", "inference_scheme": "single"}
+    assert dec["llm_config"] == {"factory": "get_llm_config",
+                                 "kwargs": {"llm_config_apply": True, "use_full_seq_length": True}}
+
+
+def _latest_qb_over(target: str) -> dict:
+    qb = latest_params()["compile"]["qbcompiler"]
+    qb["target_device"] = target
+    return qb
+
+
+@pytest.mark.parametrize("version,target", [("1.3.0", "aries-rb"), ("1.3.0", "regulus-rb"), ("1.4.1", "aries-rb")])
+@pytest.mark.parametrize("component", ["encoder", "decoder"])
+def test_standin_1_3_latest_calls(standin, version, target, component, tmp_path, toolchain, tiny_model_dir,
+                                  calib_root):
+    """The newest style end to end through the stage: live model + model_part, target_device on both calls,
+    config objects built with Mobilint's nesting, config_save_path beside the .mxq and in provenance."""
+    calls = standin(version)
+    params = write_params(tmp_path, backend="qbcompiler", qbcompiler=_latest_qb_over(target))
+    assert run_main(compile_argv(component, params, toolchain, tiny_model_dir, calib_root, tmp_path)) == 0
+    out = tmp_path / "compiled" / component
+    stem = f"whisper-tiny-random_{component}"
+    mblt, mxq = (c["kwargs"] for c in calls())
+    expected_mblt = {"model": "WhisperForConditionalGeneration", "backend": "torch", "model_part": component,
+                     "target_device": target, "mblt_save_path": mblt["mblt_save_path"]}
+    if component == "encoder":
+        expected_mblt["feed_dict"] = {"input_features": [1, 80, 3000]}
+    else:
+        expected_mblt.update(model_part_options={"last_token_only": True},
+                             dynamic_axes={"inputs_embeds": [1], "cache_position": [0]})
+    assert mblt == expected_mblt
+    scheme = "single" if target == "regulus-rb" else "all"
+    expected = {"model": mblt["mblt_save_path"], "calib_data_path": mxq["calib_data_path"],
+                "save_path": mxq["save_path"], "device": "cpu", "target_device": target, "inference_scheme": scheme,
+                "config_save_path": mxq["config_save_path"],
+                "calib_entries": _expected_entries(calib_root, component),
+                "equivalent_transformation_config": {"factory": "EquivalentTransformationConfig", **ET},
+                "bit_config": {"factory": "BitConfig", **BIT}}
+    if component == "decoder":
+        llm = {"calibration": {"use_full_seq_length": True}}
+        if target == "regulus-rb":
+            llm.update(max_sequence_length=1024, max_cache_length=1024)
+        expected.update(calibration_config={"factory": "CalibrationConfig", "output": 0, "mode": 0},
+                        hessian_quant_config={"factory": "HessianQuantConfig", **HESSIAN},
+                        llm_config={"factory": "LlmConfig", "apply": True, "attributes": llm})
+    assert mxq == expected
+    assert Path(mxq["config_save_path"]).is_absolute() and Path(mxq["config_save_path"]).name == f"{stem}.config.yaml"
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["artifacts"]["compile_config"] == f"{stem}.config.yaml" and (out / f"{stem}.config.yaml").is_file()
+    assert prov["resolved"]["compiler_config"]["inferenceScheme"] == scheme
+    assert prov["resolved"]["calls"]["mxq_compile"]["inference_scheme"] == scheme
+    assert json.loads((out / f"{stem}.mxq").read_text())["target_device"] == target
+    assert str(tmp_path) not in (out / "provenance.json").read_text(), "no absolute paths in provenance"
+
+
+def test_standin_1_2_target_device_with_hf(standin, tmp_path, toolchain, tiny_model_dir, calib_root):
+    calls = standin("1.2.1")
+    params = write_params(tmp_path, backend="qbcompiler", qbcompiler={"target_device": "regulus-rb"})
+    assert run_main(compile_argv("decoder", params, toolchain, tiny_model_dir, calib_root, tmp_path)) == 0
+    mblt, mxq = (c["kwargs"] for c in calls())
+    assert {k: mblt[k] for k in ("backend", "target", "target_device", "device")} == \
+        {"backend": "hf", "target": "decoder", "target_device": "regulus-rb", "device": "cpu"}
+    assert (mxq["target_device"], mxq["inference_scheme"]) == ("regulus-rb", "single")
+    assert mxq["llm_config"]["attributes"]["max_cache_length"] == 1024 and "config_save_path" not in mxq
+
+
+def test_standin_refuses_an_undocumented_config_field(standin, tmp_path, toolchain, tiny_model_dir, calib_root,
+                                                      capsys):
+    calls = standin("1.3.0")
+    params = write_params(tmp_path, backend="qbcompiler",
+                          qbcompiler={"decoder_configs": {"hessian_quant": {"apply": True, "blocksize": 3}}})
+    assert run_main(compile_argv("decoder", params, toolchain, tiny_model_dir, calib_root, tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert "compile.qbcompiler.decoder_configs.hessian_quant: HessianQuantConfig refused it" in err
+    assert calls() == [], "refused before the parse"
+    assert not (tmp_path / "compiled" / "decoder").exists()
+
+
+def test_missing_config_class_names_the_key(standin, tmp_path, toolchain, tiny_model_dir, calib_root, capsys):
+    standin("1.3.0")   # LayerBiasCorrectionConfig exists in 1.3 only; BiasCorrectionConfig from 1.4
+    params = write_params(tmp_path, backend="qbcompiler",
+                          qbcompiler={"encoder_configs": {"bias_correction": {"apply": False}}})
+    assert run_main(compile_argv("encoder", params, toolchain, tiny_model_dir, calib_root, tmp_path)) == 1
+    assert "encoder_configs.bias_correction: qbcompiler 1.3.0 has no qbcompiler.configs.BiasCorrectionConfig" in \
+        capsys.readouterr().err
+
+
+def test_feature_detection_not_version(standin, monkeypatch):
+    """A 1.1-numbered build whose mxq_compile takes target_device is driven in the target style."""
+    standin("1.1.0")
+    import inspect
+
+    import qbcompiler as qb
+    sig = inspect.signature(qb.mxq_compile)
+    monkeypatch.setattr(qb.mxq_compile, "__signature__", sig.replace(parameters=[
+        *sig.parameters.values(), inspect.Parameter("target_device", inspect.Parameter.KEYWORD_ONLY, default=None)]))
+    assert qbcompiler.call_style(qb, "qbcompiler", "1.1.0") == "1.2"
+    monkeypatch.setattr(qb.mxq_compile, "__signature__", sig)
+    assert qbcompiler.call_style(qb, "qbcompiler", "1.1.0") == "1.x"
