@@ -724,34 +724,55 @@ def test_dvc_metrics_and_plots_render(project):
     assert "WER or CER per language (fp32 vs compiled)" in html
     assert "Translation BLEU per language (fp32 vs compiled)" in html
     assert "de_de" in html and "compiled" in html
+    # the compiled model not run here: compiled is null in every row, and the plots still render
+    clips, records = synthetic_run()
+    m = ev.score([r for r in records if r["system"] == "fp32"], clips, PARAMS, 0, compiled_run=False)
+    wer_rows, bleu_rows = ev.plot_rows(m)
+    (repo / "plots" / "wer.json").write_text(json.dumps(wer_rows))
+    (repo / "plots" / "bleu.json").write_text(json.dumps(bleu_rows))
+    run(["dvc", "plots", "show", "-o", "report-not-run"], repo)
+    assert "de_de" in (repo / "report-not-run" / "index.html").read_text()
 
 
 @pytest.mark.slow
-def test_pipeline_end_to_end_with_a_tiny_model(project, tiny_model_dir):
-    """`dvc repro evaluate` from nothing (one language, three clips, the tiny random model as a local folder),
-    then `dvc metrics show` and `dvc plots show`. Numbers from a random model are meaningless; the test checks
-    that every stage connects and the metrics/plots are where DVC looks for them."""
+def test_pipeline_end_to_end_with_a_tiny_model(project, tiny_model_dir, tmp_path):
+    """`dvc repro evaluate` from nothing (de_de synthetic, en_us real speech from the Asterisk packages fetched
+    by the audio stage, the tiny random model as a local folder), then `dvc metrics show` and `dvc plots show`.
+    Numbers from a random model are meaningless; the test checks that every stage connects, the real-speech
+    source reaches the metrics, and the metrics/plots are where DVC looks for them."""
     from conftest import default_params, run
 
     params = default_params()
-    params["languages"] = ["de_de"]
+    params["languages"] = ["de_de", "en_us"]
     params["model"].update(source="local", id=str(tiny_model_dir / "hf"), name="whisper-tiny-random")
     params["audio"].update(clips=3, eval_clips=1)
+    params["audio"]["per_language"] = {"en_us": {"source": "asterisk", "clips": 5, "eval_clips": 3,
+                                                 "selection": "seeded"}}
+    params["audio"]["asterisk"]["cache"] = str(tmp_path / "debs")
     params["labels"].update(max_new_tokens=8)
     params["calibration"].update(samples_per_language=2, max_new_tokens=8)
     params["compile"].update(numerics_samples=1)
-    params["evaluate"].update(max_new_tokens=8)
+    params["evaluate"].update(max_new_tokens=8, bootstrap_samples=100, min_verdict_clips=3)
     repo = project(params)
-    run(["dvc", "repro", "evaluate"], repo, timeout=1200)
+    run(["dvc", "repro", "evaluate"], repo, timeout=1800)
     m = json.loads((repo / "metrics" / "evaluate.json").read_text())
-    assert set(m["languages"]) == {"de_de"} and m["backends"]["compiled"].startswith("onnxruntime")
-    assert m["languages"]["de_de"]["clips"] == 1
+    assert set(m["languages"]) == {"de_de", "en_us"} and m["backends"]["compiled"].startswith("onnxruntime")
+    de, en = m["languages"]["de_de"], m["languages"]["en_us"]
+    assert (de["clips"], de["speech"], de["source"]) == (1, "synthetic", "synth")
+    assert (en["clips"], en["speech"], en["source"]) == (3, "real", "asterisk")
+    assert de["verdict"] == "inconclusive"                    # one clip < min_verdict_clips
+    assert set(m["budget"]["counts"]) == {"real", "synthetic"}
+    assert m["compiled_run"] == {"status": "run", "reason": None}
     assert m["sizes"]["compiled_bytes"] > 0 and m["sizes"]["fp32_bytes"] > 0
+    manifest = (repo / "data" / "audio" / "en_us" / "manifest.jsonl").read_text()
+    assert '"license": "CC-BY-SA-3.0"' in manifest and str(tmp_path) not in manifest
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
     (workspace,) = shown.values()
-    assert "fp32" in workspace["data"]["metrics/evaluate.json"]["data"]["languages"]["de_de"]
+    data = workspace["data"]["metrics/evaluate.json"]["data"]
+    assert "substitutions" in data["languages"]["en_us"]["fp32"] and "ci95" in data["languages"]["en_us"]
     run(["dvc", "plots", "show", "-o", "report"], repo)
-    assert "WER or CER per language" in (repo / "report" / "index.html").read_text()
+    html = (repo / "report" / "index.html").read_text()
+    assert "WER or CER per language" in html and "en_us" in html
     assert "evaluate" not in json.loads(run(["dvc", "status", "--json"], repo).stdout or "{}")
 
 

@@ -169,7 +169,8 @@ def unpack(debs: list[Path], dest: Path) -> None:
     for deb in debs:
         proc = subprocess.run([exe, "-x", str(deb), str(dest)], capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            raise StageError(f"{deb}: dpkg-deb -x failed: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
+            err = proc.stderr.strip().splitlines()
+            raise StageError(f"{deb}: dpkg-deb -x failed: {err[-1] if err else f'exit {proc.returncode}'}")
 
 
 # ---------------------------------------------------------------------------------------------- parsing
