@@ -10,12 +10,16 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup browser demo test test-fast bench help
+.PHONY: setup apt-lists browser demo test test-fast bench help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-setup: $(STAMP) $(PLOTS_PAGE)  ## espeak-ng, virtual environment, torch (CPU) first, then the package; the offline plots page
+setup: $(STAMP) $(PLOTS_PAGE) apt-lists  ## espeak-ng, apt lists (Asterisk prompts), virtual environment, torch (CPU) first, then the package; the offline plots page
+# The audio stage fetches Debian's Asterisk prompt packages with `apt-get download` (whisper_npu/asterisk.py):
+# it needs apt lists that know them. Checked on every setup (apt lists age independently of the venv).
+apt-lists:
+	@apt-cache show asterisk-core-sounds-en-wav=1.6.1-1 >/dev/null 2>&1 || $(SUDO) apt-get update -qq
 $(STAMP): pyproject.toml constraints.txt
 	@command -v espeak-ng >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq espeak-ng; }
 	@test -x $(PY) || python3 -m venv $(VENV)

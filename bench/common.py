@@ -186,7 +186,7 @@ def synth_audio(root: Path, languages: Sequence[str], calib_per_language: int, e
     params["seed"] = seed
     params["languages"] = list(languages)
     params["audio"].update(source="synth", clips=calib_per_language + eval_per_language,
-                           eval_clips=eval_per_language)
+                           eval_clips=eval_per_language, per_language={})
     params["calibration"]["samples_per_language"] = calib_per_language
     tag = f"{calib_per_language}+{eval_per_language}-seed{seed}"
     audio_root = root / f"audio-{tag}"

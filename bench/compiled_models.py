@@ -173,11 +173,13 @@ def evaluate_note(path: Path | None) -> list[str]:
 
     m = read_json(path)
     o = m.get("overall", {})
-    fp, co = o.get("fp32", {}), o.get("compiled", {})
+    fp, co = o.get("fp32", {}), o.get("compiled") or {}
+    # WER and CER languages, real and synthetic speech are summarised apart (never one mean across them)
+    rates = "; ".join(f"{unit} {speech} fp32 {g.get('fp32')} -> compiled {g.get('compiled')}"
+                      for unit, groups in m.get("summary", {}).items() for speech, g in groups.items())
     return [f"{path} (evaluate stage, compiled = {m.get('backends', {}).get('compiled')}, {o.get('clips')} clips): "
-            f"error rate fp32 {fp.get('error_rate')} -> compiled {co.get('error_rate')}, BLEU {fp.get('bleu')} -> "
-            f"{co.get('bleu')}, RTF {fp.get('rtf')} -> {co.get('rtf')}, exact text match "
-            f"{o.get('agreement', {}).get('exact_match')}"]
+            f"{rates}, BLEU {fp.get('bleu')} -> {co.get('bleu')}, RTF {fp.get('rtf')} -> {co.get('rtf')}, "
+            f"exact text match {(o.get('agreement') or {}).get('exact_match')}"]
 
 
 def table(rows: list[dict], cmd: str, model_name: str, n_clips: int, notes: list[str]) -> Table:

@@ -3,7 +3,9 @@
     python -m stages.audio --lang ko_kr --out data/audio/ko_kr
 
 Writes ``<out>/<lang>_<i:04d>.wav`` (the tutorial's names), ``manifest.jsonl`` (one row per kept clip),
-``skipped.jsonl`` (bad clips and dropped pieces with the reason) and ``split.json``.
+``skipped.jsonl`` (bad clips, dropped pieces and files the source did not offer, with the reason) and
+``split.json``. The params that apply are ``audio.per_language.<lang>`` over the ``audio`` defaults
+(source, clips, eval_clips, selection).
 
 The split is made over *source* clips: ``audio.eval_clips`` of them (a seeded choice) go to
 evaluation with all their pieces, the rest to calibration, so the pieces of one long clip never
@@ -103,12 +105,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     p = load_params(args.params)
-    log.info("audio@%s: %d clips from %s", args.lang, p.audio.clips, p.audio.source)
+    audio = p.audio.for_lang(args.lang)  # audio.per_language.<lang> over the audio defaults
+    log.info("audio@%s: %d clips from %s", args.lang, audio.clips, audio.source)
     # all work inside atomic_output: a failure also removes a previous run's output
     with atomic_output(args.out) as tmp:
-        sources = get_clips(args.lang, p.audio, p.seed)
-        kept, skipped, ids = build(args.lang, p.audio, p.seed, sources)
-        write(tmp, kept, skipped, ids)
+        sources = get_clips(args.lang, audio, p.seed)
+        kept, skipped, ids = build(args.lang, audio, p.seed, sources)
+        # a source may also report files it did not offer at all (asterisk: no transcript, empty audio)
+        write(tmp, kept, list(getattr(sources, "skipped", [])) + skipped, ids)
     log.info("audio@%s: %d clips kept (%d calibration, %d evaluation), %d skipped", args.lang, len(kept),
              len(ids["calibration"]), len(ids["evaluation"]), len(skipped))
 

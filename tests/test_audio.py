@@ -202,7 +202,8 @@ def test_stage_main_failure_leaves_no_output(tmp_path: Path) -> None:
     for i in range(2):
         (folder / f"{i}.wav").write_bytes(b"junk")
     params = default_params()
-    params["audio"].update(source="local", clips=2, eval_clips=1, local={"dir": str(tmp_path / "in")})
+    params["audio"].update(source="local", clips=2, eval_clips=1, local={"dir": str(tmp_path / "in")},
+                           per_language={})
     params["calibration"]["samples_per_language"] = 1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     out = tmp_path / "out" / "fr_fr"

@@ -15,6 +15,7 @@ from stages import evaluate as ev
 from whisper_npu import metrics as M
 from whisper_npu.decode import DecodeConfig, DecodeError, greedy_decode, repeated_tail
 from whisper_npu.io import StageError
+from whisper_npu.params import EvaluateParams
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -248,11 +249,91 @@ def test_agreement():
     assert M.agreement(["", ""], ["", ""], "es_419") == {"exact_match": 1.0, "wer": 0.0}
 
 
-def test_budget_logic():
-    b = M.check_budget({"de_de": 0.05, "fr_fr": 0.2, "ja_jp": None, "es_419": 0.1}, 0.1)
-    assert b["pass"] is False and b["over_budget"] == "fr_fr" and b["unscored"] == "ja_jp"
-    assert M.check_budget({"de_de": 0.1, "es_419": -0.3}, 0.1)["pass"] is True   # at the budget passes
-    assert M.check_budget({"de_de": 0.0}, 0.0)["pass"] is True
+def test_sdi_counts_come_from_the_alignment():
+    # "the cat sat on the mat" -> "the cat sit on mat mat": sat->sit (S), "the" deleted... jiwer aligns
+    # the minimum edit script; S + D + I is the Levenshtein distance either way.
+    e = M.clip_errors("The cat sat on the mat.", "the cat sit on the mat mat", "de_de")
+    assert (e.substitutions, e.deletions, e.insertions, e.ref_units) == (1, 0, 1, 6)
+    e = M.clip_errors("a b c d", "a d", "de_de")
+    assert (e.substitutions, e.deletions, e.insertions) == (0, 2, 0)
+    e = M.clip_errors("", "extra words", "de_de")
+    assert (e.insertions, e.ref_units, e.rate) == (2, 0, None)
+    rng = random.Random(3)
+    for _ in range(50):
+        a = " ".join(rng.choice("wxyz") for _ in range(rng.randint(1, 8)))
+        b = " ".join(rng.choice("wxyz") for _ in range(rng.randint(0, 8)))
+        assert M.clip_errors(a, b, "de_de").edits == M.edit_distance(a.split(), b.split())
+
+
+def test_diacritics_are_ignored_only_where_the_source_has_none():
+    ref, hyp = "Opcion invalida, numero", "Opción inválida, número"
+    assert M.error_rate([ref], [hyp], "es_419") == 1.0
+    assert M.error_rate([ref], [hyp], "es_419", diacritics=False) == 0.0
+    assert M.strip_diacritics("Ça coûte été") == "Ca coute ete"
+
+
+def _counts(pairs):
+    """ErrorCount per clip from (edits, units) pairs."""
+    return [M.ErrorCount(e, 0, 0, n) for e, n in pairs]
+
+
+def test_bootstrap_is_deterministic_with_the_seed_and_paired():
+    base = _counts([(1, 10), (0, 8), (2, 12), (0, 9)] * 5)
+    other = _counts([(2, 10), (0, 8), (3, 12), (1, 9)] * 5)
+    a = M.bootstrap_rate_delta(base, other, 500, M.bootstrap_rng(0, "en_us", "transcribe"))
+    b = M.bootstrap_rate_delta(base, other, 500, M.bootstrap_rng(0, "en_us", "transcribe"))
+    c = M.bootstrap_rate_delta(base, other, 500, M.bootstrap_rng(1, "en_us", "transcribe"))
+    assert a == b and a != c
+    # every clip is one edit worse or equal: every resample's delta is > 0, so the interval is too
+    assert 0 < a["low"] <= 15 / 195 <= a["high"]
+    # identical systems: a point interval at 0 (pairing removes the clips' own spread)
+    assert M.bootstrap_rate_delta(base, base, 200, M.bootstrap_rng(0, "x", "y")) == {"low": 0.0, "high": 0.0}
+    assert M.bootstrap_rate_delta([], [], 100, M.bootstrap_rng(0, "x", "y")) is None
+
+
+def test_bleu_bootstrap():
+    refs = ["the weather is nice today", "we go to the park", "it is a good day"] * 4
+    worse = [r.replace("park", "forest").replace("nice", "bad") for r in refs]
+    ci = M.bootstrap_bleu_delta(refs, worse, refs, 200, M.bootstrap_rng(0, "de_de", "translate"))
+    assert ci["high"] < 0
+    assert M.bootstrap_bleu_delta([], [], [], 100, M.bootstrap_rng(0, "de_de", "translate")) is None
+
+
+def test_verdict_logic_on_constructed_intervals():
+    v = M.verdict
+    assert v({"low": -0.02, "high": 0.05}, 0.10, 30, 10) == "pass"
+    assert v({"low": 0.0, "high": 0.10}, 0.10, 30, 10) == "pass"             # at the budget passes
+    assert v({"low": 0.12, "high": 0.30}, 0.10, 30, 10) == "fail"
+    assert v({"low": 0.05, "high": 0.15}, 0.10, 30, 10) == "inconclusive"   # straddles the budget
+    assert v({"low": -0.02, "high": 0.05}, 0.10, 2, 10) == "inconclusive"   # too few clips to decide
+    assert v(None, 0.10, 30, 10) == "unscored"
+
+
+def test_constructed_runs_give_each_verdict():
+    """score() end to end on constructed decode records: one language clearly within budget, one clearly
+    over, one that straddles it."""
+    p = EvaluateParams(max_wer_increase=0.10, bootstrap_samples=500, min_verdict_clips=10)
+    ref = "one two three four five six seven eight nine ten"
+    clips, records = [], []
+    plan = {"de_de": [0] * 30,                      # compiled identical: pass
+            "fr_fr": [5] * 30,                      # five of ten words wrong everywhere: fail
+            "it_it": [0] * 27 + [10] * 3}           # three clips fully wrong: delta 0.1, straddles
+    for lang, wrong in plan.items():
+        for i, k in enumerate(wrong):
+            cid = f"{lang}_{i:04d}"
+            clips.append(ev.EvalClip(cid, lang, Path("x.wav"), 3.0, ref, None, "asterisk"))
+            hyp = " ".join(w if j >= k else "x" for j, w in enumerate(ref.split()))
+            for system, text in (("fp32", ref), ("compiled", hyp)):
+                records.append({"system": system, "id": cid, "task": "transcribe", "lang": lang, "text": text,
+                                "tokens": [len(text)], "stop": "eot", "seconds": 0.1})
+    m = ev.score(records, clips, p, seed=0)
+    assert {k: e["verdict"] for k, e in m["languages"].items()} == \
+        {"de_de": "pass", "fr_fr": "fail", "it_it": "inconclusive"}
+    assert m["budget"]["verdict"] == "fail" and m["budget"]["fail"] == "fr_fr"
+    assert m["budget"]["counts"]["real"] == {"pass": 1, "fail": 1, "inconclusive": 1, "unscored": 0,
+                                             "not_checked": 0}
+    assert m["languages"]["fr_fr"]["compiled"]["substitutions"] == 150
+    assert ev.score(records, clips, p, seed=0) == m       # seeded: the same metrics twice
 
 
 # ------------------------------------------------------------------------------------------- metrics files
@@ -260,9 +341,9 @@ def test_budget_logic():
 def synthetic_run():
     """Clips and decode records for two languages without a model (for shape tests)."""
     en = "Hello world, today the weather is nice and we go to the park"
-    clips = [ev.EvalClip("de_1", "de_de", Path("x.wav"), 2.0, "Hallo Welt", en),
-             ev.EvalClip("de_2", "de_de", Path("y.wav"), 3.0, "Guten Morgen", None),
-             ev.EvalClip("ja_1", "ja_jp", Path("z.wav"), 5.0, "今日は", "Today")]
+    clips = [ev.EvalClip("de_1", "de_de", Path("x.wav"), 2.0, "Hallo Welt", en, "synth"),
+             ev.EvalClip("de_2", "de_de", Path("y.wav"), 3.0, "Guten Morgen", None, "synth"),
+             ev.EvalClip("ja_1", "ja_jp", Path("z.wav"), 5.0, "今日は", "Today", "synth")]
     texts = {("fp32", "de_1", "transcribe"): "hallo welt", ("compiled", "de_1", "transcribe"): "hallo wald",
              ("fp32", "de_1", "translate"): en, ("compiled", "de_1", "translate"): en.replace("park", "forest"),
              ("fp32", "de_2", "transcribe"): "guten morgen", ("compiled", "de_2", "transcribe"): "guten morgen",
@@ -270,33 +351,58 @@ def synthetic_run():
              ("fp32", "ja_1", "translate"): "Today", ("compiled", "ja_1", "translate"): "Today"}
     records = [{"system": s, "id": i, "task": t, "lang": i[:2] + ("_de" if i.startswith("de") else "_jp"),
                 "text": x, "tokens": [len(x)], "stop": "eot", "seconds": 0.5} for (s, i, t), x in texts.items()]
+    records[-1]["stop"] = "max_new_tokens"      # compiled ja_1 translate: cut by the cap
     return clips, records
+
+
+PARAMS = EvaluateParams(min_verdict_clips=1, bootstrap_samples=200)
 
 
 def test_metrics_shape_and_values():
     clips, records = synthetic_run()
-    m = ev.score(records, clips, max_increase=0.1)
+    m = ev.score(records, clips, PARAMS, seed=0)
     de, ja = m["languages"]["de_de"], m["languages"]["ja_jp"]
-    assert de["unit"] == "wer" and ja["unit"] == "cer"
+    assert de["unit"] == "wer" and ja["unit"] == "cer" and de["speech"] == "synthetic"
     assert de["fp32"]["wer"] == 0.0 and de["compiled"]["wer"] == pytest.approx(0.25)
-    assert de["delta"]["wer"] == pytest.approx(0.25) and de["within_budget"] is False
-    assert ja["compiled"]["cer"] == pytest.approx(1 / 3)
+    assert (de["compiled"]["substitutions"], de["compiled"]["deletions"], de["compiled"]["insertions"]) == (1, 0, 0)
+    assert de["compiled"]["reference_units"] == 4
+    assert de["delta"]["wer"] == pytest.approx(0.25)
+    # the two clips resampled: delta 0 (de_2 twice), 0.5 (de_1 twice) or 0.25; the interval spans them
+    assert de["ci95"]["transcribe"] == {"low": 0.0, "high": 0.5} and de["verdict"] == "inconclusive"
+    assert de["ci95"]["translate"]["high"] < 0 and ja["ci95"]["translate"] == {"low": 0.0, "high": 0.0}
+    assert ja["compiled"]["cer"] == pytest.approx(1 / 3) and ja["verdict"] == "fail"
     assert de["fp32"]["rtf"] == pytest.approx(2 * 0.5 / 5.0)       # transcribe seconds / audio seconds
     assert de["agreement"]["exact_match"] == 0.5
     assert de["fp32"]["bleu"] > de["compiled"]["bleu"]
-    assert m["budget"]["pass"] is False and m["budget"]["over_budget"] == "de_de,ja_jp"
-    assert set(m["overall"]) >= {"fp32", "compiled", "delta", "agreement"}
-    assert m["overall"]["fp32"]["error_rate"] == 0.0
-    assert m["stops"]["fp32"] == {"eot": 5}
+    assert ja["compiled"]["stops"] == {"eot": 1, "max_new_tokens": 1, "max_positions": 0, "repetition": 0}
+    assert ja["compiled"]["cut_by_cap"] == 1 and m["overall"]["compiled"]["cut_by_cap"] == 1
+    assert m["budget"]["verdict"] == "fail" and m["budget"]["fail"] == "ja_jp"
+    assert m["budget"]["counts"]["synthetic"]["inconclusive"] == 1
+    # WER and CER languages summarised apart, never one mean across both
+    assert set(m["summary"]) == {"wer", "cer"}
+    assert m["summary"]["wer"]["synthetic"]["languages"] == "de_de"
+    assert m["summary"]["cer"]["synthetic"]["compiled"] == pytest.approx(1 / 3, abs=1e-6)
+    assert "error_rate" not in json.dumps(m["overall"])
     # Everything dvc metrics can show is plain JSON.
     json.dumps(m)
     msg = ev.budget_failure(m)
-    assert "de_de +0.250" in msg and "ja_jp" in msg and "evaluate.strict" in msg
+    assert "ja_jp +0.333" in msg and "95 % CI" in msg and "evaluate.strict" in msg and "de_de" not in msg
+
+
+def test_metrics_without_a_compiled_run():
+    clips, records = synthetic_run()
+    m = ev.score([r for r in records if r["system"] == "fp32"], clips, PARAMS, seed=0, compiled_run=False)
+    assert m["budget"]["verdict"] == "not_checked"
+    assert {e["verdict"] for e in m["languages"].values()} == {"not_checked"}
+    assert m["languages"]["de_de"]["compiled"] is None and m["languages"]["de_de"]["fp32"]["wer"] == 0.0
+    wer_rows, _ = ev.plot_rows(m)
+    assert wer_rows[0] == {"language": "de_de", "unit": "wer", "fp32": 0.0, "compiled": None}
+    assert ev.budget_failure(m) is None
 
 
 def test_plot_rows_shape():
     clips, records = synthetic_run()
-    wer_rows, bleu_rows = ev.plot_rows(ev.score(records, clips, 0.1))
+    wer_rows, bleu_rows = ev.plot_rows(ev.score(records, clips, PARAMS, 0))
     assert [r["language"] for r in wer_rows] == ["de_de", "ja_jp"]
     assert set(wer_rows[0]) == {"language", "unit", "fp32", "compiled"}
     assert all(isinstance(r["fp32"], float) and isinstance(r["compiled"], float) for r in wer_rows + bleu_rows)
@@ -381,7 +487,8 @@ def stage_run(tmp_path, tiny_model, monkeypatch):
     def run(strict: bool):
         params = yaml.safe_load((ROOT / "params.yaml").read_text())
         params["languages"] = ["de_de", "ja_jp"]
-        params["evaluate"]["strict"] = strict
+        # one clip per language: let a single clip decide, to reach a fail verdict
+        params["evaluate"].update(strict=strict, min_verdict_clips=1, max_new_tokens=96)
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
         out = tmp_path / "out"
         ev.main(["--params", str(tmp_path / "params.yaml"), "--model", str(tmp_path / "model"),
@@ -399,7 +506,8 @@ def test_main_reports_budget_failure_without_failing(stage_run):
     assert set(m["languages"]) == {"de_de", "ja_jp"}
     assert m["languages"]["de_de"]["fp32"]["wer"] == 0.0 and m["languages"]["ja_jp"]["fp32"]["cer"] == 0.0
     assert m["languages"]["de_de"]["compiled"]["wer"] > 0.5
-    assert m["budget"]["pass"] is False and m["budget"]["over_budget"] == "de_de,ja_jp"
+    assert m["budget"]["verdict"] == "fail" and m["budget"]["fail"] == "de_de,ja_jp"
+    assert m["compiled_run"] == {"status": "run", "reason": None}
     assert m["backends"] == {"fp32": "torch", "compiled": "broken"}
     assert m["sizes"] == {"fp32_bytes": 40, "compiled_model_bytes": 10, "embedding_table_bytes": 6,
                           "compiled_bytes": 16, "compression": 2.5}
@@ -410,6 +518,29 @@ def test_main_reports_budget_failure_without_failing(stage_run):
     assert len(rows) == 2 * 2 * 2
     wer = json.loads((out / "wer.json").read_text())
     assert [r["language"] for r in wer] == ["de_de", "ja_jp"] and wer[0]["fp32"] == 0.0
+
+
+def test_main_scores_fp32_when_the_compiled_model_cannot_run_here(stage_run, monkeypatch):
+    """The contract with the backends: load_compiled raising CompiledNotRunnable (a stand-in for .mxq files on
+    a host without Mobilint's runtime) is recorded, fp32 is still scored, no budget is checked, exit 0."""
+    from whisper_npu.backends import CompiledNotRunnable
+
+    def not_runnable(enc, dec, config):
+        raise CompiledNotRunnable("compiled/decoder: mobilint runtime (maccel) is not installed")
+    monkeypatch.setattr(ev, "load_compiled", not_runnable)
+    out = stage_run(strict=True)   # strict: even so no failure, nothing was checked
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["compiled_run"] == {"status": "not_run",
+                                 "reason": "compiled/decoder: mobilint runtime (maccel) is not installed"}
+    assert m["budget"]["verdict"] == "not_checked"
+    assert {e["verdict"] for e in m["languages"].values()} == {"not_checked"}
+    assert m["languages"]["de_de"]["fp32"]["wer"] == 0.0
+    wer = json.loads((out / "wer.json").read_text())
+    assert [r["compiled"] for r in wer] == [None, None] and [r["fp32"] for r in wer] == [0.0, 0.0]
+    rows = [json.loads(x) for x in (out / "transcripts.jsonl").read_text().splitlines()]
+    assert {r["system"] for r in rows} == {"fp32"}
+    from whisper_npu.report import table
+    assert "not run: compiled/decoder" in table(m)
 
 
 def test_main_strict_fails_naming_languages_and_leaves_no_outputs(stage_run):
@@ -501,7 +632,7 @@ def test_loop_matches_hf_generate_on_real_whisper(reference_model_dir, tmp_path)
 
 def write_metric_fixture(repo: Path) -> dict:
     clips, records = synthetic_run()
-    m = ev.score(records, clips, 0.1)
+    m = ev.score(records, clips, PARAMS, 0)
     wer_rows, bleu_rows = ev.plot_rows(m)
     (repo / "metrics").mkdir(exist_ok=True)
     (repo / "plots").mkdir(exist_ok=True)
@@ -527,42 +658,67 @@ def test_dvc_metrics_and_plots_render(project):
     assert "WER or CER per language (fp32 vs compiled)" in html
     assert "Translation BLEU per language (fp32 vs compiled)" in html
     assert "de_de" in html and "compiled" in html
+    # the compiled model not run here: compiled is null in every row, and the plots still render
+    clips, records = synthetic_run()
+    m = ev.score([r for r in records if r["system"] == "fp32"], clips, PARAMS, 0, compiled_run=False)
+    wer_rows, bleu_rows = ev.plot_rows(m)
+    (repo / "plots" / "wer.json").write_text(json.dumps(wer_rows))
+    (repo / "plots" / "bleu.json").write_text(json.dumps(bleu_rows))
+    run(["dvc", "plots", "show", "-o", "report-not-run"], repo)
+    assert "de_de" in (repo / "report-not-run" / "index.html").read_text()
 
 
 @pytest.mark.slow
-def test_pipeline_end_to_end_with_a_tiny_model(project, tiny_model_dir):
-    """`dvc repro evaluate` from nothing (one language, three clips, the tiny random model as a local folder),
-    then `dvc metrics show` and `dvc plots show`. Numbers from a random model are meaningless; the test checks
-    that every stage connects and the metrics/plots are where DVC looks for them."""
+def test_pipeline_end_to_end_with_a_tiny_model(project, tiny_model_dir, tmp_path):
+    """`dvc repro evaluate` from nothing (de_de synthetic, en_us real speech from the Asterisk packages fetched
+    by the audio stage, the tiny random model as a local folder), then `dvc metrics show` and `dvc plots show`.
+    Numbers from a random model are meaningless; the test checks that every stage connects, the real-speech
+    source reaches the metrics, and the metrics/plots are where DVC looks for them."""
     from conftest import default_params, run
 
     params = default_params()
-    params["languages"] = ["de_de"]
+    params["languages"] = ["de_de", "en_us"]
     params["model"].update(source="local", id=str(tiny_model_dir / "hf"), name="whisper-tiny-random")
     params["audio"].update(clips=3, eval_clips=1)
+    params["audio"]["per_language"] = {"en_us": {"source": "asterisk", "clips": 5, "eval_clips": 3,
+                                                 "selection": "seeded"}}
+    params["audio"]["asterisk"]["cache"] = str(tmp_path / "debs")
     params["labels"].update(max_new_tokens=8)
     params["calibration"].update(samples_per_language=2, max_new_tokens=8)
     params["compile"].update(numerics_samples=1)
-    params["evaluate"].update(max_new_tokens=8)
+    params["evaluate"].update(max_new_tokens=8, bootstrap_samples=100, min_verdict_clips=3)
     repo = project(params)
-    run(["dvc", "repro", "evaluate"], repo, timeout=1200)
+    run(["dvc", "repro", "evaluate"], repo, timeout=1800)
     m = json.loads((repo / "metrics" / "evaluate.json").read_text())
-    assert set(m["languages"]) == {"de_de"} and m["backends"]["compiled"].startswith("onnxruntime")
-    assert m["languages"]["de_de"]["clips"] == 1
+    assert set(m["languages"]) == {"de_de", "en_us"} and m["backends"]["compiled"].startswith("onnxruntime")
+    de, en = m["languages"]["de_de"], m["languages"]["en_us"]
+    assert (de["clips"], de["speech"], de["source"]) == (1, "synthetic", "synth")
+    assert (en["clips"], en["speech"], en["source"]) == (3, "real", "asterisk")
+    assert de["verdict"] == "inconclusive"                    # one clip < min_verdict_clips
+    assert set(m["budget"]["counts"]) == {"real", "synthetic"}
+    assert m["compiled_run"] == {"status": "run", "reason": None}
     assert m["sizes"]["compiled_bytes"] > 0 and m["sizes"]["fp32_bytes"] > 0
+    manifest = (repo / "data" / "audio" / "en_us" / "manifest.jsonl").read_text()
+    assert '"license": "CC-BY-SA-3.0"' in manifest and str(tmp_path) not in manifest
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
     (workspace,) = shown.values()
-    assert "fp32" in workspace["data"]["metrics/evaluate.json"]["data"]["languages"]["de_de"]
+    data = workspace["data"]["metrics/evaluate.json"]["data"]
+    assert "substitutions" in data["languages"]["en_us"]["fp32"] and "ci95" in data["languages"]["en_us"]
     run(["dvc", "plots", "show", "-o", "report"], repo)
-    assert "WER or CER per language" in (repo / "report" / "index.html").read_text()
+    html = (repo / "report" / "index.html").read_text()
+    assert "WER or CER per language" in html and "en_us" in html
     assert "evaluate" not in json.loads(run(["dvc", "status", "--json"], repo).stdout or "{}")
 
 
-def test_report_table_lists_every_language_and_the_overall_row():
+def test_report_table_lists_every_language_the_summaries_and_the_verdicts():
     from whisper_npu.report import table
 
-    metrics = json.loads((ROOT / "metrics" / "evaluate.json").read_text())
+    clips, records = synthetic_run()
+    metrics = ev.score(records, clips, PARAMS, 0)
+    metrics["backends"] = {"fp32": "torch", "compiled": "onnxruntime-dynamic"}
     text = table(metrics)
     for lang in metrics["languages"]:
-        assert f"| {lang} |" in text
-    assert "| **overall** |" in text and "budget: max increase" in text
+        assert f"| {lang} | synthetic |" in text
+    assert "| wer | synthetic | 1 | 2 |" in text and "| cer | synthetic | 1 | 1 |" in text
+    assert "+0.000..+0.500 | inconclusive" in text
+    assert "verdict fail" in text and "synthetic: 1 fail, 1 inconclusive" in text

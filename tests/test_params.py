@@ -168,3 +168,67 @@ def test_every_stage_cmd_module_imports_and_deps_exist():
         for dep in stage.get("deps", []):
             if "${" not in dep and dep.endswith(".py"):
                 assert (ROOT / dep).exists(), f"{name}: dependency {dep} does not exist"
+
+
+# ------------------------------------------------------------------------------ audio.per_language
+
+def test_default_profile_uses_real_speech_with_30_evaluation_clips():
+    p = load_params(ROOT / "params.yaml")
+    real = {lang for lang in p.languages if p.audio.for_lang(lang).source == "asterisk"}
+    assert real == {"en_us", "es_419", "fr_fr", "it_it", "ru_ru"}
+    for lang in p.languages:
+        a = p.audio.for_lang(lang)
+        assert a.clips - a.eval_clips == p.calibration.samples_per_language    # calibration counts unchanged
+        if lang in real:
+            assert a.eval_clips >= 30 and a.selection == "seeded"
+        else:
+            assert (a.source, a.clips, a.eval_clips) == ("synth", 8, 2)
+    assert p.evaluate.max_new_tokens == 220
+
+
+def test_per_language_entry_overrides_only_its_keys():
+    data = base()
+    data["audio"]["per_language"] = {"de_de": {"clips": 12}, "en_us": {"source": "local", "eval_clips": None}}
+    data["audio"]["local"]["dir"] = "/data"
+    p = parse_params(data)
+    de = p.audio.for_lang("de_de")
+    assert (de.source, de.clips, de.eval_clips, de.selection) == ("synth", 12, 2, "first")
+    en = p.audio.for_lang("en_us")
+    assert (en.source, en.clips, en.eval_clips) == ("local", 8, 2)     # null: the audio default
+    assert p.audio.for_lang("ko_kr") == dataclasses_replace(p.audio, per_language={})
+    assert en.per_language == {}
+
+
+def dataclasses_replace(obj, **kw):
+    import dataclasses
+
+    return dataclasses.replace(obj, **kw)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"xx_yy": {"clips": 3}}, r"audio.per_language.xx_yy: unknown language; allowed: ar_eg"),
+    ({"de_de": {"source": "radio"}}, r"audio.per_language.de_de.source = 'radio': must be one of synth, fleurs, "
+                                     r"local, asterisk$"),
+    ({"de_de": {"clips": 0}}, r"audio.per_language.de_de.clips = 0: must be >= 1"),
+    ({"de_de": {"clips": "many"}}, r"audio.per_language.de_de.clips = 'many': must be an integer"),
+    ({"de_de": {"speed": 3}}, r"audio.per_language.de_de.speed: unknown key; allowed in audio.per_language.de_de: "
+                              r"source, clips, eval_clips, selection"),
+    ({"de_de": 3}, r"audio.per_language.de_de = 3: must be a mapping"),
+    ({"de_de": {"eval_clips": 8}}, r"audio.per_language.de_de.eval_clips = 8: must be < "
+                                   r"audio.per_language.de_de.clips \(8\) .*\(de_de\)"),
+    ({"de_de": {"clips": 7}}, r"calibration.samples_per_language = 6: must be <= audio.per_language.de_de.clips - "
+                              r"audio.per_language.de_de.eval_clips = 5 \(de_de\)"),
+    ({"de_de": {"source": "local"}}, r"audio.local.dir = '': with audio.source = local .*\(de_de\)"),
+])
+def test_bad_per_language_entry_names_the_key(entry, message):
+    data = base()
+    data["audio"]["per_language"] = entry
+    with pytest.raises(ParamsError, match=message):
+        parse_params(data, "params.yaml")
+
+
+def test_per_language_entry_for_an_unlisted_language_is_not_checked_against_counts():
+    data = base()
+    data["languages"] = ["de_de"]
+    data["audio"]["per_language"] = {"en_us": {"clips": 2, "eval_clips": 1}}   # unused: en_us is not listed
+    assert parse_params(data).audio.for_lang("de_de").clips == 8

@@ -76,16 +76,46 @@ class LocalAudioParams:
 
 
 @dataclass(frozen=True)
+class AsteriskParams:
+    cache: str = _f(".cache/debs", doc="folder (relative to the working directory, or absolute) holding the "
+                                       "pinned .deb files; apt-get download fills it when a file is missing")
+    min_seconds: float = _f(2.0, ge=0, le=30, doc="prompts shorter than this are not used (one-word prompts)")
+
+
+AUDIO_SOURCES = ("synth", "fleurs", "local", "asterisk")
+
+
+@dataclass(frozen=True)
+class AudioOverride:
+    """One language's entry in ``audio.per_language``: keys left out (or null) take the ``audio`` value."""
+    source: str | None = _f(None, choices=AUDIO_SOURCES + (None,))
+    clips: int | None = _f(None, ge=1)
+    eval_clips: int | None = _f(None, ge=0)
+    selection: str | None = _f(None, choices=("first", "seeded", None))
+
+
+@dataclass(frozen=True)
 class AudioParams:
-    source: str = _f("synth", choices=("synth", "fleurs", "local"))
+    source: str = _f("synth", choices=AUDIO_SOURCES)
     clips: int = _f(8, ge=1, doc="clips per language (calibration + evaluation)")
     eval_clips: int = _f(2, ge=0, doc="of those, clips per language held out for evaluation")
     selection: str = _f("first", choices=("first", "seeded"))
     long_clips: str = _f("split", choices=("trim", "split"), doc="clips over 30 s")
     max_skipped_fraction: float = _f(0.25, ge=0, le=1)
+    # language code -> AudioOverride (source, clips, eval_clips, selection for that language only)
+    per_language: dict[str, AudioOverride] = _f({})
     synth: SynthParams = _f(SynthParams())
     fleurs: FleursParams = _f(FleursParams())
     local: LocalAudioParams = _f(LocalAudioParams())
+    asterisk: AsteriskParams = _f(AsteriskParams())
+
+    def for_lang(self, lang: str) -> "AudioParams":
+        """The audio params that apply to ``lang``: its ``per_language`` entry over the defaults."""
+        o = self.per_language.get(lang)
+        if o is None:
+            return dataclasses.replace(self, per_language={})
+        changes = {f.name: getattr(o, f.name) for f in dataclasses.fields(o) if getattr(o, f.name) is not None}
+        return dataclasses.replace(self, per_language={}, **changes)
 
 
 @dataclass(frozen=True)
@@ -174,9 +204,12 @@ class CompileParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    max_new_tokens: int = _f(96, ge=1, le=440)
+    # 224 tokens per 30 s window (openai-whisper's sample_len, n_text_ctx // 2) minus the 4 prompt tokens
+    max_new_tokens: int = _f(220, ge=1, le=440)
     max_wer_increase: float = _f(0.10, ge=0, doc="accuracy budget: compiled WER/CER minus fp32, absolute")
-    strict: bool = _f(False, doc="fail the stage when the budget is exceeded")
+    strict: bool = _f(False, doc="fail the stage when a language's verdict is fail")
+    bootstrap_samples: int = _f(1000, ge=100, doc="paired bootstrap resamples for the 95 % intervals")
+    min_verdict_clips: int = _f(10, ge=1, doc="fewer scored clips than this: verdict inconclusive")
     repeat_max_ngram: int = _f(8, ge=1, doc="repetition guard: longest repeated n-gram (tokens) it looks for")
     repeat_times: int = _f(4, ge=0, doc="repetition guard: stop when an n-gram repeats this often in a row; 0 = off")
     suppress_timestamps: bool = _f(True, doc="mask timestamp tokens (HF generate does not when timestamps are off)")
@@ -229,7 +262,7 @@ def _check_scalar(key: str, value: Any, tp: Any) -> Any:
 def _check_range(key: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
     choices = meta.get("choices")
     if choices is not None and value not in choices:
-        raise ParamsError(f"{key} = {value!r}: must be one of {', '.join(map(str, choices))}")
+        raise ParamsError(f"{key} = {value!r}: must be one of {', '.join(str(c) for c in choices if c is not None)}")
     for bound, ok, word in (("ge", lambda v, b: v >= b, ">="), ("le", lambda v, b: v <= b, "<="),
                             ("gt", lambda v, b: v > b, ">")):
         b = meta.get(bound)
@@ -259,10 +292,32 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         if dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, value, key)
             continue
+        if typing.get_origin(tp) is dict:  # a mapping of names to sections (audio.per_language)
+            kwargs[name] = _build_mapping(key, value, typing.get_args(tp)[1])
+            continue
+        args = typing.get_args(tp)
+        if type(None) in args:  # optional: null means "not set"
+            if value is None:
+                kwargs[name] = None
+                continue
+            tp = next(a for a in args if a is not type(None))
         value = _check_scalar(key, value, tp)
         _check_range(key, value, f.metadata)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _build_mapping(key: str, data: Any, cls: type) -> dict:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{key} = {data!r}: must be a mapping of names to sections")
+    out = {}
+    for name, value in data.items():
+        if not isinstance(name, str):
+            raise ParamsError(f"{key}: key {name!r} must be a string")
+        out[name] = _build(cls, value, f"{key}.{name}")
+    return out
 
 
 def _check_list(key: str, values: list, tp: type, allowed: typing.Collection | None = None) -> None:
@@ -287,12 +342,22 @@ def _cross_checks(p: Params) -> None:
         raise ParamsError(f"model.id = '': with model.source = {p.model.source} name a "
                           f"{'hub repository id' if p.model.source == 'hub' else 'folder'}")
     a = p.audio
-    if a.eval_clips >= a.clips:
-        raise ParamsError(f"audio.eval_clips = {a.eval_clips}: must be < audio.clips ({a.clips}) "
-                          "so that some clips are left for calibration")
-    if p.calibration.samples_per_language > a.clips - a.eval_clips:
-        raise ParamsError(f"calibration.samples_per_language = {p.calibration.samples_per_language}: must be "
-                          f"<= audio.clips - audio.eval_clips = {a.clips - a.eval_clips}")
+    for lang in a.per_language:
+        if lang not in langs.LANGUAGES:
+            raise ParamsError(f"audio.per_language.{lang}: unknown language; allowed: "
+                              f"{', '.join(sorted(langs.LANGUAGES))}")
+    # the counts that apply to each listed language (its per_language entry over the audio defaults)
+    for lang in p.languages:
+        la = a.for_lang(lang)
+        where = f"audio.per_language.{lang}" if lang in a.per_language else "audio"
+        if la.eval_clips >= la.clips:
+            raise ParamsError(f"{where}.eval_clips = {la.eval_clips}: must be < {where}.clips ({la.clips}) "
+                              f"so that some clips are left for calibration ({lang})")
+        if p.calibration.samples_per_language > la.clips - la.eval_clips:
+            raise ParamsError(f"calibration.samples_per_language = {p.calibration.samples_per_language}: must be "
+                              f"<= {where}.clips - {where}.eval_clips = {la.clips - la.eval_clips} ({lang})")
+        if la.source == "local" and not a.local.dir:
+            raise ParamsError(f"audio.local.dir = '': with audio.source = local name the folder of audio ({lang})")
     for key, pair, lo, hi in (("audio.synth.rate", a.synth.rate, 80, 450), ("audio.synth.pitch", a.synth.pitch, 0, 99)):
         _check_list(key, pair, int)
         if len(pair) != 2 or not lo <= pair[0] <= pair[1] <= hi:
@@ -300,8 +365,6 @@ def _cross_checks(p: Params) -> None:
     _check_list("audio.synth.variants", a.synth.variants, str)
     if not a.synth.variants:
         raise ParamsError("audio.synth.variants = []: list at least one variant ('' is the default voice)")
-    if a.source == "local" and not a.local.dir:
-        raise ParamsError("audio.local.dir = '': with audio.source = local name the folder of audio")
     _check_calibration(p.calibration)
     _check_qbcompiler(p.compile.qbcompiler)
     o = p.compile.onnxruntime

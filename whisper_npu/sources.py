@@ -273,6 +273,10 @@ def get_clips(lang: str, params: AudioParams, seed: int) -> list[SourceClip]:
     """The selected clips of one language from the source named in ``audio.source``."""
     if lang not in langs.LANGUAGES:
         raise StageError(f"--lang {lang!r}: unknown language; known: {', '.join(sorted(langs.LANGUAGES))}")
+    if params.source == "asterisk":
+        from whisper_npu.asterisk import asterisk_clips  # imports this module: loaded on use
+
+        return asterisk_clips(lang, params, seed)
     return SOURCES[params.source](lang, params, seed)
 
 
