@@ -205,6 +205,14 @@ def test_label_stage_main(model_dir: Path, tmp_path: Path) -> None:
         label_stage.main(["--lang", "de_de", *argv[2:]])
 
 
+def test_select_reads_the_manifest_split() -> None:
+    rows = [{"id": "b", "split": "evaluation"}, {"id": "a", "split": "calibration"}]
+    assert [r["id"] for r in label_stage.select(rows, ["calibration"], "m.jsonl")] == ["a"]
+    assert [r["id"] for r in label_stage.select(rows, ["evaluation", "calibration"], "m.jsonl")] == ["a", "b"]
+    with pytest.raises(StageError, match="m.jsonl: row c has split None"):
+        label_stage.select([*rows, {"id": "c"}], ["calibration"], "m.jsonl")
+
+
 def test_label_stage_english_only_model_fails_for_other_languages(tmp_path: Path) -> None:
     make_audio_dir(tmp_path / "audio" / "ko_kr", "ko_kr", 1)
     ckpt = make_checkpoint(tmp_path / "en.pt", multilingual=False)
@@ -260,7 +268,13 @@ def tiny_profile(languages: list[str]) -> dict:
     params["languages"] = languages
     params["audio"].update(clips=2, eval_clips=1)
     params["calibration"]["samples_per_language"] = 1
+    params["labels"]["max_new_tokens"] = SAMPLE_LEN
     return params
+
+
+def calibration_ids(repo: Path, langs: list[str]) -> set[str]:
+    return {f"{r['id']}.wav" for lang in langs for r in read_jsonl(repo / "data" / "audio" / lang / "manifest.jsonl")
+            if r["split"] == "calibration"}
 
 
 @pytest.mark.slow
@@ -276,7 +290,8 @@ def test_dvc_labels_add_and_remove_language(project) -> None:
     out = run(["dvc", "repro", "labels"], repo).stdout
     assert ran(out) == {"audio@de_de", "audio@ko_kr", "label@de_de", "label@ko_kr", "labels"}, out
     keys = set(read_json(repo / "data" / "transcriptions.json"))
-    assert keys == {f"{lang}_{i:04d}.wav" for lang in ("de_de", "ko_kr") for i in range(2)}
+    # labels.splits: [calibration]: one calibration clip per language labelled, the evaluation clip not
+    assert keys == calibration_ids(repo, ["de_de", "ko_kr"]) and len(keys) == 2
 
     def set_languages(langs: list[str]) -> None:
         (repo / "params.yaml").write_text(yaml.safe_dump(tiny_profile(langs), allow_unicode=True, sort_keys=False))
@@ -291,8 +306,8 @@ def test_dvc_labels_add_and_remove_language(project) -> None:
     assert ran(out) == {"labels"}, out
     assert (repo / "data" / "labels" / "ko_kr.jsonl").exists()  # left on disk, but not merged
     translations = read_json(repo / "data" / "translations.json")
-    assert {k[:5] for k in translations} == {"de_de", "ru_ru"}
-    assert translations["ru_ru_0001.wav"]["source_language_whisper"] == "ru"
+    assert set(translations) == calibration_ids(repo, ["de_de", "ru_ru"])
+    assert {v["source_language_whisper"] for k, v in translations.items() if k.startswith("ru_ru")} == {"ru"}
     assert run(["dvc", "repro", "labels"], repo).stdout.count("Running stage") == 0
 
 
@@ -316,3 +331,55 @@ def test_reference_whisper_base_labels_spanish_synth(reference_model_dir: Path, 
     cer = edit_distance(ref, hyp) / max(1, len(ref))
     assert cer < 0.5, rows
     assert rows[0]["translation"].isascii() and rows[0]["translation"] != rows[0]["transcription"], rows
+
+
+@pytest.fixture(scope="session")
+def asterisk_english() -> list[tuple[str, np.ndarray]]:
+    """Six real English prompts (Debian's asterisk-core-sounds-en-wav, 8 kHz resampled to 16 kHz), the .deb
+    fetched once with apt-get into the whisper-npu cache and checked against its pinned sha256."""
+    from bench.label_speed import AptUnavailable, asterisk_english
+
+    try:
+        return asterisk_english(6, min_seconds=2.0, max_seconds=12.0)
+    except AptUnavailable as e:
+        pytest.skip(str(e))
+
+
+def _equal_to_transcribe(lab: L.Labeler, batch, whisper_lang: str, logprob_fallback: bool, **options):
+    want = [L.label_clip(lab, audio, whisper_lang, 1, seed, logprob_fallback, **options) for audio, seed in batch]
+    stats = L.LabelStats()
+    got = L.label_batch(lab, batch, whisper_lang, 1, logprob_fallback, stats, **options)
+    return got, want, stats
+
+
+@pytest.mark.slow
+def test_whisper_base_labels_equal_transcribe_on_real_english(reference_model_dir: Path, asterisk_english) -> None:
+    """Real speech, real weights, the offline default's options: the batched labeler gives openai-whisper
+    transcribe()'s text for every clip, with one encoder pass per clip."""
+    lab = L.load_labeler("reference", reference_model_dir)
+    batch = [(y, L.clip_seed(0, name)) for name, y in asterisk_english]
+    options = {"best_of": 1, "sample_len": 96, "without_timestamps": True}
+    got, want, stats = _equal_to_transcribe(lab, batch, "en", False, **options)
+    assert got == want, [(g, w) for g, w in zip(got, want) if g != w]
+    assert stats.encoder_passes == len(batch) and stats.on_demand == 0
+    assert sum("pound" in t.lower() or "please" in t.lower() for t, _ in got) >= 2, got  # it is real speech
+
+
+@pytest.mark.slow
+def test_whisper_base_labels_equal_transcribe_on_synthetic_speech_with_fallbacks(reference_model_dir: Path,
+                                                                                 tmp_path: Path) -> None:
+    """espeak-ng Russian with the log-prob fallback on (the tutorial's setting): fallbacks fire, and the text
+    still equals transcribe()'s (same per-clip seeds, same draws)."""
+    from stages import audio as audio_stage
+    from whisper_npu import sources
+    from whisper_npu.params import AudioParams
+
+    p = AudioParams(source="synth", clips=3, eval_clips=0)
+    kept, _, _ = audio_stage.build("ru_ru", p, 0, sources.get_clips("ru_ru", p, 0))
+    batch = [(c.samples, L.clip_seed(0, c.row["id"])) for c in kept]
+    lab = L.load_labeler("reference", reference_model_dir)
+    got, want, stats = _equal_to_transcribe(lab, batch, "ru", True, best_of=1, sample_len=48,
+                                            without_timestamps=True)
+    assert got == want, [(g, w) for g, w in zip(got, want) if g != w]
+    assert stats.fallbacks > 0, stats
+    assert stats.encoder_passes == len(batch)

@@ -34,7 +34,7 @@ import logging
 import pickle
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -212,12 +212,17 @@ def _decode(model: Any, features: Any, options: Any, generators: Sequence[Any]) 
     from whisper.decoding import DecodingTask, GreedyDecoder
 
     class SeededSampler(GreedyDecoder):
-        """GreedyDecoder.update with Categorical(...).sample() done per clip on its own generator."""
+        """GreedyDecoder.update with Categorical(...).sample() done per clip on its own generator. A clip whose
+        rows have all ended draws nothing more: alone, transcribe() would have stopped decoding it."""
         def update(self, tokens, logits, sum_logprobs):
             probs = Categorical(logits=logits / self.temperature).probs
             n = task.n_group
-            next_tokens = torch.cat([torch.multinomial(probs[i * n:(i + 1) * n], 1, True, generator=g)[:, 0]
-                                     for i, g in enumerate(generators)])
+            ended = tokens[:, -1] == self.eot
+            next_tokens = torch.full((tokens.shape[0],), self.eot, dtype=torch.long)
+            for i, g in enumerate(generators):
+                rows = slice(i * n, (i + 1) * n)
+                if not bool(ended[rows].all()):
+                    next_tokens[rows] = torch.multinomial(probs[rows], 1, True, generator=g)[:, 0]
             logprobs = torch.nn.functional.log_softmax(logits.float(), dim=-1)
             current_logprobs = logprobs[torch.arange(logprobs.shape[0]), next_tokens]
             sum_logprobs += current_logprobs * (tokens[:, -1] != self.eot)
