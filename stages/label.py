@@ -3,13 +3,17 @@
     python -m stages.label --lang ko_kr --audio data/audio/ko_kr --model models/reference \
         --out data/labels/ko_kr.jsonl
 
-Reads the clips the audio stage listed in ``manifest.jsonl`` (never whatever sits in the folder) and
-writes one row per clip, sorted by id: ``id``, ``lang``, ``transcription``, ``translation``, ``labeler``.
+Reads the clips the audio stage listed in ``manifest.jsonl`` (never whatever sits in the folder) whose
+``split`` is in ``labels.splits`` and writes one row per clip, sorted by id: ``id``, ``lang``,
+``transcription``, ``translation``, ``labeler``. Clips are labelled ``labels.batch_size`` at a time (one
+encoder pass per clip, batched decoding: whisper_npu/labeler.py), so memory does not grow with the number
+of clips, and the rows do not depend on the batch size.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm import tqdm
@@ -17,27 +21,43 @@ from tqdm import tqdm
 from whisper_npu import languages as langs
 from whisper_npu.audio import BadAudio, read_wav
 from whisper_npu.io import StageError, atomic_output, read_jsonl, run_stage, write_jsonl
-from whisper_npu.labeler import Labeler, check_language, clip_seed, label_clip, load_labeler
+from whisper_npu.labeler import Labeler, LabelStats, check_language, clip_seed, label_batch, load_labeler
 from whisper_npu.params import load_params
 
 log = logging.getLogger(__name__)
 
 
+def select(manifest: list[dict], splits: Sequence[str], where: Path | str) -> list[dict]:
+    """The manifest rows whose ``split`` is one of ``splits``, sorted by id."""
+    for m in manifest:
+        if m.get("split") not in ("calibration", "evaluation"):
+            raise StageError(f"{where}: row {m.get('id')} has split {m.get('split')!r}, not calibration or "
+                             "evaluation; rerun the audio stage")
+    return sorted((m for m in manifest if m["split"] in splits), key=lambda r: r["id"])
+
+
 def label_rows(labeler: Labeler, lang: str, audio_dir: Path, manifest: list[dict], beam_size: int,
-               seed: int, logprob_fallback: bool = False, decode_options: dict | None = None) -> list[dict]:
-    """Label every manifest row of one language; rows sorted by id."""
+               seed: int, logprob_fallback: bool = False, decode_options: dict | None = None,
+               batch_size: int = 8, stats: LabelStats | None = None) -> list[dict]:
+    """Label every given manifest row of one language, ``batch_size`` clips at a time; rows sorted by id."""
     whisper_lang = langs.get(lang).whisper
     check_language(labeler, whisper_lang, lang)
+    todo = sorted(manifest, key=lambda r: r["id"])
     rows = []
-    for m in tqdm(sorted(manifest, key=lambda r: r["id"]), desc=f"label {lang}", unit="clip", leave=False):
-        try:
-            audio = read_wav(audio_dir / m["file"])
-        except (BadAudio, OSError, RuntimeError) as e:
-            raise StageError(f"{audio_dir / m['file']}: cannot read ({e}); rerun the audio stage") from None
-        text, translation = label_clip(labeler, audio, whisper_lang, beam_size, clip_seed(seed, m["id"]),
-                                       logprob_fallback, **(decode_options or {}))
-        rows.append({"id": m["id"], "lang": lang, "transcription": text, "translation": translation,
-                     "labeler": labeler.name})
+    with tqdm(total=len(todo), desc=f"label {lang}", unit="clip", leave=False) as bar:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            clips = []
+            for m in batch:
+                try:
+                    clips.append((read_wav(audio_dir / m["file"]), clip_seed(seed, m["id"])))
+                except (BadAudio, OSError, RuntimeError) as e:
+                    raise StageError(f"{audio_dir / m['file']}: cannot read ({e}); rerun the audio stage") from None
+            labels = label_batch(labeler, clips, whisper_lang, beam_size, logprob_fallback, stats,
+                                 **(decode_options or {}))
+            rows += [{"id": m["id"], "lang": lang, "transcription": text, "translation": translation,
+                      "labeler": labeler.name} for m, (text, translation) in zip(batch, labels)]
+            bar.update(len(batch))
     return rows
 
 
@@ -52,16 +72,22 @@ def main(argv: list[str] | None = None) -> None:
     p = load_params(args.params)
     if args.lang not in langs.LANGUAGES:
         raise StageError(f"--lang {args.lang!r}: unknown language")
-    manifest = read_jsonl(args.audio / "manifest.jsonl")
+    manifest_path = args.audio / "manifest.jsonl"
+    manifest = read_jsonl(manifest_path)
     for m in manifest:
         if m.get("lang") != args.lang:
-            raise StageError(f"{args.audio / 'manifest.jsonl'}: row {m.get('id')} is {m.get('lang')!r}, not {args.lang}")
+            raise StageError(f"{manifest_path}: row {m.get('id')} is {m.get('lang')!r}, not {args.lang}")
+    todo = select(manifest, p.labels.splits, manifest_path)
     labeler = load_labeler(p.labels.labeler, args.model)
-    log.info("label@%s: %d clips with %s", args.lang, len(manifest), labeler.name)
+    log.info("label@%s: %d of %d clips (splits %s) with %s", args.lang, len(todo), len(manifest),
+             ", ".join(p.labels.splits), labeler.name)
     decode_options = {"best_of": p.labels.best_of, "sample_len": p.labels.max_new_tokens,
                       "without_timestamps": p.labels.without_timestamps}
-    rows = label_rows(labeler, args.lang, args.audio, manifest, p.labels.beam_size, p.seed,
-                      p.labels.logprob_fallback, decode_options)
+    stats = LabelStats()
+    rows = label_rows(labeler, args.lang, args.audio, todo, p.labels.beam_size, p.seed, p.labels.logprob_fallback,
+                      decode_options, p.labels.batch_size, stats)
+    log.info("label@%s: %d encoder passes, %d batched decodes, %d fallback decodes, %d decoded on demand",
+             args.lang, stats.encoder_passes, stats.decode_calls, stats.fallbacks, stats.on_demand)
     with atomic_output(args.out) as tmp:
         write_jsonl(tmp, rows)
 

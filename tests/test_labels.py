@@ -21,11 +21,13 @@ SR = 16000
 
 
 def make_checkpoint(path: Path, multilingual: bool = True, seed: int = 0) -> Path:
-    """A tiny openai-whisper checkpoint whose decoder always prefers end-of-text.
+    """A tiny random-weight openai-whisper checkpoint that writes text.
 
-    Random weights make openai-whisper decode 224 tokens per window at every fallback temperature
-    (minutes per clip); here the final layer norm outputs a constant vector that the EOT embedding
-    points along, so each decode is a couple of steps. Everything else is the real openai-whisper path.
+    Random weights mostly pick special tokens (``<|notimestamps|>`` again and again, empty text); here the
+    embeddings of the special tokens after end-of-text are zero and the rest scaled down, so greedy decoding
+    writes ordinary tokens with a low average log-prob: with ``logprob_fallback`` every temperature of the
+    fallback schedule runs and the labels are seeded samples. Tests keep ``sample_len`` small (a few tokens
+    per decode). Everything else is the real openai-whisper model.
     """
     from whisper.model import ModelDimensions, Whisper
     from whisper.tokenizer import get_tokenizer
@@ -37,10 +39,9 @@ def make_checkpoint(path: Path, multilingual: bool = True, seed: int = 0) -> Pat
     model = Whisper(dims)
     with torch.no_grad():
         model.decoder.positional_embedding.normal_(0, 0.02)  # torch.empty in openai-whisper
-        model.decoder.ln.weight.zero_()
-        model.decoder.ln.bias.fill_(1.0)
         eot = get_tokenizer(multilingual, num_languages=model.num_languages).eot
-        model.decoder.token_embedding.weight[eot] = 10.0
+        model.decoder.token_embedding.weight.mul_(0.3)
+        model.decoder.token_embedding.weight[eot + 1:] = 0.0
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"dims": dims.__dict__, "model_state_dict": model.state_dict()}, path)
     return path
@@ -50,7 +51,7 @@ def make_checkpoint(path: Path, multilingual: bool = True, seed: int = 0) -> Pat
 def model_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("model") / "reference"
     make_checkpoint(d / L.CHECKPOINT)
-    (d / "model.json").write_text('{"name": "tiny-eot"}')
+    (d / "model.json").write_text('{"name": "tiny-random"}')
     return d
 
 
@@ -61,62 +62,89 @@ def speechlike(seconds: float = 1.5, seed: int = 0) -> np.ndarray:
             ).astype(np.float32)
 
 
-def make_audio_dir(folder: Path, lang: str, n: int) -> list[dict]:
+def make_audio_dir(folder: Path, lang: str, n: int, n_eval: int = 0) -> list[dict]:
+    """n calibration clips (returned) and n_eval evaluation clips after them."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
-    for i in range(n):
+    for i in range(n + n_eval):
         cid = f"{lang}_{i:04d}"
         write_wav(folder / f"{cid}.wav", speechlike(1.0 + 0.25 * i, seed=i))
-        rows.append({"id": cid, "file": f"{cid}.wav", "lang": lang, "split": "calibration", "duration": 1.0,
-                     "text": None, "text_en": None, "source": {}})
+        rows.append({"id": cid, "file": f"{cid}.wav", "lang": lang, "split": "calibration" if i < n else "evaluation",
+                     "duration": 1.0, "text": None, "text_en": None, "source": {}})
     write_jsonl(folder / "manifest.jsonl", rows[::-1])  # unsorted on purpose: the stage sorts
-    return rows
+    return rows[:n]
 
 
 # ---------------------------------------------------------------------------------------------- labeler
 
-class FakeModel:
-    """Records what the labeler asks openai-whisper for."""
-    def __init__(self, multilingual: bool = True):
-        self.is_multilingual = multilingual
-        self.calls: list[dict] = []
-
-    def transcribe(self, audio, **options):
-        self.calls.append({"audio": audio, **options})
-        return {"text": f"  {options['task']} {options['language']} {torch.randint(0, 1000, (1,)).item()} "}
+# small decodes: the tiny model writes `SAMPLE_LEN` tokens per decode (see make_checkpoint)
+SAMPLE_LEN = 6
+FAST = {"best_of": 1, "sample_len": SAMPLE_LEN, "without_timestamps": True}
 
 
-def test_labeler_uses_the_tutorials_transcribe_with_fallback() -> None:
-    fake = FakeModel()
-    lab = L.Labeler(fake, "fake")
-    text, translation = L.label_clip(lab, speechlike().astype(np.float64), "ko", beam_size=1, seed=5)
-    assert text.startswith("transcribe ko ") and translation.startswith("translate ko ") and text == text.strip()
-    for call, task in zip(fake.calls, ("transcribe", "translate")):
-        assert call["task"] == task and call["language"] == "ko" and call["fp16"] is False
-        assert call["temperature"] == (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-        assert "beam_size" not in call
-        assert "logprob_threshold" not in call  # openai-whisper's default (-1.0) applies
-        assert call["audio"].dtype == np.float32
-    L.label_clip(lab, speechlike(), "ko", beam_size=5, seed=5, logprob_fallback=False)
-    assert fake.calls[-1]["beam_size"] == 5 and fake.calls[-1]["logprob_threshold"] is None
-    # seeded: the same seed gives the same (sampled) output, another seed another one
-    again = L.label_clip(L.Labeler(FakeModel(), "fake"), speechlike(), "ko", 1, 5)
-    assert again == (text, translation)
-    assert L.label_clip(L.Labeler(FakeModel(), "fake"), speechlike(), "ko", 1, 6) != again
+def test_transcribe_options_are_the_tutorials() -> None:
+    o = L.transcribe_options("ko", "translate", beam_size=1, logprob_fallback=True, best_of=5)
+    assert o == {"language": "ko", "task": "translate", "fp16": False, "temperature": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+                 "verbose": None, "best_of": 5}  # openai-whisper's own thresholds apply (log-prob -1, no-speech 0.6)
+    o = L.transcribe_options("ko", "transcribe", beam_size=5, logprob_fallback=False)
+    assert o["beam_size"] == 5 and o["logprob_threshold"] is None
+    own, dec = L._split_options(L.transcribe_options("de", "transcribe", 1, False, **FAST))
+    assert own["compression_ratio_threshold"] == 2.4 and own["no_speech_threshold"] == 0.6  # read from openai-whisper
+    assert own["logprob_threshold"] is None and set(dec) == {"language", "task", "fp16", "best_of", "sample_len",
+                                                              "without_timestamps"}
 
 
-def test_english_only_model() -> None:
-    lab = L.Labeler(FakeModel(multilingual=False), "tiny.en")
+def clips(n: int) -> list[tuple[np.ndarray, int]]:
+    return [(speechlike(1.0 + 0.5 * i, seed=i), 100 + 7 * i) for i in range(n)]
+
+
+@pytest.mark.parametrize("logprob_fallback, options, beam_size", [
+    (False, FAST, 1),                                             # the offline default's options
+    (True, FAST, 1),                                              # every temperature: seeded samples
+    (True, {**FAST, "best_of": 2}, 1),                            # several samples per temperature, batched
+    (True, {**FAST, "best_of": 2, "without_timestamps": False}, 2),  # tutorial-like: timestamps, beam search
+])
+def test_label_batch_equals_openai_whisper_transcribe(model_dir: Path, logprob_fallback, options, beam_size) -> None:
+    """One encoder pass per clip, batched decoding, fallback only where it fails: the same text as
+    openai-whisper's transcribe() per clip and task, seeded the same way, fallbacks included."""
+    lab = L.load_labeler("reference", model_dir)
+    batch = clips(3 if options["best_of"] == 1 else 2)
+    want = [L.label_clip(lab, audio, "de", beam_size, seed, logprob_fallback, **options) for audio, seed in batch]
+    stats = L.LabelStats()
+    got = L.label_batch(lab, batch, "de", beam_size, logprob_fallback, stats, **options)
+    assert got == want
+    assert all(text and translation for text, translation in got)  # the comparison is not between empty strings
+    assert stats.items == 2 * len(batch)
+    if stats.on_demand == 0:
+        assert stats.encoder_passes == len(batch)  # one per clip for both tasks and every temperature
+    if logprob_fallback:
+        assert stats.fallbacks > 0  # the tiny model's log-prob is low: the fallback path ran
+        assert len({t for t, _ in got}) == len(batch)  # seeded per clip: samples differ between clips
+
+
+def test_labels_do_not_depend_on_the_batch_size(model_dir: Path, tmp_path: Path) -> None:
+    rows = make_audio_dir(tmp_path / "it_it", "it_it", 3)
+    lab = L.load_labeler("reference", model_dir)
+    by_size = [label_stage.label_rows(lab, "it_it", tmp_path / "it_it", rows, 1, 0, True, FAST, batch_size=b)
+               for b in (1, 2)]
+    assert by_size[0] == by_size[1]
+    assert [r["id"] for r in by_size[0]] == [r["id"] for r in rows]
+
+
+def test_english_only_model(tmp_path: Path) -> None:
+    lab = L.load_labeler(str(make_checkpoint(tmp_path / "en.pt", multilingual=False)), None)
     with pytest.raises(StageError, match="English-only model cannot transcribe or translate ja_jp"):
         L.check_language(lab, "ja", "ja_jp")
     L.check_language(lab, "en", "en_us")
-    text, translation = L.label_clip(lab, speechlike(), "en", 1, 0)
-    assert text == translation and [c["task"] for c in lab.model.calls] == ["transcribe"]
+    stats = L.LabelStats()
+    got = L.label_batch(lab, clips(2), "en", 1, True, stats, **FAST)
+    assert all(text == translation and text for text, translation in got) and stats.items == 2  # transcribe only
+    assert got == [L.label_clip(lab, audio, "en", 1, seed, True, **FAST) for audio, seed in clips(2)]
 
 
 def test_load_labeler_choices(model_dir: Path, tmp_path: Path, monkeypatch) -> None:
     lab = L.load_labeler("reference", model_dir)
-    assert lab.name == "reference:tiny-eot" and lab.multilingual
+    assert lab.name == "reference:tiny-random" and lab.multilingual
     assert L.load_labeler(str(model_dir / L.CHECKPOINT), None).name == L.CHECKPOINT
     with pytest.raises(StageError, match="run the model stage first"):
         L.load_labeler("reference", tmp_path)
@@ -139,32 +167,50 @@ def test_load_labeler_choices(model_dir: Path, tmp_path: Path, monkeypatch) -> N
     assert "\n" not in str(e.value)
 
 
-def test_real_decode_is_deterministic(model_dir: Path) -> None:
+def test_real_decode_is_deterministic_and_seeded(model_dir: Path) -> None:
     lab = L.load_labeler("reference", model_dir)
-    audio = speechlike()
-    a = L.label_clip(lab, audio, "de", 1, 3)
-    b = L.label_clip(lab, audio, "de", 1, 3)
-    assert a == b and all(isinstance(x, str) for x in a)
+    a = L.label_batch(lab, clips(2), "de", 1, True, **FAST)
+    assert a == L.label_batch(lab, clips(2), "de", 1, True, **FAST)
+    assert all(text and translation for text, translation in a)  # non-empty: sampled at the fallback temperatures
+    reseeded = [(audio, seed + 1000) for audio, seed in clips(2)]
+    assert L.label_batch(lab, reseeded, "de", 1, True, **FAST) != a
 
 
 # ---------------------------------------------------------------------------------------------- stages
 
 def test_label_stage_main(model_dir: Path, tmp_path: Path) -> None:
-    rows = make_audio_dir(tmp_path / "audio" / "it_it", "it_it", 3)
+    rows = make_audio_dir(tmp_path / "audio" / "it_it", "it_it", 3, n_eval=1)
     out = tmp_path / "labels" / "it_it.jsonl"
     argv = ["--lang", "it_it", "--audio", str(tmp_path / "audio" / "it_it"), "--model", str(model_dir),
-            "--out", str(out), "--params", str(write_params(tmp_path))]
+            "--out", str(out), "--params", str(write_params(tmp_path, labels={"logprob_fallback": True,
+                                                                              "batch_size": 2}))]
     label_stage.main(argv)
     labels = read_jsonl(out)
+    # labels.splits: [calibration] by default: the evaluation clip is not labelled
     assert [r["id"] for r in labels] == [r["id"] for r in rows]
     assert all(set(r) == {"id", "lang", "transcription", "translation", "labeler"} for r in labels)
-    assert all(r["lang"] == "it_it" and r["labeler"] == "reference:tiny-eot" for r in labels)
+    assert all(r["lang"] == "it_it" and r["labeler"] == "reference:tiny-random" for r in labels)
+    assert all(r["transcription"] and r["translation"] for r in labels)
     first = out.read_bytes()
     label_stage.main(argv)
-    assert out.read_bytes() == first
+    assert out.read_bytes() == first  # byte-identical on rerun, with non-empty sampled labels
+    # both splits, as the tutorial: every clip, the calibration rows unchanged
+    both = tmp_path / "both.jsonl"
+    label_stage.main([*argv[:-4], "--out", str(both), "--params", str(write_params(
+        tmp_path / "both", labels={"logprob_fallback": True, "batch_size": 3, "splits": ["calibration", "evaluation"]}))])
+    assert [r["id"] for r in read_jsonl(both)] == [f"it_it_{i:04d}" for i in range(4)]
+    assert read_jsonl(both)[:3] == labels
     # a manifest of another language is refused
     with pytest.raises(StageError, match="not de_de"):
         label_stage.main(["--lang", "de_de", *argv[2:]])
+
+
+def test_select_reads_the_manifest_split() -> None:
+    rows = [{"id": "b", "split": "evaluation"}, {"id": "a", "split": "calibration"}]
+    assert [r["id"] for r in label_stage.select(rows, ["calibration"], "m.jsonl")] == ["a"]
+    assert [r["id"] for r in label_stage.select(rows, ["evaluation", "calibration"], "m.jsonl")] == ["a", "b"]
+    with pytest.raises(StageError, match="m.jsonl: row c has split None"):
+        label_stage.select([*rows, {"id": "c"}], ["calibration"], "m.jsonl")
 
 
 def test_label_stage_english_only_model_fails_for_other_languages(tmp_path: Path) -> None:
@@ -173,16 +219,18 @@ def test_label_stage_english_only_model_fails_for_other_languages(tmp_path: Path
     with pytest.raises(StageError, match="English-only"):
         label_stage.main(["--lang", "ko_kr", "--audio", str(tmp_path / "audio" / "ko_kr"), "--model", str(tmp_path),
                           "--out", str(tmp_path / "ko.jsonl"),
-                          "--params", str(write_params(tmp_path, labels={"labeler": str(ckpt), "beam_size": 1}))])
+                          "--params", str(write_params(tmp_path, labels={"labeler": str(ckpt)}))])
     assert not (tmp_path / "ko.jsonl").exists()
 
 
 def write_params(folder: Path, languages: list[str] | None = None, labels: dict | None = None) -> Path:
     params = default_params()
+    params["labels"]["max_new_tokens"] = SAMPLE_LEN
     if languages:
         params["languages"] = languages
     if labels:
-        params["labels"] = labels
+        params["labels"].update(labels)
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(params, allow_unicode=True))
     return path
@@ -220,7 +268,13 @@ def tiny_profile(languages: list[str]) -> dict:
     params["languages"] = languages
     params["audio"].update(clips=2, eval_clips=1)
     params["calibration"]["samples_per_language"] = 1
+    params["labels"]["max_new_tokens"] = SAMPLE_LEN
     return params
+
+
+def calibration_ids(repo: Path, langs: list[str]) -> set[str]:
+    return {f"{r['id']}.wav" for lang in langs for r in read_jsonl(repo / "data" / "audio" / lang / "manifest.jsonl")
+            if r["split"] == "calibration"}
 
 
 @pytest.mark.slow
@@ -236,7 +290,8 @@ def test_dvc_labels_add_and_remove_language(project) -> None:
     out = run(["dvc", "repro", "labels"], repo).stdout
     assert ran(out) == {"audio@de_de", "audio@ko_kr", "label@de_de", "label@ko_kr", "labels"}, out
     keys = set(read_json(repo / "data" / "transcriptions.json"))
-    assert keys == {f"{lang}_{i:04d}.wav" for lang in ("de_de", "ko_kr") for i in range(2)}
+    # labels.splits: [calibration]: one calibration clip per language labelled, the evaluation clip not
+    assert keys == calibration_ids(repo, ["de_de", "ko_kr"]) and len(keys) == 2
 
     def set_languages(langs: list[str]) -> None:
         (repo / "params.yaml").write_text(yaml.safe_dump(tiny_profile(langs), allow_unicode=True, sort_keys=False))
@@ -251,8 +306,8 @@ def test_dvc_labels_add_and_remove_language(project) -> None:
     assert ran(out) == {"labels"}, out
     assert (repo / "data" / "labels" / "ko_kr.jsonl").exists()  # left on disk, but not merged
     translations = read_json(repo / "data" / "translations.json")
-    assert {k[:5] for k in translations} == {"de_de", "ru_ru"}
-    assert translations["ru_ru_0001.wav"]["source_language_whisper"] == "ru"
+    assert set(translations) == calibration_ids(repo, ["de_de", "ru_ru"])
+    assert {v["source_language_whisper"] for k, v in translations.items() if k.startswith("ru_ru")} == {"ru"}
     assert run(["dvc", "repro", "labels"], repo).stdout.count("Running stage") == 0
 
 
@@ -276,3 +331,55 @@ def test_reference_whisper_base_labels_spanish_synth(reference_model_dir: Path, 
     cer = edit_distance(ref, hyp) / max(1, len(ref))
     assert cer < 0.5, rows
     assert rows[0]["translation"].isascii() and rows[0]["translation"] != rows[0]["transcription"], rows
+
+
+@pytest.fixture(scope="session")
+def asterisk_english() -> list[tuple[str, np.ndarray]]:
+    """Six real English prompts (Debian's asterisk-core-sounds-en-wav, 8 kHz resampled to 16 kHz), the .deb
+    fetched once with apt-get into the whisper-npu cache and checked against its pinned sha256."""
+    from bench.label_speed import AptUnavailable, asterisk_english
+
+    try:
+        return asterisk_english(6, min_seconds=2.0, max_seconds=12.0)
+    except AptUnavailable as e:
+        pytest.skip(str(e))
+
+
+def _equal_to_transcribe(lab: L.Labeler, batch, whisper_lang: str, logprob_fallback: bool, **options):
+    want = [L.label_clip(lab, audio, whisper_lang, 1, seed, logprob_fallback, **options) for audio, seed in batch]
+    stats = L.LabelStats()
+    got = L.label_batch(lab, batch, whisper_lang, 1, logprob_fallback, stats, **options)
+    return got, want, stats
+
+
+@pytest.mark.slow
+def test_whisper_base_labels_equal_transcribe_on_real_english(reference_model_dir: Path, asterisk_english) -> None:
+    """Real speech, real weights, the offline default's options: the batched labeler gives openai-whisper
+    transcribe()'s text for every clip, with one encoder pass per clip."""
+    lab = L.load_labeler("reference", reference_model_dir)
+    batch = [(y, L.clip_seed(0, name)) for name, y in asterisk_english]
+    options = {"best_of": 1, "sample_len": 96, "without_timestamps": True}
+    got, want, stats = _equal_to_transcribe(lab, batch, "en", False, **options)
+    assert got == want, [(g, w) for g, w in zip(got, want) if g != w]
+    assert stats.encoder_passes == len(batch) and stats.on_demand == 0
+    assert sum("pound" in t.lower() or "please" in t.lower() for t, _ in got) >= 2, got  # it is real speech
+
+
+@pytest.mark.slow
+def test_whisper_base_labels_equal_transcribe_on_synthetic_speech_with_fallbacks(reference_model_dir: Path,
+                                                                                 tmp_path: Path) -> None:
+    """espeak-ng Russian with the log-prob fallback on (the tutorial's setting): fallbacks fire, and the text
+    still equals transcribe()'s (same per-clip seeds, same draws)."""
+    from stages import audio as audio_stage
+    from whisper_npu import sources
+    from whisper_npu.params import AudioParams
+
+    p = AudioParams(source="synth", clips=3, eval_clips=0)
+    kept, _, _ = audio_stage.build("ru_ru", p, 0, sources.get_clips("ru_ru", p, 0))
+    batch = [(c.samples, L.clip_seed(0, c.row["id"])) for c in kept]
+    lab = L.load_labeler("reference", reference_model_dir)
+    got, want, stats = _equal_to_transcribe(lab, batch, "ru", True, best_of=1, sample_len=48,
+                                            without_timestamps=True)
+    assert got == want, [(g, w) for g, w in zip(got, want) if g != w]
+    assert stats.fallbacks > 0, stats
+    assert stats.encoder_passes == len(batch)

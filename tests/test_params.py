@@ -92,6 +92,11 @@ def test_every_default_key_is_in_params_yaml():
     ("audio.synth.pitch", [0, 120], r"audio.synth.pitch = \[0, 120\]: must be \[min, max\]"),
     ("audio.synth.variants", [3], r"audio.synth.variants\[0\] = 3: must be a string"),
     ("compile.onnxruntime.op_types", ["MatMul", 4], r"compile.onnxruntime.op_types\[1\] = 4: must be a string"),
+    ("labels.splits", ["train"], r"labels.splits\[0\] = 'train': unknown; allowed: calibration, evaluation"),
+    ("labels.splits", [], r"labels.splits = \[\]: list calibration and/or evaluation, each once"),
+    ("labels.splits", ["calibration", "calibration"], r"labels.splits = .*each once"),
+    ("labels.splits", "calibration", r"labels.splits = 'calibration': must be a list"),
+    ("labels.batch_size", 0, r"labels.batch_size = 0: must be >= 1"),
 ])
 def test_bad_value_names_key_value_and_allowed(key, value, message):
     with pytest.raises(ParamsError) as err:
@@ -99,6 +104,15 @@ def test_bad_value_names_key_value_and_allowed(key, value, message):
     text = str(err.value)
     assert text.startswith("params.yaml: "), text
     assert re.search(message, text), text
+
+
+def test_label_splits_must_cover_what_calibration_reads():
+    data = with_value("labels.splits", ["evaluation"])
+    assert parse_params(data).labels.splits == ["evaluation"]
+    data["calibration"]["text_source"] = "labels"
+    with pytest.raises(ParamsError, match=r"labels.splits = \['evaluation'\]: calibration.text_source = labels"):
+        parse_params(data)
+    assert base()["labels"]["splits"] == ["calibration"]  # evaluation labels are never read: not made by default
 
 
 def test_local_source_needs_a_folder():

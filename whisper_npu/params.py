@@ -129,6 +129,9 @@ class LabelsParams:
     best_of: int = _f(5, ge=1, doc="samples drawn per fallback temperature (openai-whisper's default: 5)")
     max_new_tokens: int = _f(224, ge=1, le=224, doc="tokens per 30 s window (openai-whisper's default: 224)")
     without_timestamps: bool = _f(False, doc="decode without timestamp tokens (openai-whisper default: false)")
+    # Only calibration clips' labels are read (calibration.text_source = labels); the tutorial labels every clip.
+    splits: list = _f(["calibration", "evaluation"], doc="which clips get labelled: calibration, evaluation")
+    batch_size: int = _f(8, ge=1, doc="clips labelled at once (encoder batch and decode batch); bounds memory")
 
 
 @dataclass(frozen=True)
@@ -367,6 +370,13 @@ def _cross_checks(p: Params) -> None:
         raise ParamsError("audio.synth.variants = []: list at least one variant ('' is the default voice)")
     _check_calibration(p.calibration)
     _check_qbcompiler(p.compile.qbcompiler)
+    splits = p.labels.splits
+    _check_list("labels.splits", splits, str, ("calibration", "evaluation"))
+    if not splits or len(set(splits)) != len(splits):
+        raise ParamsError(f"labels.splits = {splits!r}: list calibration and/or evaluation, each once")
+    if p.calibration.text_source == "labels" and "calibration" not in splits:
+        raise ParamsError(f"labels.splits = {splits!r}: calibration.text_source = labels reads the calibration "
+                          "clips' labels; add calibration")
     o = p.compile.onnxruntime
     _check_list("compile.onnxruntime.op_types", o.op_types, str)
     _check_list("compile.onnxruntime.nodes_to_exclude", o.nodes_to_exclude, str)
