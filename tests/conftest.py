@@ -227,3 +227,22 @@ def colour_counts(png: Path, tolerance: int = 12) -> list[int]:
 
     rgb = np.asarray(Image.open(png).convert("RGB"), dtype=np.int16)
     return [int(np.count_nonzero(np.abs(rgb - np.array(c)).max(axis=2) <= tolerance)) for c in VEGA_COLOURS]
+
+
+ENGLISH_EVAL_CLIPS = 24
+
+
+@pytest.fixture(scope="session")
+def real_english_run(tmp_path_factory, reference_model_dir: Path) -> Path:
+    """The default pipeline (`dvc repro evaluate`, default compile options) on real English speech (Asterisk
+    prompts: 24 evaluation + 6 calibration clips) with the real whisper-base: one run shared by the accuracy
+    floor (tests/test_accuracy_floor.py) and the INT8 numerics floor (tests/test_numerics_floor.py)."""
+    p = default_params()
+    p["languages"] = ["en_us"]
+    p["model"].update(source="local", id=str(reference_model_dir / "hf"), name="whisper-base")
+    p["audio"]["per_language"] = {"en_us": {"source": "asterisk", "clips": ENGLISH_EVAL_CLIPS + 6,
+                                            "eval_clips": ENGLISH_EVAL_CLIPS, "selection": "seeded"}}
+    p["audio"]["asterisk"]["cache"] = str(tmp_path_factory.mktemp("debs"))
+    repo = make_project(tmp_path_factory.mktemp("english") / "proj", p)
+    run(["dvc", "repro", "evaluate"], repo, timeout=3600)
+    return repo

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import default_params, make_project, run
+from conftest import ENGLISH_EVAL_CLIPS as EVAL_CLIPS
+from conftest import run
 
 pytestmark = pytest.mark.slow
 
-EVAL_CLIPS = 24
 MAX_FP32_WER = 0.06          # measured 0.020
 MAX_COMPILED_WER = 0.08      # measured 0.028
 MAX_DELTA = 0.03             # compiled minus fp32, measured +0.008
@@ -47,22 +47,8 @@ def floor_failures(metrics: dict) -> list[str]:
     return out
 
 
-@pytest.fixture(scope="module")
-def english_run(tmp_path_factory, reference_model_dir: Path) -> Path:
-    """The pipeline on real English speech with whisper-base (the model stage's store, as a local folder)."""
-    p = default_params()
-    p["languages"] = ["en_us"]
-    p["model"].update(source="local", id=str(reference_model_dir / "hf"), name="whisper-base")
-    p["audio"]["per_language"] = {"en_us": {"source": "asterisk", "clips": EVAL_CLIPS + 6,
-                                            "eval_clips": EVAL_CLIPS, "selection": "seeded"}}
-    p["audio"]["asterisk"]["cache"] = str(tmp_path_factory.mktemp("debs"))
-    repo = make_project(tmp_path_factory.mktemp("floor") / "proj", p)
-    run(["dvc", "repro", "evaluate"], repo, timeout=3600)
-    return repo
-
-
-def test_floor_on_real_english(english_run: Path):
-    m = json.loads((english_run / "metrics" / "evaluate.json").read_text())
+def test_floor_on_real_english(real_english_run: Path):
+    m = json.loads((real_english_run / "metrics" / "evaluate.json").read_text())
     en = m["languages"]["en_us"]
     print(json.dumps({k: en[k] for k in ("fp32", "compiled", "delta", "ci95", "verdict")}, indent=1))
     assert m["compiled_run"]["status"] == "run" and m["backends"]["compiled"].startswith("onnxruntime")
@@ -71,13 +57,13 @@ def test_floor_on_real_english(english_run: Path):
     assert en["verdict"] == "pass"
 
 
-def test_floor_catches_a_broken_compiled_model(english_run: Path, tmp_path: Path):
+def test_floor_catches_a_broken_compiled_model(real_english_run: Path, tmp_path: Path):
     """The same run with the compiled decoder's weights replaced by noise-damaged ones: the floors fail."""
     import onnx
     from onnx import numpy_helper
 
     repo = tmp_path / "broken"
-    shutil.copytree(english_run, repo, symlinks=True)
+    shutil.copytree(real_english_run, repo, symlinks=True)
     dec = repo / "compiled" / "decoder"
     (onnx_path,) = [p for p in dec.glob("*.onnx")]
     shutil.copy2(onnx_path, tmp_path / "original.onnx")   # the outs may be links into the DVC cache
