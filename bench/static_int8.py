@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 MODULE = "bench.static_int8"
 # Asterisk package suffix -> (FLEURS code, voice folder)
 ASTERISK = {"en": ("en_us", "en_US_f_Allison"), "es": ("es_419", "es_MX_f_Allison"),
-            "fr": ("fr_fr", "fr_CA_f_June"), "ru": ("ru_ru", "ru_RU_f_IvrvoiceRU")}
+            "fr": ("fr_fr", "fr_CA_f_June"), "it": ("it_it", "it_IT_m_Carlo"), "ru": ("ru_ru", "ru_RU_f_IvrvoiceRU")}
 # name -> compile.onnxruntime overrides
 VARIANTS: dict[str, dict] = {
     "dynamic": {"mode": "dynamic", "keep_float": []},
@@ -55,6 +55,11 @@ VARIANTS: dict[str, dict] = {
                                       "high_precision": ["fc2"]},
     "static pct+smooth, fc2 a16": {"mode": "static", "keep_float": [], "smooth_quant": True,
                                    "high_precision": ["fc2"], "calibrate_method": "percentile"},
+    "static minmax+smooth, fc2+attention a16": {"mode": "static", "keep_float": [], "smooth_quant": True,
+                                                "high_precision": ["fc2", "attention_matmuls"]},
+    "static pct+smooth, fc2+attention a16": {"mode": "static", "keep_float": [], "smooth_quant": True,
+                                             "high_precision": ["fc2", "attention_matmuls"],
+                                             "calibrate_method": "percentile"},
     "static minmax+smooth, ffn+out a16": {"mode": "static", "keep_float": [], "smooth_quant": True,
                                           "high_precision": ["fc1", "fc2", "out_proj"]},
 }
@@ -164,6 +169,61 @@ def decode_all(backend: Any, clips: Sequence[Any], features: dict, cfg: Any, to_
     return texts
 
 
+def memory(args: Any, argv: Sequence[str], work: Path, audio: Path, langs: list[str], base: dict, store: Path) -> Table:
+    """Peak RSS of the compile stage (static, every calibration clip fed to the quantizer) per component."""
+    import copy
+
+    from bench.memory import peak_rss
+    from stages import calibrate_decoder as dec_stage
+    from stages import calibrate_encoder as enc_stage
+    from stages import toolchain
+    from whisper_npu import calibration as cal
+    from whisper_npu.model_store import load_hf
+    from whisper_npu.params import load_params
+
+    params = copy.deepcopy(base)
+    params["calibration"].update(text_source="reference", translate_ratio=0.0)   # no English references here
+    params["compile"]["backend"] = "onnxruntime"
+    params["compile"]["onnxruntime"].update(VARIANTS[args.variants[0]])
+    params["compile"]["onnxruntime"]["calibration_samples"] = len(langs) * args.calib
+    pp = load_params(write_params(work / "params-memory.yaml", params))
+    clips = cal.select_clips(audio, langs, args.calib)
+    calib = work / "calibration" / f"memory-{len(langs)}x{args.calib}"
+    if not (calib / "done").is_file():
+        model, processor = load_hf(store)
+        enc_stage.build_encoder_set(clips, processor.feature_extractor, model.config, calib / "encoder")
+        samples = dec_stage.plan_samples(clips, cal.task_mix(clips, pp.calibration.translate_ratio, pp.seed),
+                                         "reference")
+        (calib / "decoder").mkdir(parents=True, exist_ok=True)
+        dec_stage.write_decoder_set(model, processor, samples, calib / "decoder", pp.calibration, pp.seed)
+        (calib / "done").write_text("")
+        del model, processor
+    if not (work / "toolchain.json").is_file():
+        toolchain.main(["--out", str(work / "toolchain.json")])
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    t = Table(f"Peak RSS of the compile stage, static INT8 ({args.variants[0]}), whisper-base, "
+              f"{args.calib} calibration clips x {len(langs)} languages", ["component", "calibration samples",
+              "peak RSS MB", "wall s"], command=command(MODULE, argv), digits=0)
+    files = {"encoder": "encoder/whisper_encoder_cali.txt", "decoder": "decoder/whisper_decoder_calib.json"}
+    for comp in ("encoder", "decoder"):
+        out = work / "memory" / comp
+        argv_c = [sys.executable, "-m", "stages.compile", "--component", comp, "--params",
+                  str(work / "params-memory.yaml"), "--toolchain", str(work / "toolchain.json"), "--model", str(store),
+                  "--calibration", str(calib / files[comp]), "--out", str(out),
+                  "--metrics", str(work / "memory" / f"metrics_{comp}.json")]
+        (work / "memory").mkdir(exist_ok=True)
+        mb, seconds, code = peak_rss(argv_c, work, env, work / "memory" / f"{comp}.log")
+        if code != 0:
+            sys.exit(f"compile {comp} failed; see {work / 'memory' / f'{comp}.log'}")
+        prov = json.loads((out / "provenance.json").read_text())
+        t.add(comp, prov["quantization"]["calibration_samples"], f"{mb:.0f}", f"{seconds:.0f}")
+    t.notes += ["decoder calibration text: the clips' shipped transcripts (calibration.text_source = reference, "
+                "translate_ratio 0: the prompts have no English references), so building the set needs no "
+                "generation; the quantizer's memory does not depend on the text",
+                "peak RSS: ru_maxrss of the compile stage process (bench/memory.py's launcher)"]
+    return t
+
+
 def run(argv: Sequence[str] | None = None) -> list[Table]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--asterisk", type=Path, required=True, help="folder the Asterisk .debs were unpacked into")
@@ -173,6 +233,9 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS), metavar="V")
     p.add_argument("--workdir", type=Path, required=True, help="cache folder (audio, calibration, compiled)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--no-wer", action="store_true", help="compile and report numerics only (no decoding)")
+    p.add_argument("--memory", action="store_true", help="only the compile stage's peak RSS (static, the first "
+                   "--variants entry), every --calib clip of every language fed to the quantizer")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
 
@@ -200,6 +263,8 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
     base["languages"] = langs
     base["compile"]["numerics_samples"] = 4
     base["compile"]["onnxruntime"]["calibration_samples"] = len(langs) * args.calib
+    if args.memory:
+        return [memory(args, argv, work, audio, langs, base, store)]
     params = load_params(write_params(work / f"params-{tag}.yaml", base))
     model, processor = load_hf(store)
 
@@ -223,7 +288,7 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
     cfg = decode_config(model, params.evaluate)
     to_text = tokenizer_text(processor.tokenizer)
     (work / "decodes").mkdir(exist_ok=True)
-    fp32 = decode_all(TorchBackend(model), eval_clips, features, cfg, to_text, work / "decodes" / f"fp32-{tag}.json")
+    fp32 = None if args.no_wer else decode_all(TorchBackend(model), eval_clips, features, cfg, to_text, work / "decodes" / f"fp32-{tag}.json")
 
     by_lang = {lang: [i for i, c in enumerate(eval_clips) if c.lang == lang] for lang in sorted(langs)}
     t = Table(f"ONNX Runtime INT8 variants of whisper-base on real speech (Asterisk prompts, "
@@ -238,13 +303,20 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
             compile_mode(overrides, base, store, work / "toolchain.json", calib, out)
             (out / "done").write_text(name)
         enc_dir, dec_dir = out / "encoder", out / "decoder"
-        backend = load_ort_backend(enc_dir, dec_dir, threads=args.threads)
-        texts = decode_all(backend, eval_clips, features, cfg, to_text, work / "decodes" / f"{tag}-{_key(overrides)}.json")
         m_enc, m_dec = read_json(out / "metrics_encoder.json"), read_json(out / "metrics_decoder.json")
+        log.info("%s: encoder %s, decoder %s", name, m_enc["compiled"], m_dec["compiled"])
+        if fp32 is None:
+            texts = None
+        else:
+            backend = load_ort_backend(enc_dir, dec_dir, threads=args.threads)
+            texts = decode_all(backend, eval_clips, features, cfg, to_text, work / "decodes" / f"{tag}-{_key(overrides)}.json")
         q = [read_json(d / "provenance.json")["quantization"] for d in (enc_dir, dec_dir)]
         n_lin, n_float = sum(x["linear_layers"] for x in q), sum(x["linear_layers_float"] for x in q)
         cells = []
         for lang, idx in by_lang.items():
+            if texts is None:
+                cells.append(None)
+                continue
             refs = [eval_clips[i].text for i in idx]
             e_f, n = clip_errors(refs, [fp32[i] for i in idx], lang)
             e_c, _ = clip_errors(refs, [texts[i] for i in idx], lang)

@@ -120,11 +120,12 @@ def linear_layers(model_path: str | Path) -> list[str]:
     return sorted(n.name for n in graph.node if n.op_type in LINEAR_OPS and any(i in consts for i in n.input))
 
 
-def activation_inputs(model_path: str | Path, nodes: Sequence[str]) -> list[str]:
-    """The non-weight input tensors of ``nodes`` (what a 16-bit activation override applies to)."""
+def activation_tensors(model_path: str | Path, nodes: Sequence[str]) -> list[str]:
+    """The non-weight inputs and the outputs of ``nodes`` (what a 16-bit activation override applies to:
+    ORT's QDQ quantizer quantizes a MatMul's output too, before the bias Add and the residual)."""
     graph = _load_graph(model_path)
     consts, wanted = _consts(graph), set(nodes)
-    return sorted({i for n in graph.node if n.name in wanted for i in n.input if i and i not in consts})
+    return sorted({t for n in graph.node if n.name in wanted for t in (*n.input, *n.output) if t and t not in consts})
 
 
 def _calibrate_method(name: str):
@@ -174,7 +175,7 @@ def quantize(fp32_path: str | Path, out_path: str | Path, *, mode: str, per_chan
             act = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[activation_type]
             act16 = QuantType.QInt16 if activation_type == "int8" else QuantType.QUInt16
             hp_nodes = [n for n in keep_float_nodes(pre, high_precision) if n not in excluded]
-            hp_inputs = activation_inputs(pre, hp_nodes)
+            hp_inputs = activation_tensors(pre, hp_nodes)
             extra: dict = {"CalibStridedMinMax": 1}   # one sample per collect_data call: bounded memory
             if hp_inputs:
                 extra["TensorQuantOverrides"] = {t: [{"quant_type": act16}] for t in hp_inputs}

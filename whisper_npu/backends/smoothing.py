@@ -13,12 +13,15 @@ Two kinds of producer, both exact equivalent transformations:
   are divided by ``s``;
 * the value projection feeding the attention output projection ``out_proj``: attention output channel j
   is a softmax-weighted sum of value channel j, so dividing ``v_proj``'s output row j (weight and bias)
-  by ``s_j`` divides ``out_proj``'s input channel j by ``s_j``.
+  by ``s_j`` divides ``out_proj``'s input channel j by ``s_j``;
+* the MLP's activation (GELU) feeding ``fc2``: GELU does not commute with a scale, so the division is a
+  per-channel multiply fused after it (``GELU(x) * (1 / s)``, one elementwise float op, like the layer
+  norm's affine; exported as Mul by a constant).
 
 The float function is unchanged (up to rounding); activations lose their outlier channels, so a per-tensor
-activation scale wastes fewer int8 levels. fc2's input (after GELU) has no linear producer to fold into;
-ort_int8.py's ``high_precision`` handles it. ORT's own SmoothQuant option needs Intel Neural Compressor,
-which is not a dependency here; doing it in torch keeps it exact and dependency-free.
+activation scale wastes fewer int8 levels, and the weights' rows that meet outlier channels are quantized
+with their share of the range. ORT's own SmoothQuant option needs Intel Neural Compressor, which is not a
+dependency here; doing it in torch keeps it exact and dependency-free.
 """
 from __future__ import annotations
 
@@ -27,6 +30,23 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+
+
+def _scaled_activation(act: Any, width: int) -> Any:
+    import torch
+
+    class ScaledActivation(torch.nn.Module):
+        """``act(x) * inv_scale`` (per channel): the producer of fc2's input after smoothing."""
+
+        def __init__(self):
+            super().__init__()
+            self.act = act
+            self.register_buffer("inv_scale", torch.ones(width))
+
+        def forward(self, x: Any) -> Any:
+            return self.act(x) * self.inv_scale
+
+    return ScaledActivation()
 
 
 def _pairs(module: Any) -> list[tuple[Any, list[Any], Any]]:
@@ -44,6 +64,8 @@ def _pairs(module: Any) -> list[tuple[Any, list[Any], Any]]:
             pairs.append((layer.encoder_attn_layer_norm, [x.q_proj], x.q_proj))
             pairs.append((x.v_proj, [x.out_proj], x.out_proj))
         pairs.append((layer.final_layer_norm, [layer.fc1], layer.fc1))
+        layer.activation_fn = _scaled_activation(layer.activation_fn, layer.fc2.in_features)
+        pairs.append((layer.activation_fn, [layer.fc2], layer.fc2))
     return pairs
 
 
@@ -84,6 +106,8 @@ def smooth(module: Any, samples: Iterable[tuple[np.ndarray, ...]], alpha: float)
             if isinstance(producer, torch.nn.LayerNorm):
                 producer.weight.div_(s)
                 producer.bias.div_(s)
+            elif hasattr(producer, "inv_scale"):
+                producer.inv_scale.div_(s)
             else:   # value projection: output rows
                 producer.weight.div_(s[:, None])
                 if producer.bias is not None:
