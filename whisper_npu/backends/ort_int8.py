@@ -1,32 +1,36 @@
-"""INT8 quantization of the exported ONNX models with ONNX Runtime: dynamic and calibrated static.
+"""INT8 quantization of the exported ONNX models with ONNX Runtime: dynamic, and NPU-like static.
 
-Measured before this module existed (shared/notes/offline-whisper-facts.md §4): naive static INT8 of
-the whole encoder breaks it (cosine 0.56-0.88 vs fp32), dynamic INT8 keeps 0.98, and ORT's calibrator
-held 10.7 GB for three whisper-small clips because it keeps every intermediate output of every sample.
+* ``dynamic``: int8 weights per channel, activation scales computed at run time (DynamicQuantizeLinear);
+  never reads the calibration sets.
+* ``static``: QDQ, weights int8 per channel, activations int8 (or uint8) with static per-tensor scales
+  calibrated from the calibration sets; nothing is quantized at run time. What keeps it accurate:
+  SmoothQuant-style smoothing before export (smoothing.py), minmax / percentile / entropy ranges, and
+  ``high_precision``: named node groups whose activations are 16-bit (weights still int8), as Mobilint's
+  mixed precision does (its vision-transformer preset: 16-bit activations for "output and ffn").
+  ``keep_float`` leaves nodes in float instead (counted in provenance as ``linear_layers_float``).
 
-What this module does about it:
+Why 16-bit for ``fc2`` and the attention matmuls, INPUTS AND OUTPUTS: ORT's QDQ quantizer quantizes a
+MatMul's output as well (before the bias Add and the residual). fc2 in layer 3 of whisper-base's encoder
+writes values up to ~460 into the residual stream next to values ~1: one int8 per-tensor scale for that
+output wipes out the small ones (fc2's int8 weights alone keep cosine 0.99998). The attention logits
+(QK^T output) and probabilities (AV input) need the finer grid too.
 
-* memory: the static calibrator sees at most ``calibration_samples`` samples and gets them ONE AT A
-  TIME (``CalibStridedMinMax = 1`` makes quantize_static call ``collect_data`` per sample; MinMax merges
-  ranges and the histogram collectors of percentile/entropy merge histograms across calls), so peak memory
-  is one sample's intermediates, whatever the set size;
-* accuracy: ``keep_float`` groups name sensitive nodes kept in float (activation x activation attention
-  MatMuls, the convolutions, the LM head, fc2), on top of exact ``nodes_to_exclude`` names; percentile /
-  entropy calibration; per-channel weights; optional SmoothQuant-style smoothing (see smoothing.py).
+Measured, whisper-base encoder, Asterisk English prompts (real speech), minmax, 4 calibration samples,
+3 held-out, cosine vs torch fp32 (scratch runs of this module's quantize; bench/static_int8.py measures
+the full variants with WER):
 
-Measured on whisper-base (real weights), 6 held-out synthetic-speech entries, 8 calibration samples,
-cosine vs torch fp32 (decoder: logits, and top-1 agreement under teacher forcing):
+    dynamic                                                     0.992
+    static int8, everything                                     0.820   (+ smoothing 0.836)
+    static, smoothing, attention inputs 16-bit                  0.928   (every MatMul input 16-bit: 0.929)
+    static, every MatMul input 16-bit, fc2 in float             0.997   (6 of 38 linear layers in float)
+    static, smoothing, fc2 16-bit (in + out)                    0.850   (fc2 + out_proj: 0.851)
+    static, smoothing, fc2 + attention 16-bit (in + out)        0.994   (no layer in float)
 
-    encoder  dynamic                                   0.992   23.3 MB
-    encoder  static minmax, all MatMul+Conv            0.808   23.3 MB
-    encoder  static minmax, keep attention+first conv  0.929   23.7 MB  (percentile 0.936; +smoothing 0.937)
-    encoder  static percentile+smooth, keep ...+fc2    0.996   42.5 MB
-    decoder  dynamic                                   0.977   top-1 0.79   52.7 MB
-    decoder  dynamic, keep fc2                         0.998   top-1 0.87   71.6 MB
-    decoder  static percentile+smooth, keep attn+fc2   0.986   top-1 0.84   71.6 MB
-
-The inputs of fc2 (after GELU) are what int8 handles worst; keeping fc2 in float is the single most
-useful option, so the default is dynamic with ``keep_float: [fc2]``.
+Memory: the static calibrator gets the samples ONE AT A TIME (``CalibStridedMinMax = 1`` makes
+quantize_static call ``collect_data`` per sample; MinMax merges ranges and the histogram collectors of
+percentile/entropy merge histograms across calls), so peak memory is one sample's intermediates, whatever
+the set size (ORT otherwise holds every intermediate of every sample: 10.7 GB for three whisper-small clips,
+shared/notes/offline-whisper-facts.md §4).
 """
 from __future__ import annotations
 
