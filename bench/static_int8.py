@@ -46,24 +46,22 @@ ASTERISK = {"en": ("en_us", "en_US_f_Allison"), "es": ("es_419", "es_MX_f_Alliso
             "fr": ("fr_fr", "fr_CA_f_June"), "it": ("it_it", "it_IT_m_Carlo"), "ru": ("ru_ru", "ru_RU_f_IvrvoiceRU")}
 # name -> compile.onnxruntime overrides
 VARIANTS: dict[str, dict] = {
-    "dynamic": {"mode": "dynamic", "keep_float": []},
-    "dynamic, fc2 float": {"mode": "dynamic", "keep_float": ["fc2"]},
-    "static minmax": {"mode": "static", "keep_float": [], "calibrate_method": "minmax"},
-    "static minmax, fc2 float": {"mode": "static", "keep_float": ["fc2"], "calibrate_method": "minmax"},
-    "static minmax+smooth": {"mode": "static", "keep_float": [], "smooth_quant": True},
+    "dynamic": {"mode": "dynamic", "keep_float": [], "smooth_quant": False},
+    "dynamic, fc2 float": {"mode": "dynamic", "keep_float": ["fc2"], "smooth_quant": False},
+    "static minmax": {"mode": "static", "keep_float": [], "smooth_quant": False, "high_precision": []},
+    "static minmax, fc2 float": {"mode": "static", "keep_float": ["fc2"], "smooth_quant": False,
+                                 "high_precision": []},
+    "static minmax+smooth": {"mode": "static", "keep_float": [], "smooth_quant": True, "high_precision": []},
     "static minmax+smooth, fc2 a16": {"mode": "static", "keep_float": [], "smooth_quant": True,
                                       "high_precision": ["fc2"]},
-    "static pct+smooth, fc2 a16": {"mode": "static", "keep_float": [], "smooth_quant": True,
-                                   "high_precision": ["fc2"], "calibrate_method": "percentile"},
+    # the params.yaml default
     "static minmax+smooth, fc2+attention a16": {"mode": "static", "keep_float": [], "smooth_quant": True,
                                                 "high_precision": ["fc2", "attention_matmuls"]},
     "static pct+smooth, fc2+attention a16": {"mode": "static", "keep_float": [], "smooth_quant": True,
                                              "high_precision": ["fc2", "attention_matmuls"],
                                              "calibrate_method": "percentile"},
-    "static minmax+smooth, ffn+out a16": {"mode": "static", "keep_float": [], "smooth_quant": True,
-                                          "high_precision": ["fc1", "fc2", "out_proj"]},
 }
-DEFAULT_VARIANTS = ("dynamic, fc2 float", "static minmax, fc2 float", "static minmax+smooth, fc2 a16")
+DEFAULT_VARIANTS = ("static minmax+smooth, fc2+attention a16", "dynamic, fc2 float")
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -185,7 +183,7 @@ def memory(args: Any, argv: Sequence[str], work: Path, audio: Path, langs: list[
     params["calibration"].update(text_source="reference", translate_ratio=0.0)   # no English references here
     params["compile"]["backend"] = "onnxruntime"
     params["compile"]["onnxruntime"].update(VARIANTS[args.variants[0]])
-    params["compile"]["onnxruntime"]["calibration_samples"] = len(langs) * args.calib
+    params["compile"]["onnxruntime"]["calibration_samples"] = args.quantizer_samples or len(langs) * args.calib
     pp = load_params(write_params(work / "params-memory.yaml", params))
     clips = cal.select_clips(audio, langs, args.calib)
     calib = work / "calibration" / f"memory-{len(langs)}x{args.calib}"
@@ -201,8 +199,8 @@ def memory(args: Any, argv: Sequence[str], work: Path, audio: Path, langs: list[
     if not (work / "toolchain.json").is_file():
         toolchain.main(["--out", str(work / "toolchain.json")])
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    t = Table(f"Peak RSS of the compile stage, static INT8 ({args.variants[0]}), whisper-base, "
-              f"{args.calib} calibration clips x {len(langs)} languages", ["component", "calibration samples",
+    t = Table(f"Peak RSS of the compile stage, static INT8 ({args.variants[0]}), whisper-base, calibration set of "
+              f"{args.calib} clips x {len(langs)} languages", ["component", "calibration samples",
               "peak RSS MB", "wall s"], command=command(MODULE, argv), digits=0)
     files = {"encoder": "encoder/whisper_encoder_cali.txt", "decoder": "decoder/whisper_decoder_calib.json"}
     for comp in ("encoder", "decoder"):
@@ -234,6 +232,8 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
     p.add_argument("--workdir", type=Path, required=True, help="cache folder (audio, calibration, compiled)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--no-wer", action="store_true", help="compile and report numerics only (no decoding)")
+    p.add_argument("--quantizer-samples", type=int, default=None,
+                   help="--memory: calibration samples fed to the quantizer (default: all)")
     p.add_argument("--memory", action="store_true", help="only the compile stage's peak RSS (static, the first "
                    "--variants entry), every --calib clip of every language fed to the quantizer")
     argv = sys.argv[1:] if argv is None else list(argv)
