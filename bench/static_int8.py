@@ -203,19 +203,22 @@ def memory(args: Any, argv: Sequence[str], work: Path, audio: Path, langs: list[
               f"{args.calib} clips x {len(langs)} languages", ["component", "calibration samples",
               "peak RSS MB", "wall s"], command=command(MODULE, argv), digits=0)
     files = {"encoder": "encoder/whisper_encoder_cali.txt", "decoder": "decoder/whisper_decoder_calib.json"}
+    mem = work / f"memory-{pp.compile.onnxruntime.calibration_samples}"
+    mem.mkdir(exist_ok=True)
     for comp in ("encoder", "decoder"):
-        out = work / "memory" / comp
+        out = mem / comp
         argv_c = [sys.executable, "-m", "stages.compile", "--component", comp, "--params",
                   str(work / "params-memory.yaml"), "--toolchain", str(work / "toolchain.json"), "--model", str(store),
                   "--calibration", str(calib / files[comp]), "--out", str(out),
-                  "--metrics", str(work / "memory" / f"metrics_{comp}.json")]
-        (work / "memory").mkdir(exist_ok=True)
-        mb, seconds, code = peak_rss(argv_c, work, env, work / "memory" / f"{comp}.log")
+                  "--metrics", str(mem / f"metrics_{comp}.json")]
+        mb, seconds, code = peak_rss(argv_c, work, env, mem / f"{comp}.log")
         if code != 0:
-            sys.exit(f"compile {comp} failed; see {work / 'memory' / f'{comp}.log'}")
+            sys.exit(f"compile {comp} failed; see {mem / f'{comp}.log'}")
         prov = json.loads((out / "provenance.json").read_text())
         t.add(comp, prov["quantization"]["calibration_samples"], f"{mb:.0f}", f"{seconds:.0f}")
-    t.notes += ["decoder calibration text: the clips' shipped transcripts (calibration.text_source = reference, "
+    t.notes += ["the quantizer and the smoothing read the samples one at a time, so the peak is one sample's "
+                "working set whatever --quantizer-samples is",
+                "decoder calibration text: the clips' shipped transcripts (calibration.text_source = reference, "
                 "translate_ratio 0: the prompts have no English references), so building the set needs no "
                 "generation; the quantizer's memory does not depend on the text",
                 "peak RSS: ru_maxrss of the compile stage process (bench/memory.py's launcher)"]
