@@ -216,8 +216,8 @@ def memory(args: Any, argv: Sequence[str], work: Path, audio: Path, langs: list[
             sys.exit(f"compile {comp} failed; see {mem / f'{comp}.log'}")
         prov = json.loads((out / "provenance.json").read_text())
         t.add(comp, prov["quantization"]["calibration_samples"], f"{mb:.0f}", f"{seconds:.0f}")
-    t.notes += ["the quantizer and the smoothing read the samples one at a time, so the peak is one sample's "
-                "working set whatever --quantizer-samples is",
+    t.notes += ["the quantizer and the smoothing read the samples one at a time (streamed), so what they hold is one sample's "
+                "working set",
                 "decoder calibration text: the clips' shipped transcripts (calibration.text_source = reference, "
                 "translate_ratio 0: the prompts have no English references), so building the set needs no "
                 "generation; the quantizer's memory does not depend on the text",
@@ -335,7 +335,7 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
                 f"{params.evaluate.max_new_tokens}",
                 "cosine: vs torch fp32 on 4 held-out calibration entries (compile stage numerics); decoder under "
                 "teacher forcing, top-1 = share of positions with the fp32 argmax",
-                "a16: the named layers' input activations are 16-bit (weights int8), as Mobilint's mixed precision; "
+                "a16: the named layers' input and output activations are 16-bit (weights int8), as Mobilint's mixed precision; "
                 "every other quantized activation int8 with a static per-tensor scale",
                 "WER delta in absolute points x 0.01 (0.010 = 1.0 point); CI: paired bootstrap over clips"]
     return [t]
