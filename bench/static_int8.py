@@ -216,8 +216,8 @@ def memory(args: Any, argv: Sequence[str], work: Path, audio: Path, langs: list[
             sys.exit(f"compile {comp} failed; see {mem / f'{comp}.log'}")
         prov = json.loads((out / "provenance.json").read_text())
         t.add(comp, prov["quantization"]["calibration_samples"], f"{mb:.0f}", f"{seconds:.0f}")
-    t.notes += ["the quantizer and the smoothing read the samples one at a time (streamed), so what they hold is one sample's "
-                "working set",
+    t.notes += ["the quantizer and the smoothing read the samples one at a time (streamed), so what they hold "
+                "is one sample's working set",
                 "decoder calibration text: the clips' shipped transcripts (calibration.text_source = reference, "
                 "translate_ratio 0: the prompts have no English references), so building the set needs no "
                 "generation; the quantizer's memory does not depend on the text",
@@ -260,7 +260,8 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
     work.mkdir(parents=True, exist_ok=True)
     langs = [ASTERISK[s][0] for s in args.languages]
     tag = f"{'-'.join(sorted(args.languages))}-e{args.eval}-c{args.calib}"
-    audio = prepare_audio(args.asterisk, args.languages, args.eval, args.calib, work / "audio" / f"e{args.eval}-c{args.calib}")
+    audio = prepare_audio(args.asterisk, args.languages, args.eval, args.calib,
+                          work / "audio" / f"e{args.eval}-c{args.calib}")
     store = reference_model("base", work)
     base = default_params()
     base["languages"] = langs
@@ -291,7 +292,8 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
     cfg = decode_config(model, params.evaluate)
     to_text = tokenizer_text(processor.tokenizer)
     (work / "decodes").mkdir(exist_ok=True)
-    fp32 = None if args.no_wer else decode_all(TorchBackend(model), eval_clips, features, cfg, to_text, work / "decodes" / f"fp32-{tag}.json")
+    fp32 = None if args.no_wer else decode_all(TorchBackend(model), eval_clips, features, cfg, to_text,
+                                               work / "decodes" / f"fp32-{tag}.json")
 
     by_lang = {lang: [i for i, c in enumerate(eval_clips) if c.lang == lang] for lang in sorted(langs)}
     t = Table(f"ONNX Runtime INT8 variants of whisper-base on real speech (Asterisk prompts, "
@@ -312,7 +314,8 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
             texts = None
         else:
             backend = load_ort_backend(enc_dir, dec_dir, threads=args.threads)
-            texts = decode_all(backend, eval_clips, features, cfg, to_text, work / "decodes" / f"{tag}-{_key(overrides)}.json")
+            texts = decode_all(backend, eval_clips, features, cfg, to_text,
+                               work / "decodes" / f"{tag}-{_key(overrides)}.json")
         q = [read_json(d / "provenance.json")["quantization"] for d in (enc_dir, dec_dir)]
         n_lin, n_float = sum(x["linear_layers"] for x in q), sum(x["linear_layers_float"] for x in q)
         cells = []
@@ -335,7 +338,8 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
                 f"{params.evaluate.max_new_tokens}",
                 "cosine: vs torch fp32 on 4 held-out calibration entries (compile stage numerics); decoder under "
                 "teacher forcing, top-1 = share of positions with the fp32 argmax",
-                "a16: the named layers' input and output activations are 16-bit (weights int8), as Mobilint's mixed precision; "
+                "a16: the named layers' input and output activations are 16-bit (weights int8), as Mobilint's "
+                "mixed precision; "
                 "every other quantized activation int8 with a static per-tensor scale",
                 "WER delta in absolute points x 0.01 (0.010 = 1.0 point); CI: paired bootstrap over clips"]
     return [t]

@@ -1,7 +1,7 @@
 """The static INT8 mode of the onnxruntime backend reads the calibration set: two different sets give
-different models, the same set gives byte-identical ones; dynamic mode without smoothing ignores the set. Also the 16-bit
-activation override, the linear-layer count and node-name patterns. Tiny random Whisper (real code path,
-random weights: numbers here say nothing about accuracy)."""
+different models, the same set gives byte-identical ones; dynamic mode without smoothing ignores the set.
+Also the 16-bit activation override, the linear-layer count and node-name patterns. Tiny random Whisper
+(real code path, random weights: numbers here say nothing about accuracy)."""
 from __future__ import annotations
 
 import json
@@ -51,7 +51,8 @@ def setup(tmp_path_factory, tiny_model_dir):
     config = json.loads((tiny_model_dir / "hf" / "config.json").read_text())
     toolchain = root / "toolchain.json"
     toolchain.write_text(json.dumps(versions()))
-    return root, toolchain, {"a": write_calib(root / "calib_a", config, 0), "b": write_calib(root / "calib_b", config, 1)}
+    sets = {"a": write_calib(root / "calib_a", config, 0), "b": write_calib(root / "calib_b", config, 1)}
+    return root, toolchain, sets
 
 
 def compile_both(setup, tiny_model_dir, calib: str, ort: dict, name: str) -> dict[str, Path]:
@@ -65,7 +66,8 @@ def compile_both(setup, tiny_model_dir, calib: str, ort: dict, name: str) -> dic
     work.mkdir()
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     out = {}
-    for comp, file in (("encoder", "encoder/whisper_encoder_cali.txt"), ("decoder", "decoder/whisper_decoder_calib.json")):
+    for comp, file in (("encoder", "encoder/whisper_encoder_cali.txt"),
+                       ("decoder", "decoder/whisper_decoder_calib.json")):
         compile_stage.run(comp, work / "params.yaml", toolchain, tiny_model_dir, sets[calib] / file,
                           work / comp, work / f"metrics_{comp}.json")
         out[comp] = work / comp / f"whisper-tiny-random_{comp}.onnx"
