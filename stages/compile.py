@@ -110,7 +110,8 @@ def compile_onnxruntime(model: Any, component: str, spec: ComponentSpec, cs: cal
             resolved["quantization"] = ort_int8.quantize(
                 fp32, artifact, mode=o.mode, per_channel=o.per_channel, op_types=o.op_types,
                 nodes_to_exclude=o.nodes_to_exclude, keep_float=o.keep_float, calibrate_method=o.calibrate_method,
-                percentile=o.percentile, reader=reader if o.mode == "static" else None)
+                percentile=o.percentile, activation_type=o.activation_type, high_precision=o.high_precision,
+                reader=reader if o.mode == "static" else None)
         except (ValueError, RuntimeError) as e:
             raise StageError(f"onnxruntime quantization failed: {e}") from None
         held = [load(i) for i in held_idx]

@@ -182,18 +182,26 @@ class QbcompilerParams:
     mblt_device: str = _f("cpu", choices=("cpu", "cuda", "gpu"), doc="mblt_compile device (tutorial: cpu)")
 
 
+# Node groups of compile.onnxruntime.keep_float / high_precision (whisper_npu/backends/ort_int8.py).
+ORT_NODE_GROUPS = ("attention_matmuls", "first_conv", "convs", "lm_head", "fc2", "fc1", "out_proj")
+
+
 @dataclass(frozen=True)
 class OrtParams:
-    mode: str = _f("dynamic", choices=("dynamic", "static"))
+    mode: str = _f("static", choices=("dynamic", "static"))
     per_channel: bool = _f(True)
     calibrate_method: str = _f("minmax", choices=("minmax", "percentile", "entropy"))
     percentile: float = _f(99.999, gt=0, le=100)
     op_types: list = _f(["MatMul", "Conv"], doc="op types quantized")
     nodes_to_exclude: list = _f([])
-    keep_float: list = _f(["fc2"], doc="node groups kept in float: attention_matmuls, first_conv, convs, lm_head, fc2")
-    smooth_quant: bool = _f(False)
+    keep_float: list = _f([], doc="node groups kept in float: attention_matmuls, first_conv, convs, lm_head, "
+                                       "fc2, fc1, out_proj, or '/...' node-name patterns")
+    activation_type: str = _f("int8", choices=("int8", "uint8"), doc="static mode: activation integer type")
+    high_precision: list = _f(["fc2", "attention_matmuls"],
+                              doc="static mode: node groups / patterns whose activations (in and out) are 16-bit")
+    smooth_quant: bool = _f(True)
     smooth_quant_alpha: float = _f(0.5, ge=0, le=1)
-    calibration_samples: int = _f(8, ge=1, doc="calibration samples used by the static quantizer")
+    calibration_samples: int = _f(16, ge=1, doc="calibration samples used by the static quantizer")
 
 
 @dataclass(frozen=True)
@@ -380,8 +388,12 @@ def _cross_checks(p: Params) -> None:
     o = p.compile.onnxruntime
     _check_list("compile.onnxruntime.op_types", o.op_types, str)
     _check_list("compile.onnxruntime.nodes_to_exclude", o.nodes_to_exclude, str)
-    _check_list("compile.onnxruntime.keep_float", o.keep_float, str,
-                ("attention_matmuls", "first_conv", "convs", "lm_head", "fc2"))
+    for key, groups in (("keep_float", o.keep_float), ("high_precision", o.high_precision)):
+        _check_list(f"compile.onnxruntime.{key}", groups, str)
+        for i, g in enumerate(groups):
+            if g not in ORT_NODE_GROUPS and not g.startswith("/"):
+                raise ParamsError(f"compile.onnxruntime.{key}[{i}] = {g!r}: must be one of "
+                                  f"{', '.join(ORT_NODE_GROUPS)} or a node-name pattern starting with '/'")
 
 
 def _check_calibration(c: CalibrationParams) -> None:

@@ -1,25 +1,32 @@
-"""INT8 quantization of the exported ONNX models with ONNX Runtime: dynamic and calibrated static.
+"""INT8 quantization of the exported ONNX models with ONNX Runtime: dynamic, and NPU-like static.
 
-Why it is more than a call to quantize_static: naive static INT8 of the whole encoder breaks it (BENCHMARKS.md,
-"Compiled models", measures static minmax even with fc2 in float), and ORT's calibrator keeps every intermediate
-output of every sample, gigabytes for a few whisper-small clips.
+* ``dynamic``: int8 weights per channel, activation scales computed at run time (DynamicQuantizeLinear);
+  never reads the calibration sets.
+* ``static``: QDQ, weights int8 per channel, activations int8 (or uint8) with static per-tensor scales
+  calibrated from the calibration sets; nothing is quantized at run time. What keeps it accurate:
+  SmoothQuant-style smoothing before export (smoothing.py), minmax / percentile / entropy ranges, and
+  ``high_precision``: named node groups whose activations are 16-bit (weights still int8), as Mobilint's
+  mixed precision does (its vision-transformer preset: 16-bit activations for "output and ffn").
+  ``keep_float`` leaves nodes in float instead (counted in provenance as ``linear_layers_float``).
 
-What this module does about it:
+Why 16-bit for ``fc2`` and the attention matmuls, INPUTS AND OUTPUTS: ORT's QDQ quantizer quantizes a
+MatMul's output as well (before the bias Add and the residual). fc2 in layer 3 of whisper-base's encoder
+writes values up to ~460 into the residual stream next to values ~1: one int8 per-tensor scale for that
+output wipes out the small ones. The attention logits
+(QK^T output) and probabilities (AV input) need the finer grid too.
 
-* memory: the static calibrator sees at most ``calibration_samples`` samples and gets them ONE AT A
-  TIME (``CalibStridedMinMax = 1`` makes quantize_static call ``collect_data`` per sample; MinMax merges
-  ranges and the histogram collectors of percentile/entropy merge histograms across calls), so peak memory
-  is one sample's intermediates, whatever the set size;
-* accuracy: ``keep_float`` groups name sensitive nodes kept in float (activation x activation attention
-  MatMuls, the convolutions, the LM head, fc2), on top of exact ``nodes_to_exclude`` names; percentile /
-  entropy calibration; per-channel weights; optional SmoothQuant-style smoothing (see smoothing.py).
+What the variants do on whisper-base, with WER on real speech, is measured by ``python -m bench.static_int8``
+(README "The ONNX Runtime INT8 backend and its options", BENCHMARKS.md).
 
-What the variants do on whisper-base is measured by ``python -m bench.compiled_models`` (BENCHMARKS.md,
-"Compiled models"): keeping fc2 (after GELU, the input int8 handles worst) in float is the single most
-useful option, so the default is dynamic with ``keep_float: [fc2]``.
+Memory: the static calibrator gets the samples ONE AT A TIME (``CalibStridedMinMax = 1`` makes
+quantize_static call ``collect_data`` per sample; MinMax merges ranges and the histogram collectors of
+percentile/entropy merge histograms across calls), so peak memory is one sample's intermediates, whatever
+the set size (ORT otherwise holds every intermediate of every sample: gigabytes for a few whisper-small clips,
+shared/notes/offline-whisper-facts.md §4).
 """
 from __future__ import annotations
 
+import fnmatch
 import logging
 import tempfile
 from collections.abc import Callable, Sequence
@@ -27,10 +34,15 @@ from pathlib import Path
 
 import numpy as np
 
+from whisper_npu.params import ORT_NODE_GROUPS
+
 log = logging.getLogger(__name__)
 
-# Symbolic groups of nodes that may be kept in float (compile.onnxruntime.keep_float).
-KEEP_FLOAT_GROUPS = ("attention_matmuls", "first_conv", "convs", "lm_head", "fc2")
+# Symbolic groups of nodes (compile.onnxruntime.keep_float / high_precision). An entry starting with "/" is
+# an fnmatch pattern over ONNX node names instead, e.g. "/encoder/layers.5/fc2/*" (names as the exporter
+# writes them: /encoder/layers.N/fc1/MatMul, /decoder/layers.N/encoder_attn/k_proj/MatMul, ...).
+KEEP_FLOAT_GROUPS = ORT_NODE_GROUPS
+LINEAR_OPS = ("MatMul", "Gemm", "Conv")
 
 
 class ListReader:
@@ -58,33 +70,58 @@ class ListReader:
         self.set_range(0, self.n)
 
 
-def keep_float_nodes(model_path: str | Path, groups: Sequence[str]) -> list[str]:
-    """Names of the nodes in ``groups`` (see KEEP_FLOAT_GROUPS) in the ONNX graph at ``model_path``."""
-    import onnx
+def _consts(graph) -> set[str]:
+    """Initializers and Constant-node outputs (e.g. a transposed weight): what counts as a weight."""
+    return {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
 
-    unknown = sorted(set(groups) - set(KEEP_FLOAT_GROUPS))
+
+def check_groups(entries: Sequence[str], key: str = "keep_float") -> None:
+    unknown = sorted(e for e in set(entries) - set(KEEP_FLOAT_GROUPS) if not e.startswith("/"))
     if unknown:
-        raise ValueError(f"unknown keep_float group {unknown[0]!r}; allowed: {', '.join(KEEP_FLOAT_GROUPS)}")
-    graph = onnx.load(str(model_path), load_external_data=False).graph
-    inits = {i.name for i in graph.initializer}
-    # Constants produced by nodes (e.g. a transposed weight) count as weights too.
-    consts = inits | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+        raise ValueError(f"unknown {key} group {unknown[0]!r}; allowed: {', '.join(KEEP_FLOAT_GROUPS)}, "
+                         "or a node-name pattern starting with '/'")
+
+
+def keep_float_nodes(model_path: str | Path, groups: Sequence[str]) -> list[str]:
+    """Names of the nodes in ``groups`` (KEEP_FLOAT_GROUPS, or "/..." node-name patterns) in the ONNX graph
+    at ``model_path``."""
+    check_groups(groups)
+    graph = _load_graph(model_path)
+    consts = _consts(graph)
     outputs = {o.name for o in graph.output}
     names: list[str] = []
     convs = [n for n in graph.node if n.op_type == "Conv"]
+    patterns = [g for g in groups if g.startswith("/")]
     for n in graph.node:
+        if any(fnmatch.fnmatchcase(n.name, pat) for pat in patterns):
+            names.append(n.name)
         if n.op_type == "MatMul":
             if "attention_matmuls" in groups and not any(i in consts for i in n.input):
                 names.append(n.name)
             elif "lm_head" in groups and any(o in outputs for o in n.output):
                 names.append(n.name)
-            elif "fc2" in groups and "/fc2/" in n.name:
+            elif any(g in groups and f"/{g}/" in n.name for g in ("fc1", "fc2", "out_proj")):
                 names.append(n.name)
     if "convs" in groups:
         names += [n.name for n in convs]
     elif "first_conv" in groups and convs:
         names.append(convs[0].name)
     return sorted(set(names))
+
+
+def linear_layers(model_path: str | Path) -> list[str]:
+    """Names of the linear layers (MatMul / Gemm / Conv with a weight input) of the graph at ``model_path``."""
+    graph = _load_graph(model_path)
+    consts = _consts(graph)
+    return sorted(n.name for n in graph.node if n.op_type in LINEAR_OPS and any(i in consts for i in n.input))
+
+
+def activation_tensors(model_path: str | Path, nodes: Sequence[str]) -> list[str]:
+    """The non-weight inputs and the outputs of ``nodes`` (what a 16-bit activation override applies to:
+    ORT's QDQ quantizer quantizes a MatMul's output too, before the bias Add and the residual)."""
+    graph = _load_graph(model_path)
+    consts, wanted = _consts(graph), set(nodes)
+    return sorted({t for n in graph.node if n.name in wanted for t in (*n.input, *n.output) if t and t not in consts})
 
 
 def _calibrate_method(name: str):
@@ -104,42 +141,62 @@ def preprocess(fp32_path: Path, out_path: Path) -> Path:
 
 def quantize(fp32_path: str | Path, out_path: str | Path, *, mode: str, per_channel: bool, op_types: Sequence[str],
              nodes_to_exclude: Sequence[str] = (), keep_float: Sequence[str] = (),
-             calibrate_method: str = "minmax", percentile: float = 99.999,
-             reader: ListReader | None = None) -> dict:
+             calibrate_method: str = "minmax", percentile: float = 99.999, activation_type: str = "int8",
+             high_precision: Sequence[str] = (), reader: ListReader | None = None) -> dict:
     """Quantize ``fp32_path`` to ``out_path``; returns what was done (for provenance).
 
     ``mode``: ``dynamic`` (int8 weights, activation scales at run time, no calibration data) or
-    ``static`` (QDQ, activations uint8 with ranges from ``reader``, weights int8).
+    ``static`` (QDQ: weights int8, activations ``activation_type`` with static per-tensor ranges from
+    ``reader``; the inputs of the ``high_precision`` nodes get 16-bit activations, weights staying int8).
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
+    check_groups(high_precision, "high_precision")
     with tempfile.TemporaryDirectory(prefix="whisper-npu-quant-") as tmp:
         pre = preprocess(fp32_path, Path(tmp) / "pre.onnx")
         excluded = sorted(set(nodes_to_exclude) | set(keep_float_nodes(pre, keep_float)))
+        linear = linear_layers(pre)
+        graph_nodes = {n.name: n.op_type for n in _load_graph(pre).node}
+        float_linear = [n for n in linear if n in excluded or graph_nodes[n] not in op_types]
         done = {"mode": mode, "per_channel": per_channel, "op_types": list(op_types),
-                "nodes_kept_float": len(excluded)}
+                "nodes_kept_float": len(excluded), "linear_layers": len(linear),
+                "linear_layers_float": len(float_linear)}
         if mode == "dynamic":
             quantize_dynamic(str(pre), str(out_path), op_types_to_quantize=list(op_types), per_channel=per_channel,
                              weight_type=QuantType.QInt8, nodes_to_exclude=excluded)
         elif mode == "static":
             if reader is None or len(reader) == 0:
                 raise ValueError("static quantization needs calibration samples")
-            extra = {"CalibStridedMinMax": 1}   # one sample per collect_data call: bounded memory
+            act = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[activation_type]
+            act16 = QuantType.QInt16 if activation_type == "int8" else QuantType.QUInt16
+            hp_nodes = [n for n in keep_float_nodes(pre, high_precision) if n not in excluded]
+            hp_inputs = activation_tensors(pre, hp_nodes)
+            extra: dict = {"CalibStridedMinMax": 1}   # one sample per collect_data call: bounded memory
+            if hp_inputs:
+                extra["TensorQuantOverrides"] = {t: [{"quant_type": act16}] for t in hp_inputs}
+                extra["UseQDQContribOps"] = True   # 16-bit Q/DQ at the exported opset (no bump to 21)
             if calibrate_method == "percentile":
                 extra["CalibPercentile"] = percentile
             reader.rewind()
             quantize_static(str(pre), str(out_path), reader, quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=list(op_types), per_channel=per_channel,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            activation_type=act, weight_type=QuantType.QInt8,
                             calibrate_method=_calibrate_method(calibrate_method), nodes_to_exclude=excluded,
                             extra_options=extra)
-            done.update(calibrate_method=calibrate_method, calibration_samples=len(reader))
+            done.update(calibrate_method=calibrate_method, calibration_samples=len(reader),
+                        activation_type=activation_type, nodes_16bit_activations=len(hp_nodes))
             if calibrate_method == "percentile":
                 done["percentile"] = percentile
         else:
             raise ValueError(f"unknown quantization mode {mode!r}")
     if not out_path.is_file() or out_path.stat().st_size == 0:
         raise RuntimeError(f"{out_path}: the quantizer wrote nothing")
-    log.info("quantized %s (%s): %.1f MB", out_path.name, mode, out_path.stat().st_size / 1e6)
+    log.info("quantized %s (%s): %.1f MB, %d of %d linear layers in float", out_path.name, mode,
+             out_path.stat().st_size / 1e6, len(float_linear), len(linear))
     return done
+
+
+def _load_graph(path: str | Path):
+    import onnx
+    return onnx.load(str(path), load_external_data=False).graph
