@@ -11,9 +11,7 @@
   would try to recompile).
 
 Relies on the evaluate stage's contract for CompiledNotRunnable (``compiled_run`` in metrics, budget
-``verdict``), which lives in stages/evaluate.py (another branch): on issue-12 alone the compile host's
-evaluate fails with the CompiledNotRunnable message (checked by hand: "qbruntime v1.5.0 is installed but
-finds no NPU device 0"), and the NPU-host half passed by hand (compiled WER delta 0, nothing recompiled).
+``verdict`` ``not_checked``, never pass).
 """
 from __future__ import annotations
 
@@ -73,4 +71,4 @@ def test_compile_host_then_npu_host(tmp_path, tiny_model_dir):
     # the stand-in runtime computes the fp32 reference: the compiled transcripts equal fp32's
     for lang, e in metrics["languages"].items():
         assert e["delta"][e["unit"]] == 0, lang
-    assert metrics["budget"]["verdict"] != "not_checked" and metrics["budget"]["n_over_budget"] == 0
+    assert metrics["budget"]["verdict"] != "not_checked" and metrics["budget"]["fail"] == ""
