@@ -188,18 +188,18 @@ ORT_NODE_GROUPS = ("attention_matmuls", "first_conv", "convs", "lm_head", "fc2",
 
 @dataclass(frozen=True)
 class OrtParams:
-    mode: str = _f("dynamic", choices=("dynamic", "static"))
+    mode: str = _f("static", choices=("dynamic", "static"))
     per_channel: bool = _f(True)
     calibrate_method: str = _f("minmax", choices=("minmax", "percentile", "entropy"))
     percentile: float = _f(99.999, gt=0, le=100)
     op_types: list = _f(["MatMul", "Conv"], doc="op types quantized")
     nodes_to_exclude: list = _f([])
-    keep_float: list = _f(["fc2"], doc="node groups kept in float: attention_matmuls, first_conv, convs, lm_head, "
+    keep_float: list = _f([], doc="node groups kept in float: attention_matmuls, first_conv, convs, lm_head, "
                                        "fc2, fc1, out_proj, or '/...' node-name patterns")
     activation_type: str = _f("int8", choices=("int8", "uint8"), doc="static mode: activation integer type")
     high_precision: list = _f(["fc2", "attention_matmuls"],
                               doc="static mode: node groups / patterns whose activations (in and out) are 16-bit")
-    smooth_quant: bool = _f(False)
+    smooth_quant: bool = _f(True)
     smooth_quant_alpha: float = _f(0.5, ge=0, le=1)
     calibration_samples: int = _f(16, ge=1, doc="calibration samples used by the static quantizer")
 
