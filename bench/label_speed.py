@@ -16,7 +16,6 @@ decode of both tasks (``labels.batch_size`` clips at a time), with no fallback d
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 import shutil
@@ -32,54 +31,34 @@ import numpy as np
 from bench.common import ROOT, Table, command, default_params, machine, machine_line, median, print_tables, \
     reference_model, synth_audio, write_params
 
-ASTERISK_PACKAGE = "asterisk-core-sounds-en-wav"
-ASTERISK_VERSION = "1.6.1-1"
-ASTERISK_SHA256 = "2be3ea287d83299d143815fa804f11179a75b7affd4a758b98b55f5afc18a35d"
-ASTERISK_VOICE = "usr/share/asterisk/sounds/en_US_f_Allison"
-
-
 class AptUnavailable(RuntimeError):
     """This machine has no apt-get to fetch the Debian package with."""
 
 
-def _fetch_deb(cache: Path) -> Path:
-    deb = cache / f"{ASTERISK_PACKAGE}_{ASTERISK_VERSION}_all.deb"
-    if not deb.is_file():
-        if shutil.which("apt-get") is None:
-            raise AptUnavailable(f"apt-get not found: cannot fetch Debian's {ASTERISK_PACKAGE}")
-        cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            cmd = ["apt-get", "download", f"{ASTERISK_PACKAGE}={ASTERISK_VERSION}"]
-            if subprocess.run(cmd, cwd=tmp, capture_output=True).returncode != 0:
-                subprocess.run(["apt-get", "update"], capture_output=True)  # package lists may be missing
-                done = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
-                if done.returncode != 0:
-                    raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip().splitlines()[-1:]}")
-            (Path(tmp) / deb.name).replace(deb)
-    digest = hashlib.sha256(deb.read_bytes()).hexdigest()
-    if digest != ASTERISK_SHA256:
-        raise RuntimeError(f"{deb}: sha256 {digest}, expected {ASTERISK_SHA256}; delete it and retry")
-    return deb
-
-
 def asterisk_english(n: int, min_seconds: float = 2.0, max_seconds: float = 30.0,
                      cache: Path | None = None) -> list[tuple[str, np.ndarray]]:
-    """The first ``n`` (by name) real English prompts of ``min_seconds`` to ``max_seconds``, 16 kHz mono float32.
-    Raises :class:`AptUnavailable` when the package is not cached and apt-get is missing."""
+    """The first ``n`` (by name) real English prompts of ``min_seconds`` to ``max_seconds``, 16 kHz mono float32,
+    from the pinned package the pipeline's ``asterisk`` source reads (whisper_npu/asterisk.py fetches, checks its
+    sha256 and unpacks it). Raises :class:`AptUnavailable` when the package is not cached and apt-get is missing."""
+    from whisper_npu import asterisk
     from whisper_npu.audio import decode, to_mono_16k
     from whisper_npu.pypi_weights import cache_root
 
     cache = cache or cache_root() / "debs"
-    deb = _fetch_deb(cache)
+    wav = asterisk.prompt_set("en_us").wav
+    if not (cache / wav.filename).is_file() and shutil.which("apt-get") is None:
+        raise AptUnavailable(f"apt-get not found: cannot fetch Debian's {wav.name}")
+    deb = asterisk.fetch(wav, cache)
+    voice = asterisk.SOUNDS / asterisk.prompt_set("en_us").voice
     unpacked = cache / f"{deb.stem}.unpacked"
-    if not (unpacked / ASTERISK_VOICE).is_dir():
+    if not (unpacked / voice).is_dir():
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            subprocess.run(["dpkg-deb", "-x", str(deb), tmp], check=True, capture_output=True)
+            asterisk.unpack([deb], Path(tmp))
             shutil.rmtree(unpacked, ignore_errors=True)
             Path(tmp).replace(unpacked)
             Path(tmp).mkdir()  # TemporaryDirectory removes it again
     clips = []
-    for path in sorted((unpacked / ASTERISK_VOICE).glob("*.wav")):
+    for path in sorted((unpacked / voice).glob("*.wav")):
         samples, rate = decode(path)
         y = to_mono_16k(samples, rate)
         if min_seconds <= len(y) / 16000 <= max_seconds:
