@@ -30,85 +30,30 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from whisper_npu import languages as langs
 from whisper_npu import metrics as M
+from whisper_npu.audio import TRANSCRIBE, TRANSLATE, Clip, npu_features, read_clips, read_wav
 from whisper_npu.backends import CompiledNotRunnable, compiled_backend_name, load_compiled
 from whisper_npu.decode import STOP_REASONS, DecodeConfig, greedy_decode, tokenizer_text
-from whisper_npu.io import StageError, atomic_output, read_jsonl, run_stage, write_json, write_jsonl
+from whisper_npu.io import StageError, atomic_output, run_stage, write_json, write_jsonl
 from whisper_npu.params import EvaluateParams, load_params
 from whisper_npu.runtime import Backend
+from whisper_npu.seeds import lang_rng
 
 log = logging.getLogger(__name__)
 
 FP32, COMPILED = "fp32", "compiled"
 SYSTEMS = (FP32, COMPILED)
-TRANSCRIBE, TRANSLATE = "transcribe", "translate"
-
-
-# ---------------------------------------------------------------------------------------------- clips
-
-@dataclass(frozen=True)
-class EvalClip:
-    id: str
-    lang: str                 # FLEURS code
-    audio: Path
-    duration: float           # seconds
-    text: str | None          # reference transcription
-    text_en: str | None       # English reference
-    kind: str = "unknown"     # the audio source (synth, asterisk, fleurs, local): synthetic or real speech
-    diacritics: bool = True   # False: the source's transcripts carry none, so scoring compares without them
-
-    @property
-    def whisper_lang(self) -> str:
-        return langs.get(self.lang).whisper
-
-    def tasks(self) -> list[str]:
-        """transcribe always (agreement and speed need no reference); translate when there is an English
-        reference and the source is not English (X -> en, as in the Whisper paper)."""
-        if self.text_en and self.whisper_lang != "en":
-            return [TRANSCRIBE, TRANSLATE]
-        return [TRANSCRIBE]
-
-
-def evaluation_clips(audio_root: str | Path, languages: Sequence[str]) -> list[EvalClip]:
-    """The ``split == "evaluation"`` clips of exactly the listed languages, sorted by (language, id).
-
-    Reads ``<audio_root>/<lang>/manifest.jsonl`` (never globs): a language without a manifest or without
-    evaluation clips is an error naming what to run or change.
-    """
-    audio_root = Path(audio_root)
-    clips: list[EvalClip] = []
-    for lang in sorted(languages):
-        manifest = audio_root / lang / "manifest.jsonl"
-        if not manifest.is_file():
-            raise StageError(f"{manifest}: missing; language {lang!r} is in params `languages` but has no audio "
-                             f"(run `dvc repro audio@{lang}`)")
-        rows = sorted((r for r in read_jsonl(manifest) if r.get("split") == "evaluation"), key=lambda r: r["id"])
-        if not rows:
-            raise StageError(f"{manifest}: no clips with split == 'evaluation' for {lang!r}; set audio.eval_clips >= 1")
-        for r in rows:
-            if r.get("lang", lang) != lang:
-                raise StageError(f"{manifest}: clip {r.get('id')!r} has lang {r.get('lang')!r}, expected {lang!r}")
-            path = audio_root / lang / r["file"]
-            if not path.is_file():
-                raise StageError(f"{path}: listed in {manifest} but missing (rerun `dvc repro audio@{lang}`)")
-            src = r.get("source") if isinstance(r.get("source"), dict) else {}
-            clips.append(EvalClip(r["id"], lang, path, float(r["duration"]), r.get("text") or None,
-                                  r.get("text_en") or None, str(src.get("kind", "unknown")),
-                                  bool(src.get("diacritics", True))))
-    return clips
 
 
 # ---------------------------------------------------------------------------------------------- decoding
 
-def run_backend(system: str, backend: Backend, clips: Sequence[EvalClip], features: Callable[[EvalClip], np.ndarray],
+def run_backend(system: str, backend: Backend, clips: Sequence[Clip], features: Callable[[Clip], np.ndarray],
                 cfg: DecodeConfig, to_text: Callable[[list[int]], str]) -> list[dict[str, Any]]:
     """Decode every clip with every task it has; one record per (clip, task).
 
@@ -159,8 +104,8 @@ def _stops(records: Sequence[dict]) -> dict[str, int]:
     return {k: counts.get(k, 0) for k in STOP_REASONS}
 
 
-def _system_entry(lang: str, u: str, recs: Sequence[dict], scored: Sequence[EvalClip],
-                  translated: Sequence[EvalClip], hyp: dict, duration: float) -> tuple[dict, list[M.ErrorCount]]:
+def _system_entry(lang: str, u: str, recs: Sequence[dict], scored: Sequence[Clip],
+                  translated: Sequence[Clip], hyp: dict, duration: float) -> tuple[dict, list[M.ErrorCount]]:
     per_clip = [M.clip_errors(c.text, hyp[(c.id, TRANSCRIBE)], lang, c.diacritics) for c in scored]
     total = sum(per_clip, M.ZERO)
     secs = sum(r["seconds"] for r in recs if r["task"] == TRANSCRIBE)
@@ -174,7 +119,7 @@ def _system_entry(lang: str, u: str, recs: Sequence[dict], scored: Sequence[Eval
     return entry, per_clip
 
 
-def score(records: Sequence[dict], clips: Sequence[EvalClip], p: EvaluateParams, seed: int,
+def score(records: Sequence[dict], clips: Sequence[Clip], p: EvaluateParams, seed: int,
           compiled_run: bool = True) -> dict[str, Any]:
     """Per-language metrics with S/D/I, stop counts, bootstrap intervals and verdicts; summaries per unit
     (WER and CER apart) and per kind of speech (real and synthetic apart). With ``compiled_run`` False
@@ -215,11 +160,11 @@ def score(records: Sequence[dict], clips: Sequence[EvalClip], p: EvaluateParams,
             continue
         entry["delta"] = {k: _r(_diff(entry[FP32][k], entry[COMPILED][k])) for k in (u, "bleu", "rtf")}
         ci_t = M.bootstrap_rate_delta(per_clip[FP32], per_clip[COMPILED], p.bootstrap_samples,
-                                      M.bootstrap_rng(seed, lang, TRANSCRIBE))
+                                      lang_rng(seed, lang, TRANSCRIBE))
         ci_b = M.bootstrap_bleu_delta([hyp[FP32][(c.id, TRANSLATE)] for c in translated],
                                       [hyp[COMPILED][(c.id, TRANSLATE)] for c in translated],
                                       [c.text_en for c in translated], p.bootstrap_samples,
-                                      M.bootstrap_rng(seed, lang, TRANSLATE))
+                                      lang_rng(seed, lang, TRANSLATE))
         entry["ci95"] = {TRANSCRIBE: _ci(ci_t), TRANSLATE: _ci(ci_b)}
         entry["verdict"] = M.verdict(ci_t, p.max_wer_increase, len(scored), p.min_verdict_clips)
         fp = [hyp[FP32][(c.id, TRANSCRIBE)] for c in lc]
@@ -304,7 +249,7 @@ def plot_rows(metrics: dict[str, Any]) -> tuple[list[dict], list[dict]]:
     return wer_rows, bleu_rows
 
 
-def transcript_rows(records: Sequence[dict], clips: Sequence[EvalClip]) -> list[dict]:
+def transcript_rows(records: Sequence[dict], clips: Sequence[Clip]) -> list[dict]:
     """Every hypothesis with its references, sorted; without timings so the file is reproducible."""
     refs = {c.id: c for c in clips}
     rows = []
@@ -371,13 +316,12 @@ def main(argv: list[str] | None = None) -> None:
 
     params = load_params(args.params)
     p = params.evaluate
-    clips = evaluation_clips(args.audio, params.languages)
+    clips = read_clips(args.audio, params.languages, "evaluation")
     log.info("%d evaluation clips in %d languages", len(clips), len(params.languages))
 
     import torch
 
     from whisper_npu.backends.torch_ref import load_torch_backend
-    from whisper_npu.calibration import load_audio, npu_features
 
     torch.manual_seed(params.seed)  # greedy decoding draws nothing; set for any library that might
     fp32, processor = load_torch_backend(args.model)
@@ -392,9 +336,9 @@ def main(argv: list[str] | None = None) -> None:
     to_text = tokenizer_text(processor.tokenizer)
     cache: dict[str, np.ndarray] = {}
 
-    def features(clip: EvalClip) -> np.ndarray:
+    def features(clip: Clip) -> np.ndarray:
         if clip.id not in cache:
-            cache[clip.id] = npu_features(processor.feature_extractor, load_audio(clip.audio))
+            cache[clip.id] = npu_features(processor.feature_extractor, read_wav(clip.audio))
         return cache[clip.id]
 
     records = run_backend(FP32, fp32, clips, features, cfg, to_text)

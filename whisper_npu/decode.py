@@ -18,16 +18,14 @@ run to ``max_new_tokens``. ``repeat_times = 0`` turns the guard off (exact HF be
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from whisper_npu.runtime import Backend, DecoderSession
+from whisper_npu.runtime import DecoderSession
 
-TASKS = ("transcribe", "translate")
 STOP_REASONS = ("eot", "max_new_tokens", "max_positions", "repetition")
 
 
@@ -115,14 +113,6 @@ class DecodeConfig:
         return [self.sot, self.lang_to_id[language], self.task_to_id[task], self.no_timestamps]
 
 
-@dataclass(frozen=True)
-class DecodeResult:
-    tokens: list[int]       # generated ids, without prompt and EOT
-    stop: str               # one of STOP_REASONS
-    seconds: float = 0.0    # wall time of encoder + decoder (for the real-time factor)
-    text: str = ""
-
-
 def repeated_tail(tokens: Sequence[int], max_ngram: int, times: int) -> int:
     """Length ``n`` of the shortest n-gram that ends ``tokens`` ``times`` times in a row, else 0."""
     if times < 2:
@@ -168,17 +158,6 @@ def greedy_decode(session: DecoderSession, encoder_states: np.ndarray, prompt: S
         if len(prompt) + len(out) >= cfg.max_target_positions:
             return out, "max_positions"
         logits = session.step([token])
-
-
-def transcribe(backend: Backend, features: np.ndarray, cfg: DecodeConfig, language: str, task: str,
-               to_text: Callable[[list[int]], str] | None = None) -> DecodeResult:
-    """Encode ``[1, 3000, 80]`` features and decode greedily; time both (for the real-time factor)."""
-    prompt = cfg.prompt(language, task)
-    start = time.perf_counter()
-    states = backend.encoder(features)
-    tokens, stop = greedy_decode(backend.decoder, states, prompt, cfg)
-    seconds = time.perf_counter() - start
-    return DecodeResult(tokens=tokens, stop=stop, seconds=seconds, text=to_text(tokens) if to_text else "")
 
 
 def tokenizer_text(tokenizer: Any) -> Callable[[list[int]], str]:

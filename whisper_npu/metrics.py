@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import unicodedata
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -160,11 +159,6 @@ def agreement(reference_hyps: Sequence[str], other_hyps: Sequence[str], lang: st
 
 CONFIDENCE = 0.95
 VERDICTS = ("pass", "fail", "inconclusive")
-
-
-def bootstrap_rng(seed: int, lang: str, task: str) -> np.random.Generator:
-    """One generator per (language, task): an interval does not change when other languages are added."""
-    return np.random.default_rng([seed, zlib.crc32(lang.encode()), zlib.crc32(task.encode())])
 
 
 def _interval(deltas: np.ndarray) -> dict[str, float]:
