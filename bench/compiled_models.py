@@ -82,7 +82,7 @@ def calibration_sets(model: Any, processor: Any, clips: Sequence[Any], out: Path
 def export_fp32(model: Any, out: Path, opset: int, stem: str) -> tuple[Path, Path]:
     """ONNX fp32 encoder and decoder folders that ``load_ort_backend`` reads (minimal provenance.json)."""
     from whisper_npu.backends import onnx_export
-    from whisper_npu.backends.ort_runtime import EMBED_POSITIONS, EMBED_TOKENS, PROVENANCE
+    from whisper_npu.backends import EMBED_POSITIONS, EMBED_TOKENS, PROVENANCE
     from whisper_npu.io import write_json
     from whisper_npu.specs import component_spec
 
@@ -227,7 +227,8 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
 
     from stages import toolchain
     from stages.evaluate import decode_config
-    from whisper_npu.backends.ort_runtime import artifact, load_ort_backend
+    from whisper_npu.backends import artifact
+    from whisper_npu.backends.ort_runtime import load_ort_backend
     from whisper_npu.backends.torch_ref import TorchBackend
     from whisper_npu.audio import npu_features, read_clips, read_wav
     from whisper_npu.decode import tokenizer_text

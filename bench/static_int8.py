@@ -249,7 +249,8 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
     from stages import toolchain
     from stages.evaluate import decode_config
     from whisper_npu import audio as A
-    from whisper_npu.backends.ort_runtime import artifact, load_ort_backend
+    from whisper_npu.backends import artifact
+    from whisper_npu.backends.ort_runtime import load_ort_backend
     from whisper_npu.backends.torch_ref import TorchBackend
     from whisper_npu.decode import tokenizer_text
     from whisper_npu.io import read_json, read_jsonl

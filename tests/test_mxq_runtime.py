@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from whisper_npu.backends import CompiledNotRunnable, compiled_scheme, load_compiled, mxq_runtime
+from whisper_npu.backends import CompiledNotRunnable, load_compiled, mxq_runtime
+from whisper_npu.backends.qbcompiler import compiled_scheme
 from whisper_npu.backends.runtime_surface import surface
 
 STANDIN = Path(__file__).parent / "standin_qbruntime"
