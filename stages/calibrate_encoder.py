@@ -1,7 +1,8 @@
 """Encoder calibration set: the tutorial's ``whisper_encoder_cali.txt`` and one log-mel ``.npy`` per clip.
 
 Per calibration clip (the first ``calibration.samples_per_language`` of each language in params, sorted by
-id) the HF log-mel features transposed to ``[1, 3000, 80]`` float32 (frames x bins), saved as
+id) the HF log-mel features transposed to ``[1, 3000, 80]`` float32 (frames x bins; whisper_npu/audio.py's
+``npu_features``, the same features the evaluate stage feeds the encoder), saved as
 ``encoder_calib_<clip id>.npy`` (named by clip id, not by a running index, so adding a language does not
 rename the others' files). The list holds paths relative to itself (the tutorial wrote absolute paths);
 the compile stage resolves them (whisper_npu/calibration.py).

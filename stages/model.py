@@ -54,7 +54,7 @@ def from_transformers(model_id: str, revision: str | None, local_only: bool) -> 
         kwargs["revision"] = revision
     model = WhisperForConditionalGeneration.from_pretrained(model_id, **kwargs)
     # The fast class explicitly: on transformers 4.x the processor loads the slow tokenizer, which saves
-    # no tokenizer.json. The feature extractor is written afresh from num_mel_bins (model_store).
+    # no tokenizer.json. The feature extractor is written afresh from num_mel_bins (save_feature_extractor).
     tokenizer = WhisperTokenizerFast.from_pretrained(model_id, **kwargs)
     model = model.to(torch.float32).eval()
     config = _clean(model.config.to_dict())

@@ -134,7 +134,7 @@ def test_task_mix_is_exact_per_language_and_seeded():
 
 # ---------------------------------------------------------------------------------------------- clips
 
-def test_select_clips_reads_only_listed_languages_sorted_calibration_split(tmp_path):
+def test_read_clips_reads_only_listed_languages_sorted_calibration_split(tmp_path):
     root = make_audio(tmp_path / "audio", langs=["ko_kr", "ta_in", "de_de"], n_calib=4, n_eval=2)
     clips = A.read_clips(root, ["ta_in", "ko_kr"], "calibration", 3)
     assert [c.id for c in clips] == [f"ko_kr_{i:04d}" for i in range(3)] + [f"ta_in_{i:04d}" for i in range(3)]

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from whisper_npu.backends import Built, CompiledNotRunnable, read_provenance
+from whisper_npu.backends import PROVENANCE, Built, CompiledNotRunnable, read_provenance
 from whisper_npu.io import StageError
 from whisper_npu.params import CompileParams, QbcompilerParams
 
@@ -480,7 +480,7 @@ def mxq_call(compiled_dir: Path) -> dict:
     prov = read_provenance(compiled_dir)
     calls = prov.get("resolved", {}).get("calls")
     if not isinstance(calls, dict) or not isinstance(calls.get("mxq_compile"), dict):
-        raise StageError(f"{Path(compiled_dir) / 'provenance.json'}: no resolved.calls.mxq_compile (written by an "
+        raise StageError(f"{Path(compiled_dir) / PROVENANCE}: no resolved.calls.mxq_compile (written by an "
                          f"older compile stage?); rerun `dvc repro compile@{Path(compiled_dir).name}`")
     return calls["mxq_compile"]
 
