@@ -3,7 +3,7 @@
 Runs the fp32 reference (HF Whisper in torch) and the compiled model (the compile stage's backend:
 ONNX Runtime INT8 here, the .mxq files on a Mobilint NPU host) through one greedy decode loop
 (whisper_npu/decode.py) on the evaluation clips of the listed languages (never the calibration clips),
-and scores them (whisper_npu/metrics.py):
+and scores them (whisper_npu/metrics.py, ``score``):
 
 * transcribe: WER (CER for zh/ja/th) against the reference text, with jiwer's substitutions, deletions and
   insertions per language and system; compared without diacritics where the source's transcripts have none;
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,18 +36,16 @@ import numpy as np
 from tqdm import tqdm
 
 from whisper_npu import metrics as M
-from whisper_npu.audio import TRANSCRIBE, TRANSLATE, Clip, npu_features, read_clips, read_wav
+from whisper_npu.audio import TRANSCRIBE, Clip, npu_features, read_clips, read_wav
 from whisper_npu.backends import CompiledNotRunnable, compiled_backend_name, load_compiled
-from whisper_npu.decode import STOP_REASONS, DecodeConfig, greedy_decode, tokenizer_text
+from whisper_npu.decode import DecodeConfig, greedy_decode, tokenizer_text
 from whisper_npu.io import StageError, atomic_output, run_stage, write_json, write_jsonl
+from whisper_npu.metrics import COMPILED, FP32
 from whisper_npu.params import EvaluateParams, load_params
 from whisper_npu.runtime import Backend
-from whisper_npu.seeds import lang_rng
 
 log = logging.getLogger(__name__)
 
-FP32, COMPILED = "fp32", "compiled"
-SYSTEMS = (FP32, COMPILED)
 
 
 # ---------------------------------------------------------------------------------------------- decoding
@@ -75,165 +72,7 @@ def run_backend(system: str, backend: Backend, clips: Sequence[Clip], features: 
     return records
 
 
-# ---------------------------------------------------------------------------------------------- scoring
-
-def _r(x: float | None) -> float | None:
-    # Rounded so that metrics files do not churn on float noise.
-    return None if x is None else round(float(x), 6)
-
-
-def _diff(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else b - a
-
-
-SPEECH = ("real", "synthetic", "unknown")
-REAL_SOURCES = ("asterisk", "fleurs", "local")   # recorded speech; synth is espeak-ng
-
-
-def speech_kind(sources: Sequence[str]) -> str:
-    """real (recorded), synthetic (espeak-ng) or unknown (a manifest without a source kind, or a mix)."""
-    if sources and all(k in REAL_SOURCES for k in sources):
-        return "real"
-    if sources and all(k == "synth" for k in sources):
-        return "synthetic"
-    return "unknown"
-
-
-def _stops(records: Sequence[dict]) -> dict[str, int]:
-    counts = Counter(r["stop"] for r in records)
-    return {k: counts.get(k, 0) for k in STOP_REASONS}
-
-
-def _system_entry(lang: str, u: str, recs: Sequence[dict], scored: Sequence[Clip],
-                  translated: Sequence[Clip], hyp: dict, duration: float) -> tuple[dict, list[M.ErrorCount]]:
-    per_clip = [M.clip_errors(c.text, hyp[(c.id, TRANSCRIBE)], lang, c.diacritics) for c in scored]
-    total = sum(per_clip, M.ZERO)
-    secs = sum(r["seconds"] for r in recs if r["task"] == TRANSCRIBE)
-    stops = _stops(recs)
-    entry = {u: _r(total.rate), "substitutions": total.substitutions, "deletions": total.deletions,
-             "insertions": total.insertions, "reference_units": total.ref_units,
-             "bleu": _r(M.bleu([hyp[(c.id, TRANSLATE)] for c in translated], [c.text_en for c in translated])),
-             "rtf": _r(secs / duration) if duration > 0 else None,
-             # outputs cut by the token cap (max_new_tokens, or the decoder's position limit)
-             "stops": stops, "cut_by_cap": stops["max_new_tokens"] + stops["max_positions"]}
-    return entry, per_clip
-
-
-def score(records: Sequence[dict], clips: Sequence[Clip], p: EvaluateParams, seed: int,
-          compiled_run: bool = True) -> dict[str, Any]:
-    """Per-language metrics with S/D/I, stop counts, bootstrap intervals and verdicts; summaries per unit
-    (WER and CER apart) and per kind of speech (real and synthetic apart). With ``compiled_run`` False
-    (the compiled model cannot run here) only fp32 is scored and every verdict is ``not_checked``."""
-    systems = SYSTEMS if compiled_run else (FP32,)
-    by_key = {(r["system"], r["id"], r["task"]): r for r in records}
-    per_lang: dict[str, Any] = {}
-    all_same = all_n = 0
-    seconds = {s: 0.0 for s in SYSTEMS}
-    total_duration = 0.0
-    for lang in sorted({c.lang for c in clips}):
-        lc = [c for c in clips if c.lang == lang]
-        u = M.unit(lang)
-        scored = [c for c in lc if c.text]
-        translated = [c for c in lc if TRANSLATE in c.tasks()]
-        kinds = sorted({c.kind for c in lc})
-        entry: dict[str, Any] = {
-            "unit": u, "clips": len(lc), "scored_clips": len(scored), "translated_clips": len(translated),
-            "speech": speech_kind(kinds), "source": ",".join(kinds),
-            "diacritics": ("compared without diacritics (the source's transcripts carry none)"
-                           if any(not c.diacritics for c in lc) else "compared as written")}
-        duration = sum(c.duration for c in lc)
-        total_duration += duration
-        per_clip = {}
-        hyp = {}
-        for s in systems:
-            recs = [by_key[(s, c.id, t)] for c in lc for t in c.tasks()]
-            hyp[s] = {(c.id, t): by_key[(s, c.id, t)]["text"] for c in lc for t in c.tasks()}
-            entry[s], per_clip[s] = _system_entry(lang, u, recs, scored, translated, hyp[s], duration)
-            seconds[s] += sum(r["seconds"] for r in recs if r["task"] == TRANSCRIBE)
-        if not compiled_run:
-            entry[COMPILED] = None
-            entry["delta"] = {k: None for k in (u, "bleu", "rtf")}
-            entry["ci95"] = {TRANSCRIBE: None, TRANSLATE: None}
-            entry["agreement"] = None
-            entry["verdict"] = "not_checked"
-            per_lang[lang] = entry
-            continue
-        entry["delta"] = {k: _r(_diff(entry[FP32][k], entry[COMPILED][k])) for k in (u, "bleu", "rtf")}
-        ci_t = M.bootstrap_rate_delta(per_clip[FP32], per_clip[COMPILED], p.bootstrap_samples,
-                                      lang_rng(seed, lang, TRANSCRIBE))
-        ci_b = M.bootstrap_bleu_delta([hyp[FP32][(c.id, TRANSLATE)] for c in translated],
-                                      [hyp[COMPILED][(c.id, TRANSLATE)] for c in translated],
-                                      [c.text_en for c in translated], p.bootstrap_samples,
-                                      lang_rng(seed, lang, TRANSLATE))
-        entry["ci95"] = {TRANSCRIBE: _ci(ci_t), TRANSLATE: _ci(ci_b)}
-        entry["verdict"] = M.verdict(ci_t, p.max_wer_increase, len(scored), p.min_verdict_clips)
-        fp = [hyp[FP32][(c.id, TRANSCRIBE)] for c in lc]
-        co = [hyp[COMPILED][(c.id, TRANSCRIBE)] for c in lc]
-        agree = {k: _r(v) for k, v in M.agreement(fp, co, lang).items()}
-        agree["token_exact_match"] = _r(sum(by_key[(FP32, c.id, t)]["tokens"] == by_key[(COMPILED, c.id, t)]["tokens"]
-                                           for c in lc for t in c.tasks()) / sum(len(c.tasks()) for c in lc))
-        entry["agreement"] = agree
-        all_same += sum(M.normalize(a, lang) == M.normalize(b, lang) for a, b in zip(fp, co))
-        all_n += len(lc)
-        per_lang[lang] = entry
-
-    overall: dict[str, Any] = {s: {"bleu": _r(M.mean([e[s]["bleu"] for e in per_lang.values()])),
-                                   "rtf": _r(seconds[s] / total_duration) if total_duration > 0 else None,
-                                   "stops": _stops([r for r in records if r["system"] == s]),
-                                   "cut_by_cap": sum(e[s]["cut_by_cap"] for e in per_lang.values())}
-                               for s in systems}
-    overall["clips"] = len(clips)
-    if compiled_run:
-        overall["delta"] = {k: _r(_diff(overall[FP32][k], overall[COMPILED][k])) for k in ("bleu", "rtf")}
-        overall["agreement"] = {"exact_match": _r(all_same / all_n) if all_n else None}
-    return {"languages": per_lang, "summary": summary(per_lang, systems), "overall": overall,
-            "budget": budget(per_lang, p.max_wer_increase, p.min_verdict_clips, compiled_run),
-            "normalizer": {"en": M.ENGLISH_NORMALIZER, "other": M.BASIC_NORMALIZER}}
-
-
-def _ci(ci: dict[str, float] | None) -> dict[str, float] | None:
-    return None if ci is None else {k: _r(v) for k, v in ci.items()}
-
-
-def summary(per_lang: dict[str, Any], systems: Sequence[str]) -> dict[str, Any]:
-    """Unweighted means over languages, WER languages and CER languages apart (never one mean across both),
-    and real and synthetic speech apart; with the verdict counts of each group."""
-    out: dict[str, Any] = {}
-    for u in ("wer", "cer"):
-        for speech in SPEECH:
-            group = {k: e for k, e in per_lang.items() if e["unit"] == u and e["speech"] == speech}
-            if not group:
-                continue
-            g: dict[str, Any] = {"languages": ",".join(sorted(group)), "clips": sum(e["clips"] for e in group.values())}
-            for s in systems:
-                g[s] = _r(M.mean([e[s][u] for e in group.values()]))
-            if COMPILED in systems:
-                g["delta"] = _r(_diff(g[FP32], g[COMPILED]))
-            g["verdicts"] = dict(Counter(e["verdict"] for e in group.values()))
-            out.setdefault(u, {})[speech] = g
-    return out
-
-
-def budget(per_lang: dict[str, Any], max_increase: float, min_clips: int, compiled_run: bool) -> dict[str, Any]:
-    """The per-language verdicts as one record: counts per verdict, real and synthetic apart, the languages
-    per verdict, and the run's verdict (fail if any language fails, pass only if every language passes)."""
-    names = (*M.VERDICTS, "unscored", "not_checked")
-    counts = {speech: {v: sum(e["verdict"] == v and e["speech"] == speech for e in per_lang.values())
-                       for v in names}
-              for speech in SPEECH if speech != "unknown" or any(e["speech"] == speech for e in per_lang.values())}
-    verdicts = [e["verdict"] for e in per_lang.values()]
-    if not compiled_run:
-        overall = "not_checked"
-    elif "fail" in verdicts:
-        overall = "fail"
-    elif verdicts and all(v == "pass" for v in verdicts):
-        overall = "pass"
-    else:
-        overall = "inconclusive"
-    return {"max_wer_increase": max_increase, "min_verdict_clips": min_clips, "verdict": overall,
-            "counts": counts, **{v: ",".join(sorted(k for k, e in per_lang.items() if e["verdict"] == v))
-                                 for v in names}}
-
+# ---------------------------------------------------------------------------------------------- outputs
 
 def plot_rows(metrics: dict[str, Any]) -> tuple[list[dict], list[dict]]:
     """Rows for `dvc plots`: {language, unit, fp32, compiled} for WER/CER and for BLEU (compiled is null
@@ -290,7 +129,7 @@ def model_sizes(model_dir: Path, enc_dir: Path, dec_dir: Path) -> dict[str, int 
     models = _bytes([p for p in files if p.suffix != ".npy"])
     return {"fp32_bytes": fp32, "compiled_model_bytes": models, "embedding_table_bytes": tables,
             "compiled_bytes": models + tables,
-            "compression": _r(fp32 / (models + tables)) if models + tables else None}
+            "compression": M.rounded(fp32 / (models + tables)) if models + tables else None}
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -344,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     records = run_backend(FP32, fp32, clips, features, cfg, to_text)
     if compiled is not None:
         records += run_backend(COMPILED, compiled, clips, features, cfg, to_text)
-    metrics = score(records, clips, p, params.seed, compiled_run=compiled is not None)
+    metrics = M.score(records, clips, p, params.seed, compiled_run=compiled is not None)
     metrics["compiled_run"] = compiled_run
     # e.g. onnxruntime-dynamic / onnxruntime-static, or mxq
     metrics["backends"] = {FP32: "torch", COMPILED: (getattr(compiled, "name", None) if compiled is not None

@@ -328,14 +328,14 @@ def test_constructed_runs_give_each_verdict():
             for system, text in (("fp32", ref), ("compiled", hyp)):
                 records.append({"system": system, "id": cid, "task": "transcribe", "lang": lang, "text": text,
                                 "tokens": [len(text)], "stop": "eot", "seconds": 0.1})
-    m = ev.score(records, clips, p, seed=0)
+    m = M.score(records, clips, p, seed=0)
     assert {k: e["verdict"] for k, e in m["languages"].items()} == \
         {"de_de": "pass", "fr_fr": "fail", "it_it": "inconclusive"}
     assert m["budget"]["verdict"] == "fail" and m["budget"]["fail"] == "fr_fr"
     assert m["budget"]["counts"]["real"] == {"pass": 1, "fail": 1, "inconclusive": 1, "unscored": 0,
                                              "not_checked": 0}
     assert m["languages"]["fr_fr"]["compiled"]["substitutions"] == 150
-    assert ev.score(records, clips, p, seed=0) == m       # seeded: the same metrics twice
+    assert M.score(records, clips, p, seed=0) == m       # seeded: the same metrics twice
 
 
 # ------------------------------------------------------------------------------------------- metrics files
@@ -362,7 +362,7 @@ PARAMS = EvaluateParams(min_verdict_clips=1, bootstrap_samples=200)
 
 def test_metrics_shape_and_values():
     clips, records = synthetic_run()
-    m = ev.score(records, clips, PARAMS, seed=0)
+    m = M.score(records, clips, PARAMS, seed=0)
     de, ja = m["languages"]["de_de"], m["languages"]["ja_jp"]
     assert de["unit"] == "wer" and ja["unit"] == "cer" and de["speech"] == "synthetic"
     assert de["fp32"]["wer"] == 0.0 and de["compiled"]["wer"] == pytest.approx(0.25)
@@ -393,7 +393,7 @@ def test_metrics_shape_and_values():
 
 def test_metrics_without_a_compiled_run():
     clips, records = synthetic_run()
-    m = ev.score([r for r in records if r["system"] == "fp32"], clips, PARAMS, seed=0, compiled_run=False)
+    m = M.score([r for r in records if r["system"] == "fp32"], clips, PARAMS, seed=0, compiled_run=False)
     assert m["budget"]["verdict"] == "not_checked"
     assert {e["verdict"] for e in m["languages"].values()} == {"not_checked"}
     assert m["languages"]["de_de"]["compiled"] is None and m["languages"]["de_de"]["fp32"]["wer"] == 0.0
@@ -404,7 +404,7 @@ def test_metrics_without_a_compiled_run():
 
 def test_plot_rows_shape():
     clips, records = synthetic_run()
-    wer_rows, bleu_rows = ev.plot_rows(ev.score(records, clips, PARAMS, 0))
+    wer_rows, bleu_rows = ev.plot_rows(M.score(records, clips, PARAMS, 0))
     assert [r["language"] for r in wer_rows] == ["de_de", "ja_jp"]
     assert set(wer_rows[0]) == {"language", "unit", "fp32", "compiled"}
     assert all(isinstance(r["fp32"], float) and isinstance(r["compiled"], float) for r in wer_rows + bleu_rows)
@@ -634,7 +634,7 @@ def test_loop_matches_hf_generate_on_real_whisper(reference_model_dir, tmp_path)
 
 def write_metric_fixture(repo: Path) -> dict:
     clips, records = synthetic_run()
-    m = ev.score(records, clips, PARAMS, 0)
+    m = M.score(records, clips, PARAMS, 0)
     wer_rows, bleu_rows = ev.plot_rows(m)
     (repo / "metrics").mkdir(exist_ok=True)
     (repo / "plots").mkdir(exist_ok=True)
@@ -662,7 +662,7 @@ def test_dvc_metrics_and_plots_render(project):
     assert "de_de" in html and "compiled" in html
     # the compiled model not run here: compiled is null in every row, and the plots still render
     clips, records = synthetic_run()
-    m = ev.score([r for r in records if r["system"] == "fp32"], clips, PARAMS, 0, compiled_run=False)
+    m = M.score([r for r in records if r["system"] == "fp32"], clips, PARAMS, 0, compiled_run=False)
     wer_rows, bleu_rows = ev.plot_rows(m)
     (repo / "plots" / "wer.json").write_text(json.dumps(wer_rows))
     (repo / "plots" / "bleu.json").write_text(json.dumps(bleu_rows))
@@ -716,7 +716,7 @@ def test_report_table_lists_every_language_the_summaries_and_the_verdicts():
     from whisper_npu.report import table
 
     clips, records = synthetic_run()
-    metrics = ev.score(records, clips, PARAMS, 0)
+    metrics = M.score(records, clips, PARAMS, 0)
     metrics["backends"] = {"fp32": "torch", "compiled": "onnxruntime-dynamic"}
     text = table(metrics)
     for lang in metrics["languages"]:
