@@ -16,7 +16,8 @@ The backends:
 * ``onnxruntime`` (ort.py): ONNX export in the NPU's I/O layout (onnx_export.py), optional smoothing
   (smoothing.py), INT8 with ONNX Runtime (ort_int8.py), run by ort_runtime.py. Runs anywhere.
 
-calib_sets.py is the calibration set as every backend reads it. What the stages read back of a compile
+calib_sets.py is the calibration set as every backend reads it; torch_ref.py runs the fp32 reference through
+the same runtime protocol. What the stages read back of a compile
 output goes through this module: :func:`read_provenance`, :func:`compiled_backend_name`,
 :func:`load_compiled`.
 """
