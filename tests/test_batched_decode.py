@@ -159,3 +159,17 @@ def test_batched_equals_batch_1_on_real_english_with_whisper_base(reference_mode
     texts = [processor.tokenizer.decode(t, skip_special_tokens=True) for t, _ in single[:len(clips)]]
     assert sum(len(t.split()) >= 2 for t in texts) >= len(clips) - 1, texts   # real speech, real words
     assert json.dumps(batch)   # plain ids and strings
+
+
+def test_only_the_torch_reference_batches() -> None:
+    """The ONNX decoder is exported in the NPU's batch-1 layout and the .mxq decoder is compiled for batch 1:
+    evaluate decodes them one clip at a time."""
+    from whisper_npu.backends.mxq_runtime import MxqDecoderSession
+    from whisper_npu.backends.ort_runtime import OrtDecoderSession
+    from whisper_npu.backends.torch_ref import TorchDecoderSession
+    from whisper_npu.specs import decoder_spec
+
+    assert batched(TorchDecoderSession)
+    assert not batched(OrtDecoderSession) and not batched(MxqDecoderSession)
+    spec = decoder_spec({"d_model": 8, "max_source_positions": 1500, "vocab_size": 10, "max_target_positions": 4})
+    assert spec.inputs[0].shape[0] == 1 and spec.inputs[1].shape[0] == 1
