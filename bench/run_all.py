@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench.common import machine, machine_line
 
-BENCHES = ("calibration_throughput", "label_speed", "incremental", "memory", "compiled_models")
+BENCHES = ("calibration_throughput", "label_speed", "evaluate_speed", "incremental", "memory", "compiled_models")
 
 
 def run(argv: Sequence[str] | None = None) -> str:

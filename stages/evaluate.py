@@ -38,7 +38,7 @@ from tqdm import tqdm
 from whisper_npu import metrics as M
 from whisper_npu.audio import TRANSCRIBE, Clip, npu_features, read_clips, read_wav
 from whisper_npu.backends import CompiledNotRunnable, compiled_backend_name, load_compiled
-from whisper_npu.decode import DecodeConfig, greedy_decode, tokenizer_text
+from whisper_npu.decode import DecodeConfig, batched, greedy_decode, greedy_decode_batch, tokenizer_text
 from whisper_npu.io import StageError, atomic_output, run_stage, write_json, write_jsonl
 from whisper_npu.metrics import COMPILED, FP32
 from whisper_npu.params import EvaluateParams, load_params
@@ -50,25 +50,54 @@ log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------- decoding
 
-def run_backend(system: str, backend: Backend, clips: Sequence[Clip], features: Callable[[Clip], np.ndarray],
+def run_backend(system: str, backend: Backend, clips: Sequence[Clip], feats: Sequence[np.ndarray],
                 cfg: DecodeConfig, to_text: Callable[[list[int]], str]) -> list[dict[str, Any]]:
-    """Decode every clip with every task it has; one record per (clip, task).
+    """Decode a batch of clips (``feats[i]`` the features of ``clips[i]``) with every task each has; one
+    record per (clip, task).
 
-    ``seconds`` (kept out of the transcripts file) is encoder + decoder wall time for the transcribe task,
-    decoder time only for translate (the encoder output is reused).
+    The encoder runs per clip. A decoder that batches (:func:`whisper_npu.decode.batched`: the torch
+    reference) decodes every (clip, task) of the batch at once, the others one at a time (ONNX, NPU: batch 1).
+    ``seconds`` (kept out of the transcripts file) is the clip's encoder time for the transcribe task (the
+    encoder output is reused for translate) plus the item's decode time; in a batch, the batch's decode time
+    shared equally by its items.
     """
-    records = []
-    for clip in tqdm(clips, desc=f"decode {system}", unit="clip"):
-        feats = features(clip)
+    items, encode_seconds = [], []
+    for clip, f in zip(clips, feats):
         start = time.perf_counter()
-        states = backend.encoder(feats)
-        encode_seconds = time.perf_counter() - start
-        for task in clip.tasks():
+        states = backend.encoder(f)
+        encode_seconds.append(time.perf_counter() - start)
+        items += [(clip, states, task, cfg.prompt(clip.whisper_lang, task)) for task in clip.tasks()]
+    if batched(backend.decoder) and len(items) > 1:
+        start = time.perf_counter()
+        results = greedy_decode_batch(backend.decoder, np.concatenate([it[1] for it in items]),
+                                      [it[3] for it in items], cfg)
+        decode_seconds = [(time.perf_counter() - start) / len(items)] * len(items)
+    else:
+        results, decode_seconds = [], []
+        for _, states, _, prompt in items:
             start = time.perf_counter()
-            tokens, stop = greedy_decode(backend.decoder, states, cfg.prompt(clip.whisper_lang, task), cfg)
-            seconds = time.perf_counter() - start + (encode_seconds if task == TRANSCRIBE else 0.0)
-            records.append({"id": clip.id, "lang": clip.lang, "task": task, "system": system,
-                            "tokens": tokens, "text": to_text(tokens), "stop": stop, "seconds": seconds})
+            results.append(greedy_decode(backend.decoder, states, prompt, cfg))
+            decode_seconds.append(time.perf_counter() - start)
+    encode = {c.id: s for c, s in zip(clips, encode_seconds)}
+    return [{"id": clip.id, "lang": clip.lang, "task": task, "system": system, "tokens": tokens,
+             "text": to_text(tokens), "stop": stop,
+             "seconds": dec + (encode[clip.id] if task == TRANSCRIBE else 0.0)}
+            for (clip, _, task, _), (tokens, stop), dec in zip(items, results, decode_seconds)]
+
+
+def run_backends(backends: Sequence[tuple[str, Backend]], clips: Sequence[Clip],
+                 features: Callable[[Clip], np.ndarray], cfg: DecodeConfig,
+                 to_text: Callable[[list[int]], str], batch_size: int) -> list[dict[str, Any]]:
+    """Every system on every clip, ``batch_size`` clips at a time: only one batch's features are in memory
+    (computed once, used by every system), so memory stays flat in the number of clips."""
+    records: list[dict[str, Any]] = []
+    with tqdm(total=len(clips), desc="decode " + " + ".join(s for s, _ in backends), unit="clip") as bar:
+        for first in range(0, len(clips), batch_size):
+            chunk = clips[first:first + batch_size]
+            feats = [features(c) for c in chunk]
+            for system, backend in backends:
+                records += run_backend(system, backend, chunk, feats, cfg, to_text)
+            bar.update(len(chunk))
     return records
 
 
@@ -173,16 +202,12 @@ def main(argv: list[str] | None = None) -> None:
         log.warning("compiled model not run: %s", e)
         compiled, compiled_run = None, {"status": "not_run", "reason": str(e)}
     to_text = tokenizer_text(processor.tokenizer)
-    cache: dict[str, np.ndarray] = {}
 
     def features(clip: Clip) -> np.ndarray:
-        if clip.id not in cache:
-            cache[clip.id] = npu_features(processor.feature_extractor, read_wav(clip.audio))
-        return cache[clip.id]
+        return npu_features(processor.feature_extractor, read_wav(clip.audio))
 
-    records = run_backend(FP32, fp32, clips, features, cfg, to_text)
-    if compiled is not None:
-        records += run_backend(COMPILED, compiled, clips, features, cfg, to_text)
+    backends = [(FP32, fp32)] + ([(COMPILED, compiled)] if compiled is not None else [])
+    records = run_backends(backends, clips, features, cfg, to_text, p.batch_size)
     metrics = M.score(records, clips, p, params.seed, compiled_run=compiled is not None)
     metrics["compiled_run"] = compiled_run
     # e.g. onnxruntime-dynamic / onnxruntime-static, or mxq

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from whisper_npu.runtime import DecoderSession
+from whisper_npu.runtime import BatchDecoderSession, DecoderSession
 
 STOP_REASONS = ("eot", "max_new_tokens", "max_positions", "repetition")
 
@@ -127,6 +127,30 @@ def repeated_tail(tokens: Sequence[int], max_ngram: int, times: int) -> int:
     return 0
 
 
+def _advance(logits: np.ndarray, out: list[int], prompt_len: int, cfg: DecodeConfig) -> str | None:
+    """One greedy step of one sequence: pick the next token from ``logits``, append it to ``out`` (EOT is
+    not appended) and return the stop reason, or None to go on. Batch 1 and batched decoding share it."""
+    logits = np.asarray(logits, dtype=np.float32).reshape(-1)
+    if logits.shape[0] < cfg.vocab_size:
+        raise DecodeError(f"decoder returned {logits.shape[0]} logits, expected {cfg.vocab_size}")
+    # Some exporters pad the vocabulary; ids beyond the tokenizer are never valid.
+    logits = logits[:cfg.vocab_size]
+    mask = cfg._begin_mask if not out else cfg._mask
+    token = int(np.argmax(np.where(mask, -np.inf, logits)))
+    if token == cfg.eot:
+        return "eot"
+    out.append(token)
+    n = repeated_tail(out, cfg.repeat_max_ngram, cfg.repeat_times)
+    if n:
+        del out[len(out) - n * (cfg.repeat_times - 1):]
+        return "repetition"
+    if len(out) >= cfg.max_new_tokens:
+        return "max_new_tokens"
+    if prompt_len + len(out) >= cfg.max_target_positions:
+        return "max_positions"
+    return None
+
+
 def greedy_decode(session: DecoderSession, encoder_states: np.ndarray, prompt: Sequence[int],
                   cfg: DecodeConfig) -> tuple[list[int], str]:
     """Greedy decoding on one clip: the prompt in one step, then one token per step.
@@ -139,25 +163,51 @@ def greedy_decode(session: DecoderSession, encoder_states: np.ndarray, prompt: S
     logits = session.step(list(prompt))
     out: list[int] = []
     while True:
-        logits = np.asarray(logits, dtype=np.float32).reshape(-1)
-        if logits.shape[0] < cfg.vocab_size:
-            raise DecodeError(f"decoder returned {logits.shape[0]} logits, expected {cfg.vocab_size}")
-        # Some exporters pad the vocabulary; ids beyond the tokenizer are never valid.
-        logits = logits[:cfg.vocab_size]
-        mask = cfg._begin_mask if not out else cfg._mask
-        token = int(np.argmax(np.where(mask, -np.inf, logits)))
-        if token == cfg.eot:
-            return out, "eot"
-        out.append(token)
-        n = repeated_tail(out, cfg.repeat_max_ngram, cfg.repeat_times)
-        if n:
-            del out[len(out) - n * (cfg.repeat_times - 1):]
-            return out, "repetition"
-        if len(out) >= cfg.max_new_tokens:
-            return out, "max_new_tokens"
-        if len(prompt) + len(out) >= cfg.max_target_positions:
-            return out, "max_positions"
-        logits = session.step([token])
+        stop = _advance(logits, out, len(prompt), cfg)
+        if stop:
+            return out, stop
+        logits = session.step([out[-1]])
+
+
+def greedy_decode_batch(session: BatchDecoderSession, encoder_states: np.ndarray,
+                        prompts: Sequence[Sequence[int]], cfg: DecodeConfig) -> list[tuple[list[int], str]]:
+    """:func:`greedy_decode` on ``B`` sequences at once: row ``i`` of ``[B, 1500, d]`` encoder states with
+    ``prompts[i]`` (all of one length: every row is then at the same position at every step, so no padding
+    and no attention mask). A finished row leaves the batch (``session.select``). Same per-row tokens and stop
+    reasons as batch 1 wherever the backend's batched logits equal its batch-1 logits (tests/test_evaluate.py
+    checks it on real English speech with whisper-base)."""
+    if len({len(p) for p in prompts}) > 1:
+        raise DecodeError("greedy_decode_batch: prompts of different lengths; decode them in separate batches")
+    if len(prompts) != len(encoder_states):
+        raise DecodeError(f"greedy_decode_batch: {len(prompts)} prompts for {len(encoder_states)} encoder states")
+    if cfg._mask is None:
+        cfg = cfg.with_masks()
+    outs: list[list[int]] = [[] for _ in prompts]
+    stops: list[str] = [""] * len(prompts)
+    if not prompts:
+        return []
+    session.reset_batch(encoder_states)
+    logits = session.step_batch([list(p) for p in prompts])
+    active = list(range(len(prompts)))          # batch row -> sequence index
+    while True:
+        keep = []
+        for row, i in enumerate(active):
+            stop = _advance(logits[row], outs[i], len(prompts[i]), cfg)
+            if stop:
+                stops[i] = stop
+            else:
+                keep.append(row)
+        if not keep:
+            return list(zip(outs, stops))
+        if len(keep) < len(active):
+            session.select(keep)
+            active = [active[r] for r in keep]
+        logits = session.step_batch([[outs[i][-1]] for i in active])
+
+
+def batched(session: Any) -> bool:
+    """Whether a decoder session can decode several sequences at once (:class:`BatchDecoderSession`)."""
+    return all(callable(getattr(session, m, None)) for m in ("reset_batch", "step_batch", "select"))
 
 
 def tokenizer_text(tokenizer: Any) -> Callable[[list[int]], str]:

@@ -224,6 +224,8 @@ class EvaluateParams:
     repeat_max_ngram: int = _f(8, ge=1, doc="repetition guard: longest repeated n-gram (tokens) it looks for")
     repeat_times: int = _f(4, ge=0, doc="repetition guard: stop when an n-gram repeats this often in a row; 0 = off")
     suppress_timestamps: bool = _f(True, doc="mask timestamp tokens (HF generate does not when timestamps are off)")
+    batch_size: int = _f(8, ge=1, le=256, doc="clips decoded at once by backends that batch (the torch reference; "
+                         "ONNX and the NPU run batch 1); bounds memory")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,24 @@ class DecoderSession(Protocol):
         ...
 
 
+class BatchDecoderSession(DecoderSession, Protocol):
+    """A decoder session that also runs ``B`` sequences at once (the torch reference; not the NPU, whose
+    decoder .mxq is compiled for batch 1, nor the ONNX decoder, exported in the same batch-1 layout)."""
+
+    def reset_batch(self, encoder_states: np.ndarray) -> None:
+        """Start ``B`` new sequences on ``[B, 1500, d]`` encoder states (clears the cache)."""
+        ...
+
+    def step_batch(self, tokens: Sequence[Sequence[int]]) -> np.ndarray:
+        """Append ``tokens[i]`` (all of one length) to sequence ``i``; float32 logits ``[B, vocab]`` of the
+        last position of each."""
+        ...
+
+    def select(self, rows: Sequence[int]) -> None:
+        """Keep only these batch rows (in this order) for the next steps (finished sequences leave)."""
+        ...
+
+
 class Backend(Protocol):
     name: str
     encoder: Encoder

@@ -4,6 +4,10 @@ The decoder has no KV cache: the session keeps the token list and runs the whole
 step, returning the last position's logits. That is O(n^2) but fine for short outputs, and it is exactly
 the full-sequence form the decoder was calibrated on. Embeddings are computed here on the CPU as the NPU
 runtime does (token row + position row, positions from 0), from the tables compile saved beside the model.
+
+Batch 1 by design: the ONNX files are exported in the NPU's I/O layout (whisper_npu/specs.py: batch fixed at 1,
+only the sequence length dynamic), the graph the INT8 quantizer and the .mxq compiler see, so the evaluate stage
+decodes them one clip at a time (``evaluate.batch_size`` batches the torch reference only).
 """
 from __future__ import annotations
 

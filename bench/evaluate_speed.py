@@ -1,0 +1,112 @@
+"""The evaluate stage's fp32 reference decode: batched across clips (``evaluate.batch_size``) vs batch 1.
+
+    python -m bench.evaluate_speed                   # 16 real English clips, whisper-base, batch 8 vs 1, 3 repeats
+    python -m bench.evaluate_speed --clips 24 --batch-size 16
+    python -m bench.evaluate_speed --quick           # tiny random Whisper, synthetic clips: code path only
+
+Both sides run ``stages.evaluate.run_backends`` (the stage's own loop: features per batch, encoder per clip,
+then the greedy decode of every (clip, task)) on the same clips in one process, alternating which goes first,
+medians of the repeats; model loading is outside the timings. Only the torch reference batches: the ONNX and
+.mxq decoders run batch 1 either way, so they are left out (their time is the same on both sides). The table
+also says whether both sides gave the same tokens and stop reasons for every clip.
+
+Real speech: Debian's Asterisk prompts (bench/label_speed.py's ``asterisk_english``); English clips have the
+transcribe task only.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.common import Table, command, machine, machine_line, median, print_tables, reference_model, synth_audio, \
+    timed
+
+MODULE = "bench.evaluate_speed"
+
+
+def _clips(args: argparse.Namespace, work: Path) -> list:
+    """Evaluation clips: real English (Asterisk) or, with --quick, synthetic German (both tasks)."""
+    from bench.label_speed import asterisk_english, write_audio_dir
+    from whisper_npu.audio import Clip, read_clips
+
+    if args.quick:
+        root = synth_audio(work, ["de_de"], 1, args.clips)
+        return read_clips(root, ["de_de"], "evaluation")
+    audio_dir = write_audio_dir(work / "audio" / "en_us", "en_us", asterisk_english(args.clips, 2.0, 30.0))
+    from whisper_npu.io import read_jsonl
+
+    return [Clip(r["id"], "en_us", audio_dir / r["file"], float(r["duration"]), None, None, "asterisk")
+            for r in sorted(read_jsonl(audio_dir / "manifest.jsonl"), key=lambda r: r["id"])]
+
+
+def run(argv: Sequence[str] | None = None) -> list[Table]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clips", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: params.yaml evaluate.batch_size")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="tiny random Whisper, 3 synthetic clips, 1 repeat")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.clips, args.repeats = 3, 1
+
+    from stages import evaluate as ev
+    from whisper_npu.backends.torch_ref import load_torch_backend
+    from whisper_npu.audio import npu_features, read_wav
+    from whisper_npu.decode import tokenizer_text
+    from whisper_npu.metrics import FP32
+    from whisper_npu.params import load_params
+
+    m = machine()
+    p = load_params(Path(__file__).resolve().parents[1] / "params.yaml").evaluate
+    batch = args.batch_size or p.batch_size
+    with tempfile.TemporaryDirectory(prefix="bench-evaluate-") as tmp:
+        work = Path(tmp)
+        clips = _clips(args, work)
+        backend, processor = load_torch_backend(reference_model("tiny" if args.quick else "base", work))
+        cfg = ev.decode_config(backend.model, p)
+        to_text = tokenizer_text(processor.tokenizer)
+
+        def features(clip):
+            return npu_features(processor.feature_extractor, read_wav(clip.audio))
+
+        def decode(bs: int, subset: Sequence = clips) -> list[dict]:
+            return ev.run_backends([(FP32, backend)], subset, features, cfg, to_text, bs)
+
+        decode(batch, clips[:2])   # warm-up (allocator, thread pools)
+        seconds: dict[int, list[float]] = {1: [], batch: []}
+        outputs: dict[int, list[dict]] = {}
+        for r in range(args.repeats):
+            for bs in ((1, batch) if r % 2 == 0 else (batch, 1)):
+                recs, s = timed(lambda: decode(bs))
+                seconds[bs].append(s)
+                outputs[bs] = [(x["id"], x["task"], x["tokens"], x["stop"]) for x in recs]
+    same = sum(a == b for a, b in zip(sorted(outputs[1]), sorted(outputs[batch])))
+    audio_s = sum(c.duration for c in clips)
+    items = len(outputs[1])
+    name = "tiny random Whisper, code path only" if args.quick else "whisper-base, real English (Asterisk)"
+    t = Table(f"Evaluate stage, fp32 reference: batched decode vs batch 1 ({name})",
+              ["decode", "clips (audio)", "median s", "runs (s)", "clips/s", "speed-up", "same tokens + stops"],
+              command=command(MODULE, argv))
+    base = median(seconds[1])
+    for bs in (1, batch):
+        t.add(f"batch {bs}", f"{len(clips)} ({audio_s:.0f} s)", median(seconds[bs]),
+              " ".join(f"{s:.1f}" for s in seconds[bs]), len(clips) / median(seconds[bs]),
+              f"{base / median(seconds[bs]):.2f}x", f"{same}/{items}")
+    t.notes += [f"Machine: {machine_line(m, __import__('os').getloadavg()[0])}",
+                "stages.evaluate.run_backends on the torch fp32 reference (features, encoder per clip, greedy decode "
+                f"of each (clip, task), params.yaml's evaluate options: max_new_tokens {p.max_new_tokens}, repetition "
+                f"guard {p.repeat_max_ngram}/{p.repeat_times}); model load outside the timings; alternating order, "
+                f"median of {args.repeats}; the ONNX / .mxq decoders run batch 1 on both sides and are left out"]
+    return [t]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    print_tables(run, argv)
+
+
+if __name__ == "__main__":
+    main()
