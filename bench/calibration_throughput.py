@@ -59,6 +59,7 @@ def tutorial_calibration(model: Any, processor: Any, clips: Sequence[Any], out_d
     """
     import torch
 
+    from whisper_npu import audio as A
     from whisper_npu import calibration as cal
 
     rng = random.Random(seed)
@@ -71,14 +72,14 @@ def tutorial_calibration(model: Any, processor: Any, clips: Sequence[Any], out_d
 
     # create_encoder_calibration_data: features per file, transposed to [1, 3000, 80], saved.
     for i, clip in enumerate(clips):
-        feats = processor(cal.load_audio(clip.audio), sampling_rate=cal.SAMPLE_RATE, return_tensors="pt").input_features
+        feats = processor(A.read_wav(clip.audio), sampling_rate=A.SAMPLE_RATE, return_tensors="pt").input_features
         np.save(enc_dir / f"encoder_calib_{i:04d}.npy", np.ascontiguousarray(feats.transpose(1, 2).numpy()))
 
     # create_decoder_calibration_data: per file, encoder states + two generate calls.
     generated = 0
     for i, clip in enumerate(clips):
         lang = clip.whisper_lang
-        feats = processor(cal.load_audio(clip.audio), sampling_rate=cal.SAMPLE_RATE, return_tensors="pt").input_features
+        feats = processor(A.read_wav(clip.audio), sampling_rate=A.SAMPLE_RATE, return_tensors="pt").input_features
         with torch.inference_mode():
             states = model.model.encoder(feats).last_hidden_state
             tr_ids = model.generate(feats, language=lang, task="transcribe", **gen_kwargs)
@@ -135,12 +136,13 @@ def bound_parts(model: Any, processor: Any, clips: Sequence[Any], cp: Any, seed:
     import torch
 
     from stages import calibrate_decoder as dec_stage
+    from whisper_npu import audio as A
     from whisper_npu import calibration as cal
 
     samples = dec_stage.plan_samples(clips, cal.task_mix(clips, cp.translate_ratio, seed), "generated")
     feats_s, encoder_s, generate_s = 0.0, [], 0.0
     for batch in dec_stage.batches(samples, cp.batch_size):
-        feats, seconds = timed(lambda: [cal.npu_features(processor.feature_extractor, dec_stage._audio(s))
+        feats, seconds = timed(lambda: [A.npu_features(processor.feature_extractor, dec_stage._audio(s))
                                         for s in batch])
         feats_s += seconds
         states = []
@@ -238,7 +240,7 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
 
     import torch
 
-    from whisper_npu import calibration as cal
+    from whisper_npu import audio as A
     from whisper_npu.model_store import load_hf
     from whisper_npu.params import load_params
 
@@ -251,7 +253,7 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         audio = synth_audio(workdir, args.languages, per_lang)
-        clips = cal.select_clips(audio, args.languages, per_lang)[: args.clips]
+        clips = A.read_clips(audio, args.languages, "calibration", per_lang)[: args.clips]
         model, processor = load_hf(reference_model(args.model, workdir))
         results = measure(model, processor, clips, cp, args.repeats, workdir, args.baseline_max_new_tokens)
     name = "whisper-base" if args.model == "base" else "tiny random Whisper, code path only"

@@ -82,7 +82,7 @@ def calibration_sets(model: Any, processor: Any, clips: Sequence[Any], out: Path
 def export_fp32(model: Any, out: Path, opset: int, stem: str) -> tuple[Path, Path]:
     """ONNX fp32 encoder and decoder folders that ``load_ort_backend`` reads (minimal provenance.json)."""
     from whisper_npu.backends import onnx_export
-    from whisper_npu.backends.ort_runtime import EMBED_POSITIONS, EMBED_TOKENS, PROVENANCE
+    from whisper_npu.backends import EMBED_POSITIONS, EMBED_TOKENS, PROVENANCE
     from whisper_npu.io import write_json
     from whisper_npu.specs import component_spec
 
@@ -226,10 +226,11 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
     import torch
 
     from stages import toolchain
-    from stages.evaluate import decode_config, evaluation_clips
-    from whisper_npu.backends.ort_runtime import artifact, load_ort_backend
+    from stages.evaluate import decode_config
+    from whisper_npu.backends import artifact
+    from whisper_npu.backends.ort_runtime import load_ort_backend
     from whisper_npu.backends.torch_ref import TorchBackend
-    from whisper_npu.calibration import load_audio, npu_features, select_clips
+    from whisper_npu.audio import npu_features, read_clips, read_wav
     from whisper_npu.decode import tokenizer_text
     from whisper_npu.model_store import hf_dir, load_hf
     from whisper_npu.params import load_params
@@ -252,11 +253,11 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
         params = load_params(write_params(workdir / "params.yaml", base))
         audio = synth_audio(workdir, args.languages, args.calib_per_language, args.eval_per_language)
         model, processor = load_hf(store)
-        calib = calibration_sets(model, processor, select_clips(audio, args.languages, args.calib_per_language),
+        calib = calibration_sets(model, processor, read_clips(audio, args.languages, "calibration", args.calib_per_language),
                                  workdir / "calibration", params)
         toolchain.main(["--out", str(workdir / "toolchain.json")])
-        clips = evaluation_clips(audio, args.languages)
-        features = [npu_features(processor.feature_extractor, load_audio(c.audio)) for c in clips]
+        clips = read_clips(audio, args.languages, "evaluation")
+        features = [npu_features(processor.feature_extractor, read_wav(c.audio)) for c in clips]
         langs = [c.whisper_lang for c in clips]
         duration = sum(c.duration for c in clips)
         cfg = decode_config(model, params.evaluate)

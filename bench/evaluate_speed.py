@@ -28,17 +28,17 @@ MODULE = "bench.evaluate_speed"
 
 
 def _clips(args: argparse.Namespace, work: Path) -> list:
-    """EvalClips: real English (Asterisk) or, with --quick, synthetic German (both tasks)."""
+    """Evaluation clips: real English (Asterisk) or, with --quick, synthetic German (both tasks)."""
     from bench.label_speed import asterisk_english, write_audio_dir
-    from stages import evaluate as ev
+    from whisper_npu.audio import Clip, read_clips
 
     if args.quick:
         root = synth_audio(work, ["de_de"], 1, args.clips)
-        return ev.evaluation_clips(root, ["de_de"])
+        return read_clips(root, ["de_de"], "evaluation")
     audio_dir = write_audio_dir(work / "audio" / "en_us", "en_us", asterisk_english(args.clips, 2.0, 30.0))
     from whisper_npu.io import read_jsonl
 
-    return [ev.EvalClip(r["id"], "en_us", audio_dir / r["file"], float(r["duration"]), None, None, "asterisk")
+    return [Clip(r["id"], "en_us", audio_dir / r["file"], float(r["duration"]), None, None, "asterisk")
             for r in sorted(read_jsonl(audio_dir / "manifest.jsonl"), key=lambda r: r["id"])]
 
 
@@ -55,8 +55,9 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
 
     from stages import evaluate as ev
     from whisper_npu.backends.torch_ref import load_torch_backend
-    from whisper_npu.calibration import load_audio, npu_features
+    from whisper_npu.audio import npu_features, read_wav
     from whisper_npu.decode import tokenizer_text
+    from whisper_npu.metrics import FP32
     from whisper_npu.params import load_params
 
     m = machine()
@@ -70,10 +71,10 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
         to_text = tokenizer_text(processor.tokenizer)
 
         def features(clip):
-            return npu_features(processor.feature_extractor, load_audio(clip.audio))
+            return npu_features(processor.feature_extractor, read_wav(clip.audio))
 
         def decode(bs: int, subset: Sequence = clips) -> list[dict]:
-            return ev.run_backends([(ev.FP32, backend)], subset, features, cfg, to_text, bs)
+            return ev.run_backends([(FP32, backend)], subset, features, cfg, to_text, bs)
 
         decode(batch, clips[:2])   # warm-up (allocator, thread pools)
         seconds: dict[int, list[float]] = {1: [], batch: []}

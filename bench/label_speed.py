@@ -97,7 +97,8 @@ def baseline(argv: Sequence[str]) -> None:
     from whisper_npu import languages as langs
     from whisper_npu.audio import read_wav
     from whisper_npu.io import read_jsonl, write_jsonl
-    from whisper_npu.labeler import clip_seed, label_clip, load_labeler
+    from whisper_npu.labeler import label_clip, load_labeler
+    from whisper_npu.seeds import clip_seed
     from whisper_npu.params import load_params
 
     params = load_params(args.params)

@@ -175,6 +175,7 @@ def memory(args: Any, argv: Sequence[str], work: Path, audio: Path, langs: list[
     from stages import calibrate_decoder as dec_stage
     from stages import calibrate_encoder as enc_stage
     from stages import toolchain
+    from whisper_npu import audio as A
     from whisper_npu import calibration as cal
     from whisper_npu.model_store import load_hf
     from whisper_npu.params import load_params
@@ -185,7 +186,7 @@ def memory(args: Any, argv: Sequence[str], work: Path, audio: Path, langs: list[
     params["compile"]["onnxruntime"].update(VARIANTS[args.variants[0]])
     params["compile"]["onnxruntime"]["calibration_samples"] = args.quantizer_samples or len(langs) * args.calib
     pp = load_params(write_params(work / "params-memory.yaml", params))
-    clips = cal.select_clips(audio, langs, args.calib)
+    clips = A.read_clips(audio, langs, "calibration", args.calib)
     calib = work / "calibration" / f"memory-{len(langs)}x{args.calib}"
     if not (calib / "done").is_file():
         model, processor = load_hf(store)
@@ -246,9 +247,10 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
 
     from bench.compiled_models import calibration_sets, compile_mode
     from stages import toolchain
-    from stages.evaluate import EvalClip, decode_config
-    from whisper_npu import calibration as cal
-    from whisper_npu.backends.ort_runtime import artifact, load_ort_backend
+    from stages.evaluate import decode_config
+    from whisper_npu import audio as A
+    from whisper_npu.backends import artifact
+    from whisper_npu.backends.ort_runtime import load_ort_backend
     from whisper_npu.backends.torch_ref import TorchBackend
     from whisper_npu.decode import tokenizer_text
     from whisper_npu.io import read_json, read_jsonl
@@ -277,9 +279,9 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
         for r in read_jsonl(audio / lang / "manifest.jsonl"):
             path = audio / lang / r["file"]
             if r["split"] == "calibration":
-                calib_clips.append(cal.Clip(r["id"], lang, path, r["text"]))
+                calib_clips.append(A.Clip(r["id"], lang, path, r["duration"], r["text"]))
             else:
-                eval_clips.append(EvalClip(r["id"], lang, path, r["duration"], r["text"], None))
+                eval_clips.append(A.Clip(r["id"], lang, path, r["duration"], r["text"], None))
     calib_dir = work / "calibration" / tag
     if not (calib_dir / "done").is_file():
         calibration_sets(model, processor, calib_clips, calib_dir, params)
@@ -288,7 +290,7 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
     if not (work / "toolchain.json").is_file():
         toolchain.main(["--out", str(work / "toolchain.json")])
 
-    features = {c.id: cal.npu_features(processor.feature_extractor, cal.load_audio(c.audio)) for c in eval_clips}
+    features = {c.id: A.npu_features(processor.feature_extractor, A.read_wav(c.audio)) for c in eval_clips}
     cfg = decode_config(model, params.evaluate)
     to_text = tokenizer_text(processor.tokenizer)
     (work / "decodes").mkdir(exist_ok=True)

@@ -25,7 +25,8 @@ from tqdm import tqdm
 from whisper_npu import audio as A
 from whisper_npu.io import StageError, atomic_output, run_stage, write_json, write_jsonl
 from whisper_npu.params import AudioParams, load_params
-from whisper_npu.sources import SourceClip, get_clips, lang_seed
+from whisper_npu.seeds import lang_rng
+from whisper_npu.sources import SourceClip, get_clips
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def split(groups: list[int], eval_clips: int, seed: int, lang: str) -> set[int]:
     if len(unique) <= eval_clips:
         raise StageError(f"audio@{lang}: only {len(unique)} usable clips, audio.eval_clips = {eval_clips} "
                          "would leave none for calibration; lower audio.eval_clips or raise audio.clips")
-    rng = np.random.default_rng(lang_seed(seed, lang, "split"))
+    rng = lang_rng(seed, lang, "split")
     return {unique[int(i)] for i in rng.choice(len(unique), size=eval_clips, replace=False)}
 
 

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from whisper_npu import audio as A
 from whisper_npu import calibration as cal
 from whisper_npu import specs
 from whisper_npu.io import StageError, atomic_output, read_jsonl, run_stage, write_json
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Sample:
-    clip: cal.Clip
+    clip: A.Clip
     task: str
     text: str | None = None   # None: generate it
     fraction: float = 1.0     # the first ``fraction`` of the clip's audio
@@ -75,20 +76,20 @@ def read_labels(labels_dir: Path, languages: Sequence[str]) -> dict[str, dict]:
     return rows
 
 
-def _reference_text(clip: cal.Clip, task: str) -> str:
-    if task == cal.TRANSCRIBE:
-        text = clip.text
+def _reference_text(clip: A.Clip, task: str) -> str:
+    if task == A.TRANSCRIBE:
+        text = clip.text or ""
     else:
         # English audio: the transcription is its own English translation.
-        text = clip.text_en or (clip.text if clip.lang.startswith("en_") else "")
+        text = clip.text_en or (clip.text if clip.lang.startswith("en_") else "") or ""
     if not text.strip():
-        field = "text" if task == cal.TRANSCRIBE else "text_en"
+        field = "text" if task == A.TRANSCRIBE else "text_en"
         raise StageError(f"{clip.id}: no reference {field} in the audio manifest for the {task} task; use "
                          "calibration.text_source = generated or labels")
     return text
 
 
-def plan_samples(clips: Sequence[cal.Clip], tasks: dict[str, str], text_source: str,
+def plan_samples(clips: Sequence[A.Clip], tasks: dict[str, str], text_source: str,
                  labels: dict[str, dict] | None = None, fraction: float = 1.0) -> list[Sample]:
     """One sample per clip with its task and, unless the text is generated, its text."""
     samples = []
@@ -101,12 +102,12 @@ def plan_samples(clips: Sequence[cal.Clip], tasks: dict[str, str], text_source: 
             row = (labels or {}).get(clip.id)
             if row is None:
                 raise StageError(f"{clip.id}: no label row in data/labels/{clip.lang}.jsonl; rerun the label stage")
-            text = row["translation" if task == cal.TRANSLATE else "transcription"] or ""
+            text = row["translation" if task == A.TRANSLATE else "transcription"] or ""
         samples.append(Sample(clip, task, text, fraction))
     return samples
 
 
-def plan_recipe(clips: Sequence[cal.Clip], cp: CalibrationParams, seed: int,
+def plan_recipe(clips: Sequence[A.Clip], cp: CalibrationParams, seed: int,
                 labels: dict[str, dict] | None = None) -> list[Sample]:
     """Every clip once per ``calibration.prefix_fractions`` entry, the task mix drawn exactly per fraction
     (the newest tutorial recipe: 5 prefixes, 20 % translate each; the seed: the whole clip once)."""
@@ -151,7 +152,7 @@ def _generate(model: Any, states: Any, lang: str, task: str, max_new_tokens: int
 
 
 def _audio(s: Sample) -> np.ndarray:
-    audio = cal.load_audio(s.clip.audio)
+    audio = A.read_wav(s.clip.audio)
     return audio if s.fraction == 1.0 else audio[: max(1, int(len(audio) * s.fraction))]
 
 
@@ -170,7 +171,7 @@ def build_decoder_set(model: Any, processor: Any, samples: Sequence[Sample], out
     bar = tqdm(total=len(samples), desc="decoder calibration", unit="clip")
     for batch in batches(samples, batch_size):
         lang, task = batch[0].clip.whisper_lang, batch[0].task
-        feats = np.concatenate([cal.npu_features(processor.feature_extractor, _audio(s)) for s in batch])
+        feats = np.concatenate([A.npu_features(processor.feature_extractor, _audio(s)) for s in batch])
         for s, f in zip(batch, feats):  # a corrupt clip fails here, named, not after generating its text
             if not np.isfinite(f).all():
                 raise StageError(f"{s.clip.audio}: log-mel features contain NaN or inf values; the clip is "
@@ -200,7 +201,7 @@ def build_decoder_set(model: Any, processor: Any, samples: Sequence[Sample], out
             rows.append({
                 "clip_id": s.clip.id, **({} if s.fraction == 1.0 else {"audio_fraction": s.fraction}),
                 "language": s.clip.lang, "source_language": s.clip.whisper_lang,
-                "task": s.task, "task_type": cal.TASK_TYPES[s.task], "use_translation": s.task == cal.TRANSLATE,
+                "task": s.task, "task_type": cal.TASK_TYPES[s.task], "use_translation": s.task == A.TRANSLATE,
                 "text_source": text_source, "tokens": ids, "length": len(ids), "truncated": truncated,
                 "decoded_tokens": tokenizer.decode(ids, skip_special_tokens=False),
                 "decoder_hidden_states": f"{s.folder}/{cal.DECODER_STATES}",
@@ -214,7 +215,7 @@ def build_decoder_set(model: Any, processor: Any, samples: Sequence[Sample], out
 def task_counts(rows: Sequence[dict]) -> dict:
     """The DVC metric: samples, translate/transcribe counts and mean length, overall and per language."""
     def summary(rs: Sequence[dict]) -> dict:
-        n_tr = sum(r["task"] == cal.TRANSLATE for r in rs)
+        n_tr = sum(r["task"] == A.TRANSLATE for r in rs)
         return {"samples": len(rs), "translate": n_tr, "transcribe": len(rs) - n_tr,
                 "mean_length": round(float(np.mean([r["length"] for r in rs])), 2) if rs else 0.0}
     per_lang = {lang: summary([r for r in rows if r["language"] == lang])
@@ -259,13 +260,13 @@ def main(argv: list[str] | None = None) -> None:
 
     params = load_params(args.params)
     cp = params.calibration
-    clips = cal.select_clips(args.audio, params.languages, cp.samples_per_language)
+    clips = A.read_clips(args.audio, params.languages, "calibration", cp.samples_per_language)
     labels = read_labels(args.labels, params.languages) if cp.text_source == "labels" else None
     samples = plan_recipe(clips, cp, params.seed, labels)
     torch.manual_seed(params.seed)
     model, processor = load_hf(args.model)
     log.info("decoder set: %d clips, %d translate, text from %s", len(samples),
-             sum(s.task == cal.TRANSLATE for s in samples), cp.text_source)
+             sum(s.task == A.TRANSLATE for s in samples), cp.text_source)
     skipped: list[dict] = []
     with atomic_output(args.out) as tmp:
         rows = write_decoder_set(model, processor, samples, tmp, cp, params.seed, skipped)

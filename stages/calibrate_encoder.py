@@ -1,7 +1,8 @@
 """Encoder calibration set: the tutorial's ``whisper_encoder_cali.txt`` and one log-mel ``.npy`` per clip.
 
 Per calibration clip (the first ``calibration.samples_per_language`` of each language in params, sorted by
-id) the HF log-mel features transposed to ``[1, 3000, 80]`` float32 (frames x bins), saved as
+id) the HF log-mel features transposed to ``[1, 3000, 80]`` float32 (frames x bins; whisper_npu/audio.py's
+``npu_features``, the same features the evaluate stage feeds the encoder), saved as
 ``encoder_calib_<clip id>.npy`` (named by clip id, not by a running index, so adding a language does not
 rename the others' files). The list holds paths relative to itself (the tutorial wrote absolute paths);
 the compile stage resolves them (whisper_npu/calibration.py).
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from whisper_npu import audio as A
 from whisper_npu import calibration as cal
 from whisper_npu import specs
 from whisper_npu.io import StageError, atomic_output, run_stage
@@ -28,17 +30,17 @@ from whisper_npu.params import load_params
 log = logging.getLogger(__name__)
 
 
-def file_name(clip: cal.Clip) -> str:
+def file_name(clip: A.Clip) -> str:
     return f"encoder_calib_{clip.id}.npy"
 
 
-def build_encoder_set(clips: list[cal.Clip], feature_extractor: Any, config: Any, out_dir: Path) -> list[str]:
+def build_encoder_set(clips: list[A.Clip], feature_extractor: Any, config: Any, out_dir: Path) -> list[str]:
     """Write one features ``.npy`` per clip and the list file into ``out_dir``; return the file names."""
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = specs.encoder_spec(config).inputs[0]
     names = []
     for clip in tqdm(clips, desc="encoder calibration", unit="clip"):
-        feats = cal.npu_features(feature_extractor, cal.load_audio(clip.audio))
+        feats = A.npu_features(feature_extractor, A.read_wav(clip.audio))
         try:
             spec.check(feats, where=clip.id)
         except specs.SpecError as e:
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
-    clips = cal.select_clips(args.audio, params.languages, params.calibration.samples_per_language)
+    clips = A.read_clips(args.audio, params.languages, "calibration", params.calibration.samples_per_language)
     fe = load_feature_extractor(args.feature_config)
     config = load_config(args.model_config)
     log.info("encoder set: %d clips from %d languages", len(clips), len(params.languages))

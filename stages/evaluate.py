@@ -3,7 +3,7 @@
 Runs the fp32 reference (HF Whisper in torch) and the compiled model (the compile stage's backend:
 ONNX Runtime INT8 here, the .mxq files on a Mobilint NPU host) through one greedy decode loop
 (whisper_npu/decode.py) on the evaluation clips of the listed languages (never the calibration clips),
-and scores them (whisper_npu/metrics.py):
+and scores them (whisper_npu/metrics.py, ``score``):
 
 * transcribe: WER (CER for zh/ja/th) against the reference text, with jiwer's substitutions, deletions and
   insertions per language and system; compared without diacritics where the source's transcripts have none;
@@ -28,88 +28,29 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from whisper_npu import languages as langs
 from whisper_npu import metrics as M
+from whisper_npu.audio import TRANSCRIBE, Clip, npu_features, read_clips, read_wav
 from whisper_npu.backends import CompiledNotRunnable, compiled_backend_name, load_compiled
-from whisper_npu.decode import (STOP_REASONS, DecodeConfig, batched, greedy_decode, greedy_decode_batch,
-                                tokenizer_text)
-from whisper_npu.io import StageError, atomic_output, read_jsonl, run_stage, write_json, write_jsonl
+from whisper_npu.decode import DecodeConfig, batched, greedy_decode, greedy_decode_batch, tokenizer_text
+from whisper_npu.io import StageError, atomic_output, run_stage, write_json, write_jsonl
+from whisper_npu.metrics import COMPILED, FP32
 from whisper_npu.params import EvaluateParams, load_params
 from whisper_npu.runtime import Backend
 
 log = logging.getLogger(__name__)
 
-FP32, COMPILED = "fp32", "compiled"
-SYSTEMS = (FP32, COMPILED)
-TRANSCRIBE, TRANSLATE = "transcribe", "translate"
-
-
-# ---------------------------------------------------------------------------------------------- clips
-
-@dataclass(frozen=True)
-class EvalClip:
-    id: str
-    lang: str                 # FLEURS code
-    audio: Path
-    duration: float           # seconds
-    text: str | None          # reference transcription
-    text_en: str | None       # English reference
-    kind: str = "unknown"     # the audio source (synth, asterisk, fleurs, local): synthetic or real speech
-    diacritics: bool = True   # False: the source's transcripts carry none, so scoring compares without them
-
-    @property
-    def whisper_lang(self) -> str:
-        return langs.get(self.lang).whisper
-
-    def tasks(self) -> list[str]:
-        """transcribe always (agreement and speed need no reference); translate when there is an English
-        reference and the source is not English (X -> en, as in the Whisper paper)."""
-        if self.text_en and self.whisper_lang != "en":
-            return [TRANSCRIBE, TRANSLATE]
-        return [TRANSCRIBE]
-
-
-def evaluation_clips(audio_root: str | Path, languages: Sequence[str]) -> list[EvalClip]:
-    """The ``split == "evaluation"`` clips of exactly the listed languages, sorted by (language, id).
-
-    Reads ``<audio_root>/<lang>/manifest.jsonl`` (never globs): a language without a manifest or without
-    evaluation clips is an error naming what to run or change.
-    """
-    audio_root = Path(audio_root)
-    clips: list[EvalClip] = []
-    for lang in sorted(languages):
-        manifest = audio_root / lang / "manifest.jsonl"
-        if not manifest.is_file():
-            raise StageError(f"{manifest}: missing; language {lang!r} is in params `languages` but has no audio "
-                             f"(run `dvc repro audio@{lang}`)")
-        rows = sorted((r for r in read_jsonl(manifest) if r.get("split") == "evaluation"), key=lambda r: r["id"])
-        if not rows:
-            raise StageError(f"{manifest}: no clips with split == 'evaluation' for {lang!r}; set audio.eval_clips >= 1")
-        for r in rows:
-            if r.get("lang", lang) != lang:
-                raise StageError(f"{manifest}: clip {r.get('id')!r} has lang {r.get('lang')!r}, expected {lang!r}")
-            path = audio_root / lang / r["file"]
-            if not path.is_file():
-                raise StageError(f"{path}: listed in {manifest} but missing (rerun `dvc repro audio@{lang}`)")
-            src = r.get("source") if isinstance(r.get("source"), dict) else {}
-            clips.append(EvalClip(r["id"], lang, path, float(r["duration"]), r.get("text") or None,
-                                  r.get("text_en") or None, str(src.get("kind", "unknown")),
-                                  bool(src.get("diacritics", True))))
-    return clips
 
 
 # ---------------------------------------------------------------------------------------------- decoding
 
-def run_backend(system: str, backend: Backend, clips: Sequence[EvalClip], feats: Sequence[np.ndarray],
+def run_backend(system: str, backend: Backend, clips: Sequence[Clip], feats: Sequence[np.ndarray],
                 cfg: DecodeConfig, to_text: Callable[[list[int]], str]) -> list[dict[str, Any]]:
     """Decode a batch of clips (``feats[i]`` the features of ``clips[i]``) with every task each has; one
     record per (clip, task).
@@ -144,8 +85,8 @@ def run_backend(system: str, backend: Backend, clips: Sequence[EvalClip], feats:
             for (clip, _, task, _), (tokens, stop), dec in zip(items, results, decode_seconds)]
 
 
-def run_backends(backends: Sequence[tuple[str, Backend]], clips: Sequence[EvalClip],
-                 features: Callable[[EvalClip], np.ndarray], cfg: DecodeConfig,
+def run_backends(backends: Sequence[tuple[str, Backend]], clips: Sequence[Clip],
+                 features: Callable[[Clip], np.ndarray], cfg: DecodeConfig,
                  to_text: Callable[[list[int]], str], batch_size: int) -> list[dict[str, Any]]:
     """Every system on every clip, ``batch_size`` clips at a time: only one batch's features are in memory
     (computed once, used by every system), so memory stays flat in the number of clips."""
@@ -160,165 +101,7 @@ def run_backends(backends: Sequence[tuple[str, Backend]], clips: Sequence[EvalCl
     return records
 
 
-# ---------------------------------------------------------------------------------------------- scoring
-
-def _r(x: float | None) -> float | None:
-    # Rounded so that metrics files do not churn on float noise.
-    return None if x is None else round(float(x), 6)
-
-
-def _diff(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else b - a
-
-
-SPEECH = ("real", "synthetic", "unknown")
-REAL_SOURCES = ("asterisk", "fleurs", "local")   # recorded speech; synth is espeak-ng
-
-
-def speech_kind(sources: Sequence[str]) -> str:
-    """real (recorded), synthetic (espeak-ng) or unknown (a manifest without a source kind, or a mix)."""
-    if sources and all(k in REAL_SOURCES for k in sources):
-        return "real"
-    if sources and all(k == "synth" for k in sources):
-        return "synthetic"
-    return "unknown"
-
-
-def _stops(records: Sequence[dict]) -> dict[str, int]:
-    counts = Counter(r["stop"] for r in records)
-    return {k: counts.get(k, 0) for k in STOP_REASONS}
-
-
-def _system_entry(lang: str, u: str, recs: Sequence[dict], scored: Sequence[EvalClip],
-                  translated: Sequence[EvalClip], hyp: dict, duration: float) -> tuple[dict, list[M.ErrorCount]]:
-    per_clip = [M.clip_errors(c.text, hyp[(c.id, TRANSCRIBE)], lang, c.diacritics) for c in scored]
-    total = sum(per_clip, M.ZERO)
-    secs = sum(r["seconds"] for r in recs if r["task"] == TRANSCRIBE)
-    stops = _stops(recs)
-    entry = {u: _r(total.rate), "substitutions": total.substitutions, "deletions": total.deletions,
-             "insertions": total.insertions, "reference_units": total.ref_units,
-             "bleu": _r(M.bleu([hyp[(c.id, TRANSLATE)] for c in translated], [c.text_en for c in translated])),
-             "rtf": _r(secs / duration) if duration > 0 else None,
-             # outputs cut by the token cap (max_new_tokens, or the decoder's position limit)
-             "stops": stops, "cut_by_cap": stops["max_new_tokens"] + stops["max_positions"]}
-    return entry, per_clip
-
-
-def score(records: Sequence[dict], clips: Sequence[EvalClip], p: EvaluateParams, seed: int,
-          compiled_run: bool = True) -> dict[str, Any]:
-    """Per-language metrics with S/D/I, stop counts, bootstrap intervals and verdicts; summaries per unit
-    (WER and CER apart) and per kind of speech (real and synthetic apart). With ``compiled_run`` False
-    (the compiled model cannot run here) only fp32 is scored and every verdict is ``not_checked``."""
-    systems = SYSTEMS if compiled_run else (FP32,)
-    by_key = {(r["system"], r["id"], r["task"]): r for r in records}
-    per_lang: dict[str, Any] = {}
-    all_same = all_n = 0
-    seconds = {s: 0.0 for s in SYSTEMS}
-    total_duration = 0.0
-    for lang in sorted({c.lang for c in clips}):
-        lc = [c for c in clips if c.lang == lang]
-        u = M.unit(lang)
-        scored = [c for c in lc if c.text]
-        translated = [c for c in lc if TRANSLATE in c.tasks()]
-        kinds = sorted({c.kind for c in lc})
-        entry: dict[str, Any] = {
-            "unit": u, "clips": len(lc), "scored_clips": len(scored), "translated_clips": len(translated),
-            "speech": speech_kind(kinds), "source": ",".join(kinds),
-            "diacritics": ("compared without diacritics (the source's transcripts carry none)"
-                           if any(not c.diacritics for c in lc) else "compared as written")}
-        duration = sum(c.duration for c in lc)
-        total_duration += duration
-        per_clip = {}
-        hyp = {}
-        for s in systems:
-            recs = [by_key[(s, c.id, t)] for c in lc for t in c.tasks()]
-            hyp[s] = {(c.id, t): by_key[(s, c.id, t)]["text"] for c in lc for t in c.tasks()}
-            entry[s], per_clip[s] = _system_entry(lang, u, recs, scored, translated, hyp[s], duration)
-            seconds[s] += sum(r["seconds"] for r in recs if r["task"] == TRANSCRIBE)
-        if not compiled_run:
-            entry[COMPILED] = None
-            entry["delta"] = {k: None for k in (u, "bleu", "rtf")}
-            entry["ci95"] = {TRANSCRIBE: None, TRANSLATE: None}
-            entry["agreement"] = None
-            entry["verdict"] = "not_checked"
-            per_lang[lang] = entry
-            continue
-        entry["delta"] = {k: _r(_diff(entry[FP32][k], entry[COMPILED][k])) for k in (u, "bleu", "rtf")}
-        ci_t = M.bootstrap_rate_delta(per_clip[FP32], per_clip[COMPILED], p.bootstrap_samples,
-                                      M.bootstrap_rng(seed, lang, TRANSCRIBE))
-        ci_b = M.bootstrap_bleu_delta([hyp[FP32][(c.id, TRANSLATE)] for c in translated],
-                                      [hyp[COMPILED][(c.id, TRANSLATE)] for c in translated],
-                                      [c.text_en for c in translated], p.bootstrap_samples,
-                                      M.bootstrap_rng(seed, lang, TRANSLATE))
-        entry["ci95"] = {TRANSCRIBE: _ci(ci_t), TRANSLATE: _ci(ci_b)}
-        entry["verdict"] = M.verdict(ci_t, p.max_wer_increase, len(scored), p.min_verdict_clips)
-        fp = [hyp[FP32][(c.id, TRANSCRIBE)] for c in lc]
-        co = [hyp[COMPILED][(c.id, TRANSCRIBE)] for c in lc]
-        agree = {k: _r(v) for k, v in M.agreement(fp, co, lang).items()}
-        agree["token_exact_match"] = _r(sum(by_key[(FP32, c.id, t)]["tokens"] == by_key[(COMPILED, c.id, t)]["tokens"]
-                                           for c in lc for t in c.tasks()) / sum(len(c.tasks()) for c in lc))
-        entry["agreement"] = agree
-        all_same += sum(M.normalize(a, lang) == M.normalize(b, lang) for a, b in zip(fp, co))
-        all_n += len(lc)
-        per_lang[lang] = entry
-
-    overall: dict[str, Any] = {s: {"bleu": _r(M.mean([e[s]["bleu"] for e in per_lang.values()])),
-                                   "rtf": _r(seconds[s] / total_duration) if total_duration > 0 else None,
-                                   "stops": _stops([r for r in records if r["system"] == s]),
-                                   "cut_by_cap": sum(e[s]["cut_by_cap"] for e in per_lang.values())}
-                               for s in systems}
-    overall["clips"] = len(clips)
-    if compiled_run:
-        overall["delta"] = {k: _r(_diff(overall[FP32][k], overall[COMPILED][k])) for k in ("bleu", "rtf")}
-        overall["agreement"] = {"exact_match": _r(all_same / all_n) if all_n else None}
-    return {"languages": per_lang, "summary": summary(per_lang, systems), "overall": overall,
-            "budget": budget(per_lang, p.max_wer_increase, p.min_verdict_clips, compiled_run),
-            "normalizer": {"en": M.ENGLISH_NORMALIZER, "other": M.BASIC_NORMALIZER}}
-
-
-def _ci(ci: dict[str, float] | None) -> dict[str, float] | None:
-    return None if ci is None else {k: _r(v) for k, v in ci.items()}
-
-
-def summary(per_lang: dict[str, Any], systems: Sequence[str]) -> dict[str, Any]:
-    """Unweighted means over languages, WER languages and CER languages apart (never one mean across both),
-    and real and synthetic speech apart; with the verdict counts of each group."""
-    out: dict[str, Any] = {}
-    for u in ("wer", "cer"):
-        for speech in SPEECH:
-            group = {k: e for k, e in per_lang.items() if e["unit"] == u and e["speech"] == speech}
-            if not group:
-                continue
-            g: dict[str, Any] = {"languages": ",".join(sorted(group)), "clips": sum(e["clips"] for e in group.values())}
-            for s in systems:
-                g[s] = _r(M.mean([e[s][u] for e in group.values()]))
-            if COMPILED in systems:
-                g["delta"] = _r(_diff(g[FP32], g[COMPILED]))
-            g["verdicts"] = dict(Counter(e["verdict"] for e in group.values()))
-            out.setdefault(u, {})[speech] = g
-    return out
-
-
-def budget(per_lang: dict[str, Any], max_increase: float, min_clips: int, compiled_run: bool) -> dict[str, Any]:
-    """The per-language verdicts as one record: counts per verdict, real and synthetic apart, the languages
-    per verdict, and the run's verdict (fail if any language fails, pass only if every language passes)."""
-    names = (*M.VERDICTS, "unscored", "not_checked")
-    counts = {speech: {v: sum(e["verdict"] == v and e["speech"] == speech for e in per_lang.values())
-                       for v in names}
-              for speech in SPEECH if speech != "unknown" or any(e["speech"] == speech for e in per_lang.values())}
-    verdicts = [e["verdict"] for e in per_lang.values()]
-    if not compiled_run:
-        overall = "not_checked"
-    elif "fail" in verdicts:
-        overall = "fail"
-    elif verdicts and all(v == "pass" for v in verdicts):
-        overall = "pass"
-    else:
-        overall = "inconclusive"
-    return {"max_wer_increase": max_increase, "min_verdict_clips": min_clips, "verdict": overall,
-            "counts": counts, **{v: ",".join(sorted(k for k, e in per_lang.items() if e["verdict"] == v))
-                                 for v in names}}
-
+# ---------------------------------------------------------------------------------------------- outputs
 
 def plot_rows(metrics: dict[str, Any]) -> tuple[list[dict], list[dict]]:
     """Rows for `dvc plots`: {language, unit, fp32, compiled} for WER/CER and for BLEU (compiled is null
@@ -334,7 +117,7 @@ def plot_rows(metrics: dict[str, Any]) -> tuple[list[dict], list[dict]]:
     return wer_rows, bleu_rows
 
 
-def transcript_rows(records: Sequence[dict], clips: Sequence[EvalClip]) -> list[dict]:
+def transcript_rows(records: Sequence[dict], clips: Sequence[Clip]) -> list[dict]:
     """Every hypothesis with its references, sorted; without timings so the file is reproducible."""
     refs = {c.id: c for c in clips}
     rows = []
@@ -375,7 +158,7 @@ def model_sizes(model_dir: Path, enc_dir: Path, dec_dir: Path) -> dict[str, int 
     models = _bytes([p for p in files if p.suffix != ".npy"])
     return {"fp32_bytes": fp32, "compiled_model_bytes": models, "embedding_table_bytes": tables,
             "compiled_bytes": models + tables,
-            "compression": _r(fp32 / (models + tables)) if models + tables else None}
+            "compression": M.rounded(fp32 / (models + tables)) if models + tables else None}
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -401,13 +184,12 @@ def main(argv: list[str] | None = None) -> None:
 
     params = load_params(args.params)
     p = params.evaluate
-    clips = evaluation_clips(args.audio, params.languages)
+    clips = read_clips(args.audio, params.languages, "evaluation")
     log.info("%d evaluation clips in %d languages", len(clips), len(params.languages))
 
     import torch
 
     from whisper_npu.backends.torch_ref import load_torch_backend
-    from whisper_npu.calibration import load_audio, npu_features
 
     torch.manual_seed(params.seed)  # greedy decoding draws nothing; set for any library that might
     fp32, processor = load_torch_backend(args.model)
@@ -421,12 +203,12 @@ def main(argv: list[str] | None = None) -> None:
         compiled, compiled_run = None, {"status": "not_run", "reason": str(e)}
     to_text = tokenizer_text(processor.tokenizer)
 
-    def features(clip: EvalClip) -> np.ndarray:
-        return npu_features(processor.feature_extractor, load_audio(clip.audio))
+    def features(clip: Clip) -> np.ndarray:
+        return npu_features(processor.feature_extractor, read_wav(clip.audio))
 
     backends = [(FP32, fp32)] + ([(COMPILED, compiled)] if compiled is not None else [])
     records = run_backends(backends, clips, features, cfg, to_text, p.batch_size)
-    metrics = score(records, clips, p, params.seed, compiled_run=compiled is not None)
+    metrics = M.score(records, clips, p, params.seed, compiled_run=compiled is not None)
     metrics["compiled_run"] = compiled_run
     # e.g. onnxruntime-dynamic / onnxruntime-static, or mxq
     metrics["backends"] = {FP32: "torch", COMPILED: (getattr(compiled, "name", None) if compiled is not None

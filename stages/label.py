@@ -19,10 +19,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from whisper_npu import languages as langs
-from whisper_npu.audio import BadAudio, read_wav
+from whisper_npu.audio import read_wav
 from whisper_npu.io import StageError, atomic_output, read_jsonl, run_stage, write_jsonl
-from whisper_npu.labeler import Labeler, LabelStats, check_language, clip_seed, label_batch, load_labeler
+from whisper_npu.labeler import Labeler, LabelStats, check_language, label_batch, load_labeler
 from whisper_npu.params import load_params
+from whisper_npu.seeds import clip_seed
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def label_rows(labeler: Labeler, lang: str, audio_dir: Path, manifest: list[dict
             for m in batch:
                 try:
                     clips.append((read_wav(audio_dir / m["file"]), clip_seed(seed, m["id"])))
-                except (BadAudio, OSError, RuntimeError) as e:
+                except (OSError, RuntimeError) as e:
                     raise StageError(f"{audio_dir / m['file']}: cannot read ({e}); rerun the audio stage") from None
             labels = label_batch(labeler, clips, whisper_lang, beam_size, logprob_fallback, stats,
                                  **(decode_options or {}))

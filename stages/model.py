@@ -5,7 +5,8 @@ Sources (params ``model.source``):
   hub    a Hugging Face repo id + revision (e.g. openai/whisper-small, the tutorial's model)
   local  a folder in Hugging Face format
 
-Every source ends in the same layout (whisper_npu/model_store.py), written deterministically.
+Every source ends in the same layout (whisper_npu/model_store.py: the layout and its reader), written here
+deterministically (same inputs, same bytes), so DVC sees no change on a rerun.
 """
 from __future__ import annotations
 
@@ -13,11 +14,15 @@ import argparse
 import json
 import logging
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from whisper_npu import ct2, model_store, pypi_weights
-from whisper_npu.io import StageError, atomic_output, run_stage
+from whisper_npu.io import StageError, atomic_output, run_stage, sha256_file, write_json
+from whisper_npu.openai_ckpt import dims_from_config, save_openai_checkpoint
 from whisper_npu.params import ModelParams, load_params
 
 log = logging.getLogger(__name__)
@@ -49,7 +54,7 @@ def from_transformers(model_id: str, revision: str | None, local_only: bool) -> 
         kwargs["revision"] = revision
     model = WhisperForConditionalGeneration.from_pretrained(model_id, **kwargs)
     # The fast class explicitly: on transformers 4.x the processor loads the slow tokenizer, which saves
-    # no tokenizer.json. The feature extractor is written afresh from num_mel_bins (model_store).
+    # no tokenizer.json. The feature extractor is written afresh from num_mel_bins (save_feature_extractor).
     tokenizer = WhisperTokenizerFast.from_pretrained(model_id, **kwargs)
     model = model.to(torch.float32).eval()
     config = _clean(model.config.to_dict())
@@ -130,10 +135,64 @@ def build(p: ModelParams, out_dir: Path, cache: Path | None = None) -> dict[str,
         info.update(revision="", id=Path(p.id).name)   # no absolute path of this machine in the output
     else:  # params.py restricts the choices; kept for a clear message if it ever changes
         raise StageError(f"model.source={p.source!r}: expected pypi, hub or local")
-    meta = model_store.write_store(out_dir, parts.state_dict, parts.config, parts.generation_config,
+    meta = write_store(out_dir, parts.state_dict, parts.config, parts.generation_config,
                                    parts.tokenizer_files, info)
     log.info("%s: %s from %s, %s", out_dir, meta["name"], meta["source"],
              ", ".join(f"{k}={v}" for k, v in meta["dims"].items()))
+    return meta
+
+
+# ------------------------------------------------------------------------------------------ writing the store
+
+def save_weights(path: str | Path, state_dict: Mapping[str, Any]) -> None:
+    """float32 safetensors without the tied LM head; safetensors orders tensors itself (stable bytes)."""
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {k: torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v)
+               .detach().to(torch.float32).contiguous().clone()
+               for k, v in state_dict.items() if k != "proj_out.weight"}
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def save_feature_extractor(hf_dir: Path, num_mel_bins: int) -> None:
+    """preprocessor_config.json of a WhisperFeatureExtractor (computes its mel filters, no download)."""
+    from transformers import WhisperFeatureExtractor
+
+    fe = WhisperFeatureExtractor(feature_size=num_mel_bins)
+    data = json.loads(fe.to_json_string())
+    data.pop("mel_filters", None)   # derived from the other fields; older versions drop it as well
+    data.pop("transformers_version", None)
+    data["processor_class"] = "WhisperProcessor"
+    write_json(hf_dir / "preprocessor_config.json", data)
+
+
+def write_hf_folder(hf_dir: Path, state_dict: Mapping[str, Any], config: Mapping[str, Any],
+                    generation_config: Mapping[str, Any], tokenizer_files: Mapping[str, str]) -> None:
+    """Write a complete HF Whisper folder from tensors, config dicts and tokenizer file texts."""
+    hf_dir.mkdir(parents=True, exist_ok=True)
+    save_weights(hf_dir / model_store.WEIGHTS, state_dict)
+    write_json(hf_dir / "config.json", dict(config))
+    write_json(hf_dir / "generation_config.json", dict(generation_config))
+    for name, text in sorted(tokenizer_files.items()):
+        (hf_dir / name).write_text(text, encoding="utf-8")
+    save_feature_extractor(hf_dir, int(config["num_mel_bins"]))
+
+
+def write_store(model_dir: Path, state_dict: Mapping[str, Any], config: Mapping[str, Any],
+                generation_config: Mapping[str, Any], tokenizer_files: Mapping[str, str],
+                info: Mapping[str, Any]) -> dict[str, Any]:
+    """Write hf/, openai-whisper.pt and model.json into ``model_dir``; returns model.json's content.
+
+    ``info`` holds name, source, id, revision (and anything else worth recording, e.g. wheel hashes).
+    """
+    write_hf_folder(model_dir / model_store.HF_DIR, state_dict, config, generation_config, tokenizer_files)
+    save_openai_checkpoint(model_dir / model_store.OPENAI_CKPT, state_dict, config)
+    files = {p.relative_to(model_dir).as_posix(): sha256_file(p)
+             for p in sorted(model_dir.rglob("*")) if p.is_file() and p.name != model_store.MODEL_JSON}
+    meta = {**info, "multilingual": ct2.is_multilingual(int(config["vocab_size"])),
+            "dims": dims_from_config(config), "files": files}
+    write_json(model_dir / model_store.MODEL_JSON, meta)
     return meta
 
 

@@ -135,7 +135,7 @@ def make_tiny_model(dest: Path, reference: Path, seed: int = 0) -> Path:
     import torch
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-    from whisper_npu.model_store import write_store
+    from stages.model import write_store
 
     ref_hf = reference / "hf"
     config = json.loads((ref_hf / "config.json").read_text())

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from stages import evaluate as ev
+from whisper_npu.audio import Clip
 from whisper_npu.decode import DecodeConfig, DecodeError, batched, greedy_decode, greedy_decode_batch
 
 from tests.test_evaluate import JA, SOT, V, tiny_generation_config
@@ -85,9 +86,9 @@ class Batch1Session:
         return self.inner.step(tokens)
 
 
-def _clips(n: int) -> list[ev.EvalClip]:
+def _clips(n: int) -> list[Clip]:
     langs = ("de_de", "ja_jp")
-    return [ev.EvalClip(f"c{i:02d}", langs[i % 2], Path(f"c{i:02d}.wav"), 1.0, "x", "y", "test") for i in range(n)]
+    return [Clip(f"c{i:02d}", langs[i % 2], Path(f"c{i:02d}.wav"), 1.0, "x", "y", "test") for i in range(n)]
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 8])
@@ -143,7 +144,7 @@ def test_batched_equals_batch_1_on_real_english_with_whisper_base(reference_mode
     one batch: the tokens and stop reasons of batch 1."""
     from bench.label_speed import AptUnavailable, asterisk_english
     from whisper_npu.backends.torch_ref import load_torch_backend
-    from whisper_npu.calibration import npu_features
+    from whisper_npu.audio import npu_features
 
     try:
         clips = asterisk_english(8, min_seconds=2.0, max_seconds=12.0)

@@ -13,8 +13,10 @@ from conftest import ROOT, default_params, run
 
 from stages import calibrate_decoder as dec_stage
 from stages import calibrate_encoder as enc_stage
+from whisper_npu import audio as A
 from whisper_npu import calibration as cal
 from whisper_npu import specs
+from whisper_npu.backends import calib_sets
 from whisper_npu.io import StageError, sha256_tree
 
 LANGS = ["ta_in", "ko_kr", "en_us"]   # Tamil: the language the tutorial's map left out
@@ -88,8 +90,8 @@ def tokenizer(store: Path, fast: bool = True):
     return cls.from_pretrained(str(store / "hf"), local_files_only=True)
 
 
-def clip(cid: str, lang: str, text: str = "", text_en: str = "") -> cal.Clip:
-    return cal.Clip(cid, lang, Path(f"{cid}.wav"), text, text_en)
+def clip(cid: str, lang: str, text: str | None = None, text_en: str | None = None) -> A.Clip:
+    return A.Clip(cid, lang, Path(f"{cid}.wav"), text=text, text_en=text_en)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +119,7 @@ def test_task_mix_is_exact_per_language_and_seeded():
     for ratio in (0.0, 0.2, 0.33, 0.5, 1.0):
         tasks = cal.task_mix(clips, ratio, seed=0)
         for lang in ("ko_kr", "de_de", "ta_in"):
-            n_tr = sum(tasks[c.id] == cal.TRANSLATE for c in clips if c.lang == lang)
+            n_tr = sum(tasks[c.id] == A.TRANSLATE for c in clips if c.lang == lang)
             assert n_tr == cal.n_translate(20, ratio)
     a, b = cal.task_mix(clips, 0.2, seed=0), cal.task_mix(list(reversed(clips)), 0.2, seed=0)
     assert a == b                                         # input order does not matter
@@ -127,21 +129,21 @@ def test_task_mix_is_exact_per_language_and_seeded():
     only_ko = cal.task_mix(ko, 0.2, seed=0)
     assert only_ko == {c.id: a[c.id] for c in ko}
     # not just the first clips: the permutation spreads the choice
-    assert {c.id for c in ko if a[c.id] == cal.TRANSLATE} != {c.id for c in ko[:4]}
+    assert {c.id for c in ko if a[c.id] == A.TRANSLATE} != {c.id for c in ko[:4]}
 
 
 # ---------------------------------------------------------------------------------------------- clips
 
-def test_select_clips_reads_only_listed_languages_sorted_calibration_split(tmp_path):
+def test_read_clips_reads_only_listed_languages_sorted_calibration_split(tmp_path):
     root = make_audio(tmp_path / "audio", langs=["ko_kr", "ta_in", "de_de"], n_calib=4, n_eval=2)
-    clips = cal.select_clips(root, ["ta_in", "ko_kr"], 3)
+    clips = A.read_clips(root, ["ta_in", "ko_kr"], "calibration", 3)
     assert [c.id for c in clips] == [f"ko_kr_{i:04d}" for i in range(3)] + [f"ta_in_{i:04d}" for i in range(3)]
     assert all(c.audio.is_file() for c in clips)
     assert {c.whisper_lang for c in clips} == {"ko", "ta"}
     # evaluation clips never used even when more are asked for than exist
-    assert [c.id for c in cal.select_clips(root, ["ko_kr"], 10)] == [f"ko_kr_{i:04d}" for i in range(4)]
+    assert [c.id for c in A.read_clips(root, ["ko_kr"], "calibration", 10)] == [f"ko_kr_{i:04d}" for i in range(4)]
     with pytest.raises(StageError, match="fr_fr"):
-        cal.select_clips(root, ["ko_kr", "fr_fr"], 3)
+        A.read_clips(root, ["ko_kr", "fr_fr"], "calibration", 3)
 
 
 def test_features_are_npu_layout(store):
@@ -149,7 +151,7 @@ def test_features_are_npu_layout(store):
 
     fe = WhisperFeatureExtractor.from_pretrained(str(store / "hf"))
     audio = np.random.default_rng(0).standard_normal(16000).astype("float32") * 0.1
-    feats = cal.npu_features(fe, audio)
+    feats = A.npu_features(fe, audio)
     hf = fe(audio, sampling_rate=16000, return_tensors="np").input_features
     specs.encoder_spec(model_config(store)).inputs[0].check(feats)
     assert feats.flags.c_contiguous and np.array_equal(feats[0], hf[0].T)
@@ -283,12 +285,16 @@ def test_stages_write_the_tutorials_formats_with_resolvable_relative_paths(tmp_p
     info, pairs = cal.read_decoder_json(moved / "decoder" / specs.DECODER_JSON)
     assert all(p.is_file() and str(p).startswith(str(moved)) for pair in pairs for p in pair)
 
-    # absolutized copies for a compiler that wants absolute paths
-    abs_txt = cal.absolutized_copy(moved / "encoder" / specs.ENCODER_LIST, tmp_path / "abs" / "enc.txt")
-    assert [Path(p) for p in abs_txt.read_text().splitlines()] == [(moved / "encoder" / ln).resolve() for ln in lines]
-    abs_json = cal.absolutized_copy(moved / "decoder" / specs.DECODER_JSON, tmp_path / "abs" / "dec.json")
+    # the copies with absolute paths that the compile stage hands a compiler (backends/calib_sets.py)
+    enc_set = calib_sets.read_calib_set("encoder", moved / "encoder" / specs.ENCODER_LIST)
+    abs_txt = calib_sets.write_absolute(enc_set, list(range(len(enc_set))), tmp_path / "abs")
+    assert [Path(p) for p in abs_txt.read_text().splitlines()] == [
+        Path(os.path.abspath(moved / "encoder" / ln)) for ln in lines]
+    dec_set = calib_sets.read_calib_set("decoder", moved / "decoder" / specs.DECODER_JSON)
+    abs_json = calib_sets.write_absolute(dec_set, list(range(len(dec_set))), tmp_path / "abs")
     absdata = json.loads(abs_json.read_text())
-    assert [[Path(p) for p in pair] for pair in absdata["calib paths"]] == [[p.resolve() for p in pair] for pair in pairs]
+    assert [[Path(p) for p in pair] for pair in absdata["calib paths"]] == [
+        [Path(os.path.abspath(p)) for p in pair] for pair in pairs]
     assert absdata["info"] == data["info"]
 
 
@@ -334,8 +340,8 @@ def test_reference_without_translation_is_an_error_except_english(tmp_path):
         mf = tmp_path / "audio" / lang / "manifest.jsonl"
         rows = [json.loads(ln) for ln in mf.read_text().splitlines()]
         mf.write_text("".join(json.dumps({**r, "text_en": ""}, ensure_ascii=False) + "\n" for r in rows))
-    clips = cal.select_clips(tmp_path / "audio", ["en_us", "ko_kr"], 2)
-    tasks = {c.id: cal.TRANSLATE for c in clips}
+    clips = A.read_clips(tmp_path / "audio", ["en_us", "ko_kr"], "calibration", 2)
+    tasks = {c.id: A.TRANSLATE for c in clips}
     en = dec_stage.plan_samples([c for c in clips if c.lang == "en_us"], tasks, "reference")
     assert [s.text for s in en] == [c.text for c in clips if c.lang == "en_us"]
     with pytest.raises(StageError, match="ko_kr_0000.*text_en"):
@@ -473,7 +479,7 @@ def test_task_mix_is_exact_and_seeded_per_fraction():
     mixes = {f: cal.task_mix(clips, 0.2, seed=42, fraction=f) for f in fractions}
     for f, tasks in mixes.items():
         for lang in ("en_us", "ko_kr"):
-            assert sum(t == cal.TRANSLATE for c, t in tasks.items() if c.startswith(lang)) == cal.n_translate(20, 0.2)
+            assert sum(t == A.TRANSLATE for c, t in tasks.items() if c.startswith(lang)) == cal.n_translate(20, 0.2)
         assert tasks == cal.task_mix(list(reversed(clips)), 0.2, seed=42, fraction=f)    # order-free, seeded
     assert mixes[1.0] == cal.task_mix(clips, 0.2, seed=42)      # the whole clip keeps the seed's draw
     assert len({tuple(sorted(m.items())) for m in mixes.values()}) > 1, "each fraction draws on its own stream"
@@ -528,8 +534,8 @@ def test_latest_recipe_prefixes_eot_strip_min_tokens_minimal_json(tmp_path, buil
     name = next(k[0] for k in kept if k[0].endswith("_p050"))
     cid = name[len("sample_"):-len("_p050")]
     lang = cid.rsplit("_", 1)[0]
-    audio = cal.load_audio(built / "audio" / lang / f"{cid}.wav")
-    feats = cal.npu_features(processor.feature_extractor, audio[: int(len(audio) * 0.5)])
+    audio = A.read_wav(built / "audio" / lang / f"{cid}.wav")
+    feats = A.npu_features(processor.feature_extractor, audio[: int(len(audio) * 0.5)])
     with torch.inference_mode():
         states = model.model.encoder(torch.from_numpy(feats.transpose(0, 2, 1).copy())).last_hidden_state.numpy()
     np.testing.assert_allclose(np.load(out / name / cal.ENCODER_STATES), states, rtol=1e-4, atol=1e-4)

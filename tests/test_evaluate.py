@@ -12,10 +12,12 @@ import pytest
 import soundfile as sf
 
 from stages import evaluate as ev
+from whisper_npu import audio as A
 from whisper_npu import metrics as M
 from whisper_npu.decode import DecodeConfig, DecodeError, greedy_decode, repeated_tail
 from whisper_npu.io import StageError
 from whisper_npu.params import EvaluateParams
+from whisper_npu.seeds import lang_rng
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -280,23 +282,23 @@ def _counts(pairs):
 def test_bootstrap_is_deterministic_with_the_seed_and_paired():
     base = _counts([(1, 10), (0, 8), (2, 12), (0, 9)] * 5)
     other = _counts([(2, 10), (0, 8), (3, 12), (1, 9)] * 5)
-    a = M.bootstrap_rate_delta(base, other, 500, M.bootstrap_rng(0, "en_us", "transcribe"))
-    b = M.bootstrap_rate_delta(base, other, 500, M.bootstrap_rng(0, "en_us", "transcribe"))
-    c = M.bootstrap_rate_delta(base, other, 500, M.bootstrap_rng(1, "en_us", "transcribe"))
+    a = M.bootstrap_rate_delta(base, other, 500, lang_rng(0, "en_us", "transcribe"))
+    b = M.bootstrap_rate_delta(base, other, 500, lang_rng(0, "en_us", "transcribe"))
+    c = M.bootstrap_rate_delta(base, other, 500, lang_rng(1, "en_us", "transcribe"))
     assert a == b and a != c
     # every clip is one edit worse or equal: every resample's delta is > 0, so the interval is too
     assert 0 < a["low"] <= 15 / 195 <= a["high"]
     # identical systems: a point interval at 0 (pairing removes the clips' own spread)
-    assert M.bootstrap_rate_delta(base, base, 200, M.bootstrap_rng(0, "x", "y")) == {"low": 0.0, "high": 0.0}
-    assert M.bootstrap_rate_delta([], [], 100, M.bootstrap_rng(0, "x", "y")) is None
+    assert M.bootstrap_rate_delta(base, base, 200, lang_rng(0, "x", "y")) == {"low": 0.0, "high": 0.0}
+    assert M.bootstrap_rate_delta([], [], 100, lang_rng(0, "x", "y")) is None
 
 
 def test_bleu_bootstrap():
     refs = ["the weather is nice today", "we go to the park", "it is a good day"] * 4
     worse = [r.replace("park", "forest").replace("nice", "bad") for r in refs]
-    ci = M.bootstrap_bleu_delta(refs, worse, refs, 200, M.bootstrap_rng(0, "de_de", "translate"))
+    ci = M.bootstrap_bleu_delta(refs, worse, refs, 200, lang_rng(0, "de_de", "translate"))
     assert ci["high"] < 0
-    assert M.bootstrap_bleu_delta([], [], [], 100, M.bootstrap_rng(0, "de_de", "translate")) is None
+    assert M.bootstrap_bleu_delta([], [], [], 100, lang_rng(0, "de_de", "translate")) is None
 
 
 def test_verdict_logic_on_constructed_intervals():
@@ -321,19 +323,19 @@ def test_constructed_runs_give_each_verdict():
     for lang, wrong in plan.items():
         for i, k in enumerate(wrong):
             cid = f"{lang}_{i:04d}"
-            clips.append(ev.EvalClip(cid, lang, Path("x.wav"), 3.0, ref, None, "asterisk"))
+            clips.append(A.Clip(cid, lang, Path("x.wav"), 3.0, ref, None, "asterisk"))
             hyp = " ".join(w if j >= k else "x" for j, w in enumerate(ref.split()))
             for system, text in (("fp32", ref), ("compiled", hyp)):
                 records.append({"system": system, "id": cid, "task": "transcribe", "lang": lang, "text": text,
                                 "tokens": [len(text)], "stop": "eot", "seconds": 0.1})
-    m = ev.score(records, clips, p, seed=0)
+    m = M.score(records, clips, p, seed=0)
     assert {k: e["verdict"] for k, e in m["languages"].items()} == \
         {"de_de": "pass", "fr_fr": "fail", "it_it": "inconclusive"}
     assert m["budget"]["verdict"] == "fail" and m["budget"]["fail"] == "fr_fr"
     assert m["budget"]["counts"]["real"] == {"pass": 1, "fail": 1, "inconclusive": 1, "unscored": 0,
                                              "not_checked": 0}
     assert m["languages"]["fr_fr"]["compiled"]["substitutions"] == 150
-    assert ev.score(records, clips, p, seed=0) == m       # seeded: the same metrics twice
+    assert M.score(records, clips, p, seed=0) == m       # seeded: the same metrics twice
 
 
 # ------------------------------------------------------------------------------------------- metrics files
@@ -341,9 +343,9 @@ def test_constructed_runs_give_each_verdict():
 def synthetic_run():
     """Clips and decode records for two languages without a model (for shape tests)."""
     en = "Hello world, today the weather is nice and we go to the park"
-    clips = [ev.EvalClip("de_1", "de_de", Path("x.wav"), 2.0, "Hallo Welt", en, "synth"),
-             ev.EvalClip("de_2", "de_de", Path("y.wav"), 3.0, "Guten Morgen", None, "synth"),
-             ev.EvalClip("ja_1", "ja_jp", Path("z.wav"), 5.0, "今日は", "Today", "synth")]
+    clips = [A.Clip("de_1", "de_de", Path("x.wav"), 2.0, "Hallo Welt", en, "synth"),
+             A.Clip("de_2", "de_de", Path("y.wav"), 3.0, "Guten Morgen", None, "synth"),
+             A.Clip("ja_1", "ja_jp", Path("z.wav"), 5.0, "今日は", "Today", "synth")]
     texts = {("fp32", "de_1", "transcribe"): "hallo welt", ("compiled", "de_1", "transcribe"): "hallo wald",
              ("fp32", "de_1", "translate"): en, ("compiled", "de_1", "translate"): en.replace("park", "forest"),
              ("fp32", "de_2", "transcribe"): "guten morgen", ("compiled", "de_2", "transcribe"): "guten morgen",
@@ -360,7 +362,7 @@ PARAMS = EvaluateParams(min_verdict_clips=1, bootstrap_samples=200)
 
 def test_metrics_shape_and_values():
     clips, records = synthetic_run()
-    m = ev.score(records, clips, PARAMS, seed=0)
+    m = M.score(records, clips, PARAMS, seed=0)
     de, ja = m["languages"]["de_de"], m["languages"]["ja_jp"]
     assert de["unit"] == "wer" and ja["unit"] == "cer" and de["speech"] == "synthetic"
     assert de["fp32"]["wer"] == 0.0 and de["compiled"]["wer"] == pytest.approx(0.25)
@@ -391,7 +393,7 @@ def test_metrics_shape_and_values():
 
 def test_metrics_without_a_compiled_run():
     clips, records = synthetic_run()
-    m = ev.score([r for r in records if r["system"] == "fp32"], clips, PARAMS, seed=0, compiled_run=False)
+    m = M.score([r for r in records if r["system"] == "fp32"], clips, PARAMS, seed=0, compiled_run=False)
     assert m["budget"]["verdict"] == "not_checked"
     assert {e["verdict"] for e in m["languages"].values()} == {"not_checked"}
     assert m["languages"]["de_de"]["compiled"] is None and m["languages"]["de_de"]["fp32"]["wer"] == 0.0
@@ -402,7 +404,7 @@ def test_metrics_without_a_compiled_run():
 
 def test_plot_rows_shape():
     clips, records = synthetic_run()
-    wer_rows, bleu_rows = ev.plot_rows(ev.score(records, clips, PARAMS, 0))
+    wer_rows, bleu_rows = ev.plot_rows(M.score(records, clips, PARAMS, 0))
     assert [r["language"] for r in wer_rows] == ["de_de", "ja_jp"]
     assert set(wer_rows[0]) == {"language", "unit", "fp32", "compiled"}
     assert all(isinstance(r["fp32"], float) and isinstance(r["compiled"], float) for r in wer_rows + bleu_rows)
@@ -457,7 +459,7 @@ def stage_run(tmp_path, tiny_model, monkeypatch):
     from transformers import WhisperFeatureExtractor
 
     from whisper_npu.backends import torch_ref
-    from whisper_npu.calibration import load_audio, npu_features
+    from whisper_npu.audio import npu_features, read_wav
 
     # The tiny model knows de and ja only.
     tiny_model.generation_config.lang_to_id = {"<|de|>": DE, "<|ja|>": JA}
@@ -469,7 +471,7 @@ def stage_run(tmp_path, tiny_model, monkeypatch):
         manifest = tmp_path / "audio" / lang / "manifest.jsonl"
         rows = [json.loads(x) for x in manifest.read_text().splitlines()]
         for r in rows:
-            feats = npu_features(processor.feature_extractor, load_audio(manifest.parent / r["file"]))
+            feats = npu_features(processor.feature_extractor, read_wav(manifest.parent / r["file"]))
             wl = lang[:2]
             r["text"] = StubTokenizer().decode(greedy_decode(fp32.decoder, fp32.encoder(feats),
                                                              cfg.prompt(wl, "transcribe"), cfg)[0])
@@ -552,15 +554,15 @@ def test_main_strict_fails_naming_languages_and_leaves_no_outputs(stage_run):
     assert not any(out.iterdir())
 
 
-def test_evaluation_clips_reads_only_listed_languages_and_evaluation_split(tmp_path):
+def test_read_clips_reads_only_listed_languages_and_evaluation_split(tmp_path):
     write_audio(tmp_path, ["de_de", "ja_jp", "fr_fr"], n_eval=2)
-    clips = ev.evaluation_clips(tmp_path, ["ja_jp", "de_de"])
+    clips = A.read_clips(tmp_path, ["ja_jp", "de_de"], "evaluation")
     assert [c.id for c in clips] == ["de_de_0001", "de_de_0002", "ja_jp_0001", "ja_jp_0002"]
     with pytest.raises(StageError, match="audio@ko_kr"):
-        ev.evaluation_clips(tmp_path, ["ko_kr"])
-    assert ev.EvalClip("a", "en_us", Path("a"), 1.0, "x", "x").tasks() == ["transcribe"]
-    assert ev.EvalClip("a", "de_de", Path("a"), 1.0, "x", None).tasks() == ["transcribe"]
-    assert ev.EvalClip("a", "de_de", Path("a"), 1.0, None, "y").tasks() == ["transcribe", "translate"]
+        A.read_clips(tmp_path, ["ko_kr"], "evaluation")
+    assert A.Clip("a", "en_us", Path("a"), 1.0, "x", "x").tasks() == ["transcribe"]
+    assert A.Clip("a", "de_de", Path("a"), 1.0, "x", None).tasks() == ["transcribe"]
+    assert A.Clip("a", "de_de", Path("a"), 1.0, None, "y").tasks() == ["transcribe", "translate"]
 
 
 def test_compiled_backend_from_provenance(tmp_path):
@@ -608,7 +610,7 @@ def test_loop_matches_hf_generate_on_real_whisper(reference_model_dir, tmp_path)
     import torch
 
     from whisper_npu.backends.torch_ref import load_torch_backend
-    from whisper_npu.calibration import npu_features
+    from whisper_npu.audio import npu_features
 
     backend, processor = load_torch_backend(reference_model_dir)
     model = backend.model
@@ -632,7 +634,7 @@ def test_loop_matches_hf_generate_on_real_whisper(reference_model_dir, tmp_path)
 
 def write_metric_fixture(repo: Path) -> dict:
     clips, records = synthetic_run()
-    m = ev.score(records, clips, PARAMS, 0)
+    m = M.score(records, clips, PARAMS, 0)
     wer_rows, bleu_rows = ev.plot_rows(m)
     (repo / "metrics").mkdir(exist_ok=True)
     (repo / "plots").mkdir(exist_ok=True)
@@ -660,7 +662,7 @@ def test_dvc_metrics_and_plots_render(project):
     assert "de_de" in html and "compiled" in html
     # the compiled model not run here: compiled is null in every row, and the plots still render
     clips, records = synthetic_run()
-    m = ev.score([r for r in records if r["system"] == "fp32"], clips, PARAMS, 0, compiled_run=False)
+    m = M.score([r for r in records if r["system"] == "fp32"], clips, PARAMS, 0, compiled_run=False)
     wer_rows, bleu_rows = ev.plot_rows(m)
     (repo / "plots" / "wer.json").write_text(json.dumps(wer_rows))
     (repo / "plots" / "bleu.json").write_text(json.dumps(bleu_rows))
@@ -714,7 +716,7 @@ def test_report_table_lists_every_language_the_summaries_and_the_verdicts():
     from whisper_npu.report import table
 
     clips, records = synthetic_run()
-    metrics = ev.score(records, clips, PARAMS, 0)
+    metrics = M.score(records, clips, PARAMS, 0)
     metrics["backends"] = {"fp32": "torch", "compiled": "onnxruntime-dynamic"}
     text = table(metrics)
     for lang in metrics["languages"]:

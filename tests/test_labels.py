@@ -14,6 +14,8 @@ from stages import labels as labels_stage
 from whisper_npu import labeler as L
 from whisper_npu.audio import write_wav
 from whisper_npu.io import StageError, read_json, read_jsonl, write_jsonl
+from whisper_npu.model_store import OPENAI_CKPT
+from whisper_npu.seeds import clip_seed
 
 from conftest import default_params, run
 
@@ -50,7 +52,7 @@ def make_checkpoint(path: Path, multilingual: bool = True, seed: int = 0) -> Pat
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("model") / "reference"
-    make_checkpoint(d / L.CHECKPOINT)
+    make_checkpoint(d / OPENAI_CKPT)
     (d / "model.json").write_text('{"name": "tiny-random"}')
     return d
 
@@ -145,7 +147,7 @@ def test_english_only_model(tmp_path: Path) -> None:
 def test_load_labeler_choices(model_dir: Path, tmp_path: Path, monkeypatch) -> None:
     lab = L.load_labeler("reference", model_dir)
     assert lab.name == "reference:tiny-random" and lab.multilingual
-    assert L.load_labeler(str(model_dir / L.CHECKPOINT), None).name == L.CHECKPOINT
+    assert L.load_labeler(str(model_dir / OPENAI_CKPT), None).name == OPENAI_CKPT
     with pytest.raises(StageError, match="run the model stage first"):
         L.load_labeler("reference", tmp_path)
     with pytest.raises(StageError, match="no such checkpoint"):
@@ -285,7 +287,7 @@ def test_dvc_labels_add_and_remove_language(project) -> None:
     pipeline = yaml.safe_load((repo / "dvc.yaml").read_text())
     pipeline["stages"].pop("model", None)
     (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
-    make_checkpoint(repo / "models" / "reference" / L.CHECKPOINT)
+    make_checkpoint(repo / "models" / "reference" / OPENAI_CKPT)
 
     out = run(["dvc", "repro", "labels"], repo).stdout
     assert ran(out) == {"audio@de_de", "audio@ko_kr", "label@de_de", "label@ko_kr", "labels"}, out
@@ -357,7 +359,7 @@ def test_whisper_base_labels_equal_transcribe_on_real_english(reference_model_di
     """Real speech, real weights, the offline default's options: the batched labeler gives openai-whisper
     transcribe()'s text for every clip, with one encoder pass per clip."""
     lab = L.load_labeler("reference", reference_model_dir)
-    batch = [(y, L.clip_seed(0, name)) for name, y in asterisk_english]
+    batch = [(y, clip_seed(0, name)) for name, y in asterisk_english]
     options = {"best_of": 1, "sample_len": 96, "without_timestamps": True}
     got, want, stats = _equal_to_transcribe(lab, batch, "en", False, **options)
     assert got == want, [(g, w) for g, w in zip(got, want) if g != w]
@@ -376,7 +378,7 @@ def test_whisper_base_labels_equal_transcribe_on_synthetic_speech_with_fallbacks
 
     p = AudioParams(source="synth", clips=3, eval_clips=0)
     kept, _, _ = audio_stage.build("ru_ru", p, 0, sources.get_clips("ru_ru", p, 0))
-    batch = [(c.samples, L.clip_seed(0, c.row["id"])) for c in kept]
+    batch = [(c.samples, clip_seed(0, c.row["id"])) for c in kept]
     lab = L.load_labeler("reference", reference_model_dir)
     got, want, stats = _equal_to_transcribe(lab, batch, "ru", True, best_of=1, sample_len=48,
                                             without_timestamps=True)

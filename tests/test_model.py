@@ -7,6 +7,7 @@ import struct
 import subprocess
 import sys
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 from conftest import ROOT, run
 from stages import model as model_stage
 from whisper_npu import ct2, model_store, openai_ckpt, pypi_weights
+from whisper_npu.audio import SAMPLE_RATE
 from whisper_npu.io import StageError, sha256_tree
 from whisper_npu.params import ModelParams
 
@@ -29,6 +31,30 @@ D, HEADS, FFN, LAYERS, N_MELS, VOCAB, SRC, TGT = 16, 2, 64, 2, 8, 60, 12, 10  # 
 # Special tokens of the fake tokenizer, ids 50.. (a real Whisper's are 50257..; the layout is the same).
 SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|de|>", "<|translate|>", "<|transcribe|>",
             "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
+
+
+def write_model_bin(path: str | Path, variables: Mapping[str, np.ndarray], aliases: Mapping[str, str] | None = None,
+                    spec: str = "WhisperSpec", revision: int = 3, binary_version: int = 6) -> None:
+    """Write variables in the CTranslate2 layout that whisper_npu/ct2.py reads: synthetic model.bin files
+    (a test helper; the byte-by-byte writer below checks it against the format description)."""
+    ids = {v: k for k, v in ct2.DTYPES.items() if k != ct2.BFLOAT16}
+
+    def s(text: str) -> bytes:
+        raw = text.encode("utf-8") + b"\0"
+        return struct.pack("<H", len(raw)) + raw
+
+    out = [struct.pack("<I", binary_version), s(spec), struct.pack("<I", revision),
+           struct.pack("<I", len(variables))]
+    for name, arr in variables.items():
+        arr = np.asarray(arr)   # not ascontiguousarray: it turns 0-d scalars into 1-d
+        out += [s(name), struct.pack("<B", arr.ndim), *(struct.pack("<I", d) for d in arr.shape),
+                struct.pack("<B", ids[arr.dtype]),
+                struct.pack("<I", arr.nbytes), arr.tobytes()]
+    aliases = dict(aliases or {})
+    out.append(struct.pack("<I", len(aliases)))
+    for alias, target in aliases.items():
+        out += [s(alias), s(target)]
+    Path(path).write_bytes(b"".join(out))
 
 
 def random_hf_model(seed: int = 0):
@@ -127,7 +153,7 @@ def test_ct2_format_round_trip_keeps_names_shapes_dtypes_and_aliases(tmp_path, s
     variables = {**variables, "x/f16": np.arange(6, dtype=np.float16).reshape(2, 3),
                  "x/i32": np.array([7, -8], np.int32)}
     path = tmp_path / "model.bin"
-    ct2.write_model_bin(path, variables, {"decoder/projection/weight": "decoder/embeddings/weight"})
+    write_model_bin(path, variables, {"decoder/projection/weight": "decoder/embeddings/weight"})
     m = ct2.read_model_bin(path)
     assert (m.spec, m.revision, m.binary_version) == ("WhisperSpec", 3, 6)
     assert list(m.variables) == list(variables)
@@ -167,11 +193,11 @@ def test_ct2_bfloat16_is_widened_to_float32():
 def test_ct2_truncated_file_names_the_variable_where_data_ends(tmp_path, synthetic):
     _, _, variables = synthetic
     path = tmp_path / "model.bin"
-    ct2.write_model_bin(path, variables)
+    write_model_bin(path, variables)
     data = path.read_bytes()
     names = list(variables)
     # Cut the file in the middle of the data of the 5th variable.
-    ct2.write_model_bin(tmp_path / "head.bin", {n: variables[n] for n in names[:5]})
+    write_model_bin(tmp_path / "head.bin", {n: variables[n] for n in names[:5]})
     cut = len((tmp_path / "head.bin").read_bytes()) - 4 - variables[names[4]].nbytes // 2
     with pytest.raises(ct2.CT2FormatError, match="truncated") as err:
         ct2.parse_model_bin(data[:cut], source="joined.bin")
@@ -238,12 +264,12 @@ def test_converted_model_computes_what_the_original_computes(tmp_path, synthetic
     from transformers import WhisperForConditionalGeneration
 
     model, _, variables = synthetic
-    ct2.write_model_bin(tmp_path / "model.bin", variables, {"decoder/projection/weight": "decoder/embeddings/weight"})
+    write_model_bin(tmp_path / "model.bin", variables, {"decoder/projection/weight": "decoder/embeddings/weight"})
     (tmp_path / "config.json").write_text(json.dumps(CT2_CONFIG))
     (tmp_path / "tokenizer.json").write_text(json.dumps(fake_tokenizer_json()))
     parts = ct2.convert_files(tmp_path / "model.bin", tmp_path / "config.json", tmp_path / "tokenizer.json")
     store = tmp_path / "store"
-    meta = model_store.write_store(store, parts.state_dict, parts.config, parts.generation_config,
+    meta = model_stage.write_store(store, parts.state_dict, parts.config, parts.generation_config,
                                    parts.tokenizer_files, {"name": "synthetic", "source": "test", "id": "x", "revision": ""})
     assert meta["multilingual"] is False and meta["dims"]["n_vocab"] == VOCAB
     assert set(meta["files"]) >= {"openai-whisper.pt", "hf/model.safetensors", "hf/vocab.json", "hf/merges.txt"}
@@ -410,7 +436,7 @@ def test_tiny_model_store_loads_everywhere(tiny_model_dir):
         assert tok.decode(tok(" the park", add_special_tokens=False).input_ids) == " the park"
     info = model_store.model_info(tiny_model_dir)
     assert info["multilingual"] is True and info["dims"]["n_vocab"] == 51865
-    ow = whisper.load_model(str(model_store.openai_checkpoint(tiny_model_dir)), device="cpu")
+    ow = whisper.load_model(str(model_store.check_store(tiny_model_dir) / model_store.OPENAI_CKPT), device="cpu")
     feats = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(ow.encoder(feats), model.model.encoder(feats).last_hidden_state, atol=1e-4, rtol=0)
@@ -442,7 +468,7 @@ def test_local_and_hub_sources_store_the_same_model_deterministically(tmp_path, 
     assert hub["source"] == "hub" and hub["revision"] == "main"
     a_sd = torch.load(tmp_path / "a" / "openai-whisper.pt", weights_only=True)
     c_sd = torch.load(tmp_path / "c" / "openai-whisper.pt", weights_only=True)
-    t_sd = torch.load(model_store.openai_checkpoint(tiny_model_dir), weights_only=True)
+    t_sd = torch.load(model_store.check_store(tiny_model_dir) / model_store.OPENAI_CKPT, weights_only=True)
     for k, v in t_sd["model_state_dict"].items():
         assert torch.equal(a_sd["model_state_dict"][k], v) and torch.equal(c_sd["model_state_dict"][k], v), k
     assert a_sd["dims"] == c_sd["dims"] == t_sd["dims"]
@@ -474,7 +500,7 @@ def espeak_english(tmp_path: Path) -> np.ndarray:
     wav = tmp_path / "en.wav"
     subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(wav), ENGLISH], check=True, capture_output=True)
     audio, sr = sf.read(wav, dtype="float32")
-    return librosa.resample(audio, orig_sr=sr, target_sr=model_store.SAMPLING_RATE).astype(np.float32)
+    return librosa.resample(audio, orig_sr=sr, target_sr=SAMPLE_RATE).astype(np.float32)
 
 
 def _cer(hyp: str, ref: str) -> float:
@@ -505,7 +531,7 @@ def test_converted_whisper_base_transcribes_english(tmp_path, reference_model_di
     text = processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
     assert "park" in text.lower() and _cer(text, BASE_ENGLISH) <= 0.1, text
 
-    ow = whisper.load_model(str(model_store.openai_checkpoint(reference_model_dir)), device="cpu")
+    ow = whisper.load_model(str(model_store.check_store(reference_model_dir) / model_store.OPENAI_CKPT), device="cpu")
     result = ow.transcribe(audio, language="en", fp16=False, temperature=0.0)
     assert "park" in result["text"].lower() and _cer(result["text"], ENGLISH) <= 0.3, result["text"]
     with torch.no_grad():
@@ -529,7 +555,7 @@ def test_converted_tiny_en_transcribes_english_exactly(tmp_path):
     with torch.no_grad():
         ids = model.generate(feats, max_new_tokens=40)
     assert processor.batch_decode(ids, skip_special_tokens=True)[0].strip() == ENGLISH
-    ow = whisper.load_model(str(model_store.openai_checkpoint(store)), device="cpu")
+    ow = whisper.load_model(str(model_store.check_store(store) / model_store.OPENAI_CKPT), device="cpu")
     assert ow.transcribe(audio, fp16=False, temperature=0.0)["text"].strip() == ENGLISH
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from whisper_npu.backends import CompiledNotRunnable, compiled_scheme, load_compiled, mxq_runtime
+from whisper_npu.backends import CompiledNotRunnable, load_compiled, mxq_runtime
+from whisper_npu.backends.qbcompiler import compiled_scheme
 from whisper_npu.backends.runtime_surface import surface
 
 STANDIN = Path(__file__).parent / "standin_qbruntime"
@@ -169,7 +170,7 @@ def test_runner_end_to_end_matches_fp32(standin_rt, monkeypatch, tmp_path, tiny_
     """The runner through the stand-in runtime (fp32 reference inside) decodes exactly as the torch
     reference: embeddings, cache_size bookkeeping, core modes from the recorded scheme, output reshape."""
     from whisper_npu.backends.torch_ref import load_torch_backend
-    from whisper_npu.decode import DecodeConfig, transcribe
+    from whisper_npu.decode import DecodeConfig, greedy_decode
 
     monkeypatch.setenv("STANDIN_QBRUNTIME_NPU", "1")
     monkeypatch.setenv("STANDIN_QBRUNTIME_REFERENCE", str(tiny_model_dir))
@@ -182,9 +183,10 @@ def test_runner_end_to_end_matches_fp32(standin_rt, monkeypatch, tmp_path, tiny_
     rng = np.random.default_rng(0)
     for _ in range(2):   # two clips: the second must start a fresh sequence (cache_size=0)
         feats = rng.standard_normal((1, 3000, 80)).astype(np.float32)
-        ref = transcribe(fp32, feats, cfg, "en", "transcribe")
-        got = transcribe(backend, feats, cfg, "en", "transcribe")
-        assert got.tokens == ref.tokens and len(ref.tokens) > 0
+        prompt = cfg.prompt("en", "transcribe")
+        ref, _ = greedy_decode(fp32.decoder, fp32.encoder(feats), prompt, cfg)
+        got, _ = greedy_decode(backend.decoder, backend.encoder(feats), prompt, cfg)
+        assert got == ref and len(ref) > 0
     backend.close()
 
 

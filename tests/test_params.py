@@ -246,3 +246,23 @@ def test_per_language_entry_for_an_unlisted_language_is_not_checked_against_coun
     data["languages"] = ["de_de"]
     data["audio"]["per_language"] = {"en_us": {"clips": 2, "eval_clips": 1}}   # unused: en_us is not listed
     assert parse_params(data).audio.for_lang("de_de").clips == 8
+
+
+def test_dataclass_defaults_are_the_params_yaml_values():
+    """A section built in code (tests, bench) behaves as params.yaml's offline default profile. The one
+    exception on purpose: audio.per_language, the default profile's real-speech overrides, is empty by default
+    (no language gets another source unless params say so)."""
+    import dataclasses
+
+    def differences(loaded, path: str) -> list[str]:
+        out = []
+        default = type(loaded)()
+        for f in dataclasses.fields(loaded):
+            value, key = getattr(loaded, f.name), f"{path}{f.name}"
+            if dataclasses.is_dataclass(value):
+                out += differences(value, key + ".")
+            elif value != getattr(default, f.name) and key != "audio.per_language":
+                out.append(f"{key}: default {getattr(default, f.name)!r}, params.yaml {value!r}")
+        return out
+
+    assert differences(load_params(ROOT / "params.yaml"), "") == []

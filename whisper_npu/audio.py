@@ -1,6 +1,8 @@
-"""Decode, validate and normalise audio clips to Whisper's input: 16 kHz mono, at most 30 s.
+"""Audio I/O and features, one home: decode, validate and normalise clips to Whisper's input (16 kHz mono, at
+most 30 s), write and read the audio stage's WAVs, list the clips of its manifests, and compute the log-mel
+features in the encoder's NPU layout.
 
-Every clip goes through :func:`prepare`, which either returns the pieces to keep or raises
+Writing (the audio stage): every clip goes through :func:`prepare`, which either returns the pieces to keep or raises
 :class:`BadAudio` with a one-line reason that the audio stage records in ``skipped.jsonl``.
 
 Rules (the numbers are module constants so tests and docs name the same thing):
@@ -23,18 +25,31 @@ Rules (the numbers are module constants so tests and docs name the same thing):
   source's text is dropped for it (the labels stage still transcribes it).
 * **Output**: 16-bit PCM WAV, samples rounded and clipped to int16 here (not by libsndfile), so a
   rerun writes byte-identical files.
+
+Reading (the label, calibrate, compile and evaluate stages): :func:`read_clips` lists one split of each
+language's ``manifest.jsonl`` (exactly the languages asked, sorted), :func:`read_wav` reads a clip back and
+:func:`npu_features` turns it into the encoder's ``[1, frames, mels]`` float32 input.
 """
 from __future__ import annotations
 
 import io
+import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
 
-SAMPLE_RATE = 16000                 # Whisper's input rate
+from whisper_npu import languages as langs
+from whisper_npu.io import StageError, read_jsonl
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000                 # Whisper's input rate (its feature extractor's sampling_rate)
+TRANSCRIBE, TRANSLATE = "transcribe", "translate"   # Whisper's two tasks
 MAX_SECONDS = 30.0                  # Whisper's window
 MIN_SECONDS = 0.1                   # shorter clips count as empty
 SILENCE_PEAK_DBFS = -60.0           # peak below this: silent
@@ -177,12 +192,89 @@ def write_wav(path: str | Path, y: np.ndarray) -> None:
 
 
 def read_wav(path: str | Path) -> np.ndarray:
-    """Read a 16 kHz mono WAV written by :func:`write_wav` as float32 1-D."""
+    """Read a 16 kHz mono WAV written by :func:`write_wav` as float32 1-D (anything else is a StageError)."""
     y, rate = sf.read(str(path), dtype="float32", always_2d=True)
     if rate != SAMPLE_RATE or y.shape[1] != 1:
-        raise BadAudio(f"{path}: expected 16 kHz mono, found {rate} Hz x {y.shape[1]} channels")
+        raise StageError(f"{path}: {rate} Hz x {y.shape[1]} channels; expected 16 kHz mono from the audio stage")
     return y[:, 0]
 
 
-__all__ = ["SAMPLE_RATE", "MAX_SECONDS", "AUDIO_EXTENSIONS", "BadAudio", "Piece", "Prepared",
-           "decode", "prepare", "to_mono_16k", "write_wav", "read_wav", "to_int16"]
+def npu_features(feature_extractor: Any, audio: np.ndarray) -> np.ndarray:
+    """Log-mel in the encoder .mxq's layout: HF features ``[1, mels, frames]`` transposed to
+    ``[1, frames, mels]`` float32, C-contiguous (as the tutorial's ``.transpose(1, 2)``)."""
+    feats = feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
+    return np.ascontiguousarray(np.asarray(feats, dtype=np.float32).transpose(0, 2, 1))
+
+
+# ---------------------------------------------------------------------------------------------- clips
+
+@dataclass(frozen=True)
+class Clip:
+    """One clip of the audio stage's manifest."""
+    id: str
+    lang: str                   # FLEURS code (key everywhere in the project)
+    audio: Path
+    duration: float = 0.0       # seconds
+    text: str | None = None     # source-language reference, None when unknown
+    text_en: str | None = None  # English reference, None when unknown
+    kind: str = "unknown"       # the audio source (synth, asterisk, fleurs, local): synthetic or real speech
+    diacritics: bool = True     # False: the source's transcripts carry none, so scoring compares without them
+
+    @property
+    def whisper_lang(self) -> str:
+        return langs.get(self.lang).whisper
+
+    def tasks(self) -> list[str]:
+        """The tasks it is evaluated on: transcribe always (agreement and speed need no reference); translate
+        when there is an English reference and the source is not English (X -> en, as in the Whisper paper)."""
+        if self.text_en and self.whisper_lang != "en":
+            return [TRANSCRIBE, TRANSLATE]
+        return [TRANSCRIBE]
+
+
+# what to change when a language has no clips of a split
+_SPLIT_HINT = {"calibration": "check audio.clips / audio.eval_clips", "evaluation": "set audio.eval_clips >= 1"}
+
+
+def read_clips(audio_root: str | Path, languages: Sequence[str], split: str,
+               per_language: int | None = None) -> list[Clip]:
+    """The ``split`` clips (``calibration`` or ``evaluation``) of exactly the listed languages, sorted by
+    (language, id): the first ``per_language`` of each language when given, all otherwise.
+
+    Reads ``<audio_root>/<lang>/manifest.jsonl`` (never globs folders): a language without a manifest or
+    without clips of the split is an error naming what to run or change; fewer clips than ``per_language``
+    is a warning (the audio stage may have skipped bad clips). Languages are sorted, so the order of the
+    params list does not matter.
+    """
+    audio_root = Path(audio_root)
+    clips: list[Clip] = []
+    for lang in sorted(languages):
+        folder = audio_root / lang
+        manifest = folder / "manifest.jsonl"
+        if not manifest.is_file():
+            raise StageError(f"{manifest}: missing; language {lang!r} is in params `languages` but has no audio "
+                             f"(run `dvc repro audio@{lang}`)")
+        rows = [r for r in read_jsonl(manifest) if r.get("split") == split]
+        for r in rows:
+            if r.get("lang", lang) != lang:
+                raise StageError(f"{manifest}: clip {r.get('id')!r} has lang {r.get('lang')!r}, expected {lang!r}")
+        rows.sort(key=lambda r: r["id"])
+        if not rows:
+            raise StageError(f"{manifest}: no clips with split == {split!r} for {lang!r}; {_SPLIT_HINT[split]}")
+        if per_language is not None and len(rows) < per_language:
+            log.warning("%s: %d %s clips, fewer than calibration.samples_per_language = %d; using all",
+                        lang, len(rows), split, per_language)
+        for r in rows[:per_language]:
+            path = folder / r["file"]
+            if not path.is_file():
+                raise StageError(f"{path}: listed in {manifest} but missing (rerun `dvc repro audio@{lang}`)")
+            src = r.get("source") if isinstance(r.get("source"), dict) else {}
+            clips.append(Clip(r["id"], lang, path, float(r.get("duration", 0.0)), r.get("text") or None,
+                              r.get("text_en") or None, str(src.get("kind", "unknown")),
+                              bool(src.get("diacritics", True))))
+    return clips
+
+
+__all__ = ["SAMPLE_RATE", "MAX_SECONDS", "AUDIO_EXTENSIONS", "TRANSCRIBE", "TRANSLATE", "BadAudio", "Piece",
+           "Prepared", "Clip", "decode", "prepare", "to_mono_16k", "write_wav", "read_wav", "to_int16",
+           "npu_features", "read_clips"]

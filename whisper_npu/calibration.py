@@ -1,4 +1,6 @@
-"""Calibration sets for the encoder and decoder: shared code for the calibrate_* and compile stages.
+"""Calibration sets for the encoder and decoder: task mix, decoder token sequences and embeddings, the
+tutorial's list files (write, read, validate). Shared by the calibrate_* and compile stages; clips, audio
+and features come from whisper_npu/audio.py.
 
 The tutorial's ``calibration/create_calibration.py`` (shared/notes/mobilint-qbcompiler.md §2.3) writes
 
@@ -20,7 +22,8 @@ This module keeps those file names and formats and fixes the tutorial's defects:
 3. **Tamil missing** from the tutorial's FLEURS-to-Whisper map, so Tamil clips were silently left out of the
    decoder set. The one language table (whisper_npu/languages.py) covers every language in params.
 4. **Absolute paths inside outputs.** Lists hold paths relative to the list file; :func:`read_encoder_list`
-   and :func:`read_decoder_json` resolve them, :func:`absolutized_copy` writes a compiler-ready copy.
+   and :func:`read_decoder_json` resolve them, and the compile stage hands the compiler a copy with absolute
+   paths in a temporary folder (whisper_npu/backends/calib_sets.py).
 5. **Both tasks generated, one thrown away.** The tutorial generated a transcription AND a translation for
    every clip and then kept one. The task is drawn first; only that task is generated.
 6. **Encoder run three times per clip** (once for the saved states, once inside each ``generate``). It runs
@@ -35,7 +38,6 @@ update a fast tokenizer's prefix); sequences longer than the model's positions a
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -47,85 +49,17 @@ from typing import Any
 
 import numpy as np
 
-from whisper_npu import languages as langs
 from whisper_npu import specs
-from whisper_npu.io import StageError, read_jsonl, write_json
+from whisper_npu.audio import TRANSCRIBE, TRANSLATE, Clip
+from whisper_npu.io import StageError
+from whisper_npu.seeds import task_mix_rng
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16_000
-TRANSCRIBE, TRANSLATE = "transcribe", "translate"
 # The tutorial's task_type labels; the "_no_lang" variants were disabled there and are not produced here.
 TASK_TYPES = {TRANSCRIBE: "transcription_with_lang", TRANSLATE: "translation_with_lang"}
 ENCODER_STATES = "encoder_hidden_states.npy"
 DECODER_STATES = "decoder_hidden_states.npy"
-
-
-# ---------------------------------------------------------------------------------------------- clips
-
-@dataclass(frozen=True)
-class Clip:
-    """One calibration clip from the audio stage's manifest."""
-    id: str
-    lang: str            # FLEURS code (key everywhere in the project)
-    audio: Path
-    text: str = ""       # source-language reference, "" when unknown
-    text_en: str = ""    # English reference, "" when unknown
-
-    @property
-    def whisper_lang(self) -> str:
-        return langs.get(self.lang).whisper
-
-
-def select_clips(audio_root: str | Path, languages: Sequence[str], per_language: int) -> list[Clip]:
-    """The first ``per_language`` calibration clips (sorted by id) of each language in ``languages``.
-
-    Reads ``<audio_root>/<lang>/manifest.jsonl`` for exactly the listed languages (never globs folders).
-    Fewer clips than asked is a warning (the audio stage may have skipped bad clips); none is an error.
-    Returns clips sorted by (language, id), languages sorted, so the order of the params list does not matter.
-    """
-    audio_root = Path(audio_root)
-    clips: list[Clip] = []
-    for lang in sorted(languages):
-        folder = audio_root / lang
-        manifest = folder / "manifest.jsonl"
-        if not manifest.is_file():
-            raise StageError(f"{manifest}: missing; language {lang!r} is in params `languages` but has no audio "
-                             f"(run `dvc repro audio@{lang}`)")
-        rows = [r for r in read_jsonl(manifest) if r.get("split") == "calibration"]
-        for r in rows:
-            if r.get("lang", lang) != lang:
-                raise StageError(f"{manifest}: clip {r.get('id')!r} has lang {r.get('lang')!r}, expected {lang!r}")
-        rows.sort(key=lambda r: r["id"])
-        if not rows:
-            raise StageError(f"{manifest}: no clips with split == 'calibration' for {lang!r}; check "
-                             "audio.clips / audio.eval_clips")
-        if len(rows) < per_language:
-            log.warning("%s: %d calibration clips, fewer than calibration.samples_per_language = %d; using all",
-                        lang, len(rows), per_language)
-        for r in rows[:per_language]:
-            path = folder / r["file"]
-            if not path.is_file():
-                raise StageError(f"{path}: listed in {manifest} but missing (rerun `dvc repro audio@{lang}`)")
-            clips.append(Clip(r["id"], lang, path, r.get("text") or "", r.get("text_en") or ""))
-    return clips
-
-
-def load_audio(path: str | Path) -> np.ndarray:
-    """16 kHz mono float32 samples (the audio stage writes this format; anything else is an error)."""
-    import soundfile as sf
-
-    audio, sr = sf.read(str(path), dtype="float32", always_2d=False)
-    if sr != SAMPLE_RATE or audio.ndim != 1:
-        raise StageError(f"{path}: {sr} Hz, {audio.ndim}-D; expected 16 kHz mono from the audio stage")
-    return audio
-
-
-def npu_features(feature_extractor: Any, audio: np.ndarray) -> np.ndarray:
-    """Log-mel in the encoder .mxq's layout: HF features ``[1, mels, frames]`` transposed to
-    ``[1, frames, mels]`` float32, C-contiguous (as the tutorial's ``.transpose(1, 2)``)."""
-    feats = feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
-    return np.ascontiguousarray(np.asarray(feats, dtype=np.float32).transpose(0, 2, 1))
 
 
 # ---------------------------------------------------------------------------------------------- task mix
@@ -133,13 +67,6 @@ def npu_features(feature_extractor: Any, audio: np.ndarray) -> np.ndarray:
 def n_translate(n: int, ratio: float) -> int:
     """Clips of ``n`` that use the translate task: ``ratio * n`` rounded half up (not banker's rounding)."""
     return min(n, int(math.floor(ratio * n + 0.5)))
-
-
-def _lang_seed(seed: int, lang: str, fraction: float = 1.0) -> list[int]:
-    # A per-language stream: adding or removing another language never changes this language's draw. An
-    # audio-prefix fraction other than the whole clip gets its own stream (the whole clip keeps the seed's).
-    stream = [seed, int.from_bytes(hashlib.sha256(lang.encode()).digest()[:8], "little")]
-    return stream if fraction == 1.0 else stream + [percent(fraction)]
 
 
 def percent(fraction: float) -> int:
@@ -160,7 +87,8 @@ def task_mix(clips: Iterable[Clip], ratio: float, seed: int, fraction: float = 1
     tasks: dict[str, str] = {}
     for lang, ids in sorted(by_lang.items()):
         ids = sorted(ids)
-        perm = np.random.default_rng(_lang_seed(seed, lang, fraction)).permutation(len(ids))
+        rng = task_mix_rng(seed, lang, None if fraction == 1.0 else percent(fraction))
+        perm = rng.permutation(len(ids))
         chosen = {ids[i] for i in perm[: n_translate(len(ids), ratio)]}
         tasks.update({i: TRANSLATE if i in chosen else TRANSCRIBE for i in ids})
     return tasks
@@ -320,29 +248,6 @@ def read_decoder_json(json_path: str | Path) -> tuple[dict, list[tuple[Path, Pat
     if not pairs:
         raise StageError(f"{json_path}: 'calib paths' is empty")
     return data["info"], pairs
-
-
-def absolutized_copy(list_path: str | Path, dest: str | Path) -> Path:
-    """Write a copy of an encoder list (.txt) or decoder JSON (.json) at ``dest`` with absolute paths, for a
-    compiler that resolves paths against its working directory. Returns ``dest``."""
-    list_path, dest = Path(list_path), Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if list_path.suffix == ".txt":
-        files = read_encoder_list(list_path)
-        dest.write_text("".join(str(p.resolve()) + "\n" for p in files), encoding="utf-8")
-        return dest
-    if list_path.suffix == ".json":
-        _, pairs = read_decoder_json(list_path)
-        data = json.loads(list_path.read_text(encoding="utf-8"))
-        data["calib paths"] = [[str(d.resolve()), str(e.resolve())] for d, e in pairs]
-        base = list_path.parent
-        for m in data.get("metadata", []):
-            for key in ("decoder_hidden_states", "encoder_hidden_states"):
-                if isinstance(m.get(key), str):
-                    m[key] = str((base / m[key]).resolve())
-        write_json(dest, data)
-        return dest
-    raise StageError(f"{list_path}: expected a .txt encoder list or a .json decoder list")
 
 
 # ---------------------------------------------------------------------------------------------- validation

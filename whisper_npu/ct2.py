@@ -141,29 +141,6 @@ def read_model_bin(path: str | Path) -> CT2Model:
     return parse_model_bin(path.read_bytes(), source=str(path))
 
 
-def write_model_bin(path: str | Path, variables: Mapping[str, np.ndarray], aliases: Mapping[str, str] | None = None,
-                    spec: str = "WhisperSpec", revision: int = 3, binary_version: int = 6) -> None:
-    """Write variables in the CTranslate2 layout (used by tests to make synthetic files)."""
-    ids = {v: k for k, v in DTYPES.items() if k != BFLOAT16}
-
-    def s(text: str) -> bytes:
-        raw = text.encode("utf-8") + b"\0"
-        return struct.pack("<H", len(raw)) + raw
-
-    out = [struct.pack("<I", binary_version), s(spec), struct.pack("<I", revision),
-           struct.pack("<I", len(variables))]
-    for name, arr in variables.items():
-        arr = np.asarray(arr)   # not ascontiguousarray: it turns 0-d scalars into 1-d
-        out += [s(name), struct.pack("<B", arr.ndim), *(struct.pack("<I", d) for d in arr.shape),
-                struct.pack("<B", ids[arr.dtype]),
-                struct.pack("<I", arr.nbytes), arr.tobytes()]
-    aliases = dict(aliases or {})
-    out.append(struct.pack("<I", len(aliases)))
-    for alias, target in aliases.items():
-        out += [s(alias), s(target)]
-    Path(path).write_bytes(b"".join(out))
-
-
 # ------------------------------------------------------------------------------------------ weights
 
 def float_weight(model: CT2Model, name: str) -> np.ndarray:
@@ -426,7 +403,7 @@ def slow_tokenizer_files(tokenizer_json: Mapping[str, Any]) -> dict[str, str]:
 
 @dataclass
 class HFWhisper:
-    """Everything a Hugging Face Whisper folder holds, in memory (input of model_store.write_store)."""
+    """Everything a Hugging Face Whisper folder holds, in memory (input of stages/model.py's write_store)."""
     state_dict: dict[str, np.ndarray]
     config: dict[str, Any]
     generation_config: dict[str, Any]

@@ -18,16 +18,14 @@ run to ``max_new_tokens``. ``repeat_times = 0`` turns the guard off (exact HF be
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from whisper_npu.runtime import Backend, BatchDecoderSession, DecoderSession
+from whisper_npu.runtime import BatchDecoderSession, DecoderSession
 
-TASKS = ("transcribe", "translate")
 STOP_REASONS = ("eot", "max_new_tokens", "max_positions", "repetition")
 
 
@@ -113,14 +111,6 @@ class DecodeConfig:
         if task not in self.task_to_id:
             raise DecodeError(f"task {task!r}: must be one of {', '.join(sorted(self.task_to_id))}")
         return [self.sot, self.lang_to_id[language], self.task_to_id[task], self.no_timestamps]
-
-
-@dataclass(frozen=True)
-class DecodeResult:
-    tokens: list[int]       # generated ids, without prompt and EOT
-    stop: str               # one of STOP_REASONS
-    seconds: float = 0.0    # wall time of encoder + decoder (for the real-time factor)
-    text: str = ""
 
 
 def repeated_tail(tokens: Sequence[int], max_ngram: int, times: int) -> int:
@@ -218,17 +208,6 @@ def greedy_decode_batch(session: BatchDecoderSession, encoder_states: np.ndarray
 def batched(session: Any) -> bool:
     """Whether a decoder session can decode several sequences at once (:class:`BatchDecoderSession`)."""
     return all(callable(getattr(session, m, None)) for m in ("reset_batch", "step_batch", "select"))
-
-
-def transcribe(backend: Backend, features: np.ndarray, cfg: DecodeConfig, language: str, task: str,
-               to_text: Callable[[list[int]], str] | None = None) -> DecodeResult:
-    """Encode ``[1, 3000, 80]`` features and decode greedily; time both (for the real-time factor)."""
-    prompt = cfg.prompt(language, task)
-    start = time.perf_counter()
-    states = backend.encoder(features)
-    tokens, stop = greedy_decode(backend.decoder, states, prompt, cfg)
-    seconds = time.perf_counter() - start
-    return DecodeResult(tokens=tokens, stop=stop, seconds=seconds, text=to_text(tokens) if to_text else "")
 
 
 def tokenizer_text(tokenizer: Any) -> Callable[[list[int]], str]:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import inspect
 import logging
 import pickle
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,12 +40,12 @@ from typing import Any
 import numpy as np
 
 from whisper_npu.io import StageError
+from whisper_npu.model_store import MODEL_JSON, OPENAI_CKPT
 
 log = logging.getLogger(__name__)
 
 # openai-whisper's default fallback schedule, written out: the tutorial relies on it.
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-CHECKPOINT = "openai-whisper.pt"
 
 
 @dataclass
@@ -71,7 +70,7 @@ def _load_path(path: Path) -> Any:
 
 def _reference_name(model_dir: Path) -> str:
     """``reference:<name>`` with the model stage's name when model.json records one."""
-    meta = model_dir / "model.json"
+    meta = model_dir / MODEL_JSON
     try:
         import json
         name = json.loads(meta.read_text(encoding="utf-8")).get("name")
@@ -87,7 +86,7 @@ def load_labeler(spec: str, model_dir: Path | None) -> Labeler:
     if spec == "reference":
         if model_dir is None:
             raise StageError("labels.labeler = reference: pass --model (the model stage's folder)")
-        ckpt = Path(model_dir) / CHECKPOINT
+        ckpt = Path(model_dir) / OPENAI_CKPT
         if not ckpt.is_file():
             raise StageError(f"{ckpt}: missing; run the model stage first (`dvc repro model`)")
         return Labeler(_load_path(ckpt), _reference_name(Path(model_dir)))
@@ -116,10 +115,6 @@ def check_language(labeler: Labeler, whisper_lang: str, lang: str) -> None:
     if not labeler.multilingual and whisper_lang != "en":
         raise StageError(f"labels.labeler = {labeler.name}: an English-only model cannot transcribe or translate "
                          f"{lang}; use a multilingual model (e.g. large-v3, small, or the reference whisper-base)")
-
-
-def clip_seed(seed: int, clip_id: str) -> int:
-    return (seed * 1_000_003 + zlib.crc32(clip_id.encode())) % (2**31)
 
 
 def transcribe_options(whisper_lang: str, task: str, beam_size: int, logprob_fallback: bool = True,
@@ -347,4 +342,4 @@ def label_clip(labeler: Labeler, audio: np.ndarray, whisper_lang: str, beam_size
 
 
 __all__ = ["Labeler", "LabelStats", "load_labeler", "check_language", "label_batch", "label_clip", "transcribe",
-           "transcribe_options", "clip_seed", "TEMPERATURES"]
+           "transcribe_options", "TEMPERATURES"]

@@ -126,11 +126,11 @@ class LabelsParams:
     beam_size: int = _f(1, ge=1)
     logprob_fallback: bool = _f(False, doc="also retry at higher temperature when avg log-prob < -1 "
                                            "(openai-whisper's default, the tutorial's); repetition always retries")
-    best_of: int = _f(5, ge=1, doc="samples drawn per fallback temperature (openai-whisper's default: 5)")
-    max_new_tokens: int = _f(224, ge=1, le=224, doc="tokens per 30 s window (openai-whisper's default: 224)")
-    without_timestamps: bool = _f(False, doc="decode without timestamp tokens (openai-whisper default: false)")
+    best_of: int = _f(1, ge=1, doc="samples drawn per fallback temperature (openai-whisper's default: 5)")
+    max_new_tokens: int = _f(96, ge=1, le=224, doc="tokens per 30 s window (openai-whisper's default: 224)")
+    without_timestamps: bool = _f(True, doc="decode without timestamp tokens (openai-whisper default: false)")
     # Only calibration clips' labels are read (calibration.text_source = labels); the tutorial labels every clip.
-    splits: list = _f(["calibration", "evaluation"], doc="which clips get labelled: calibration, evaluation")
+    splits: list = _f(["calibration"], doc="which clips get labelled: calibration, evaluation")
     batch_size: int = _f(8, ge=1, doc="clips labelled at once (encoder batch and decode batch); bounds memory")
 
 
@@ -188,18 +188,18 @@ ORT_NODE_GROUPS = ("attention_matmuls", "first_conv", "convs", "lm_head", "fc2",
 
 @dataclass(frozen=True)
 class OrtParams:
-    mode: str = _f("static", choices=("dynamic", "static"))
+    mode: str = _f("dynamic", choices=("dynamic", "static"))
     per_channel: bool = _f(True)
     calibrate_method: str = _f("minmax", choices=("minmax", "percentile", "entropy"))
     percentile: float = _f(99.999, gt=0, le=100)
     op_types: list = _f(["MatMul", "Conv"], doc="op types quantized")
     nodes_to_exclude: list = _f([])
-    keep_float: list = _f([], doc="node groups kept in float: attention_matmuls, first_conv, convs, lm_head, "
+    keep_float: list = _f(["fc2"], doc="node groups kept in float: attention_matmuls, first_conv, convs, lm_head, "
                                        "fc2, fc1, out_proj, or '/...' node-name patterns")
     activation_type: str = _f("int8", choices=("int8", "uint8"), doc="static mode: activation integer type")
     high_precision: list = _f(["fc2", "attention_matmuls"],
                               doc="static mode: node groups / patterns whose activations (in and out) are 16-bit")
-    smooth_quant: bool = _f(True)
+    smooth_quant: bool = _f(False)
     smooth_quant_alpha: float = _f(0.5, ge=0, le=1)
     calibration_samples: int = _f(16, ge=1, doc="calibration samples used by the static quantizer")
 

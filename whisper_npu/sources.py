@@ -28,19 +28,17 @@ import json
 import logging
 import shutil
 import subprocess
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from whisper_npu import languages as langs
 from whisper_npu.audio import AUDIO_EXTENSIONS
 from whisper_npu.io import StageError
 from whisper_npu.params import AudioParams
+from whisper_npu.seeds import lang_rng
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +60,6 @@ class SourceClip:
         return self.data() if callable(self.data) else self.data
 
 
-def lang_seed(seed: int, lang: str, salt: str) -> list[int]:
-    """A seed sequence for one language and purpose: independent of the other languages in params."""
-    return [seed, zlib.crc32(lang.encode()), zlib.crc32(salt.encode())]
-
-
 def select(total: int, n: int, selection: str, seed: int, lang: str, what: str) -> list[int]:
     """Indices of the ``n`` items to use out of ``total`` (sorted), or a StageError naming the counts."""
     if total < n:
@@ -74,7 +67,7 @@ def select(total: int, n: int, selection: str, seed: int, lang: str, what: str) 
                          "lower audio.clips or add clips")
     if selection == "first":
         return list(range(n))
-    rng = np.random.default_rng(lang_seed(seed, lang, "select"))
+    rng = lang_rng(seed, lang, "select")
     return sorted(int(i) for i in rng.choice(total, size=n, replace=False))
 
 
@@ -128,7 +121,7 @@ def synth_clips(lang: str, params: AudioParams, seed: int) -> list[SourceClip]:
         row = rows[i]
         # One generator per clip, keyed by language and sentence: the same clip sounds the same
         # whatever else is selected or listed.
-        rng = np.random.default_rng(lang_seed(seed, lang, f"synth-{row['sentence']}"))
+        rng = lang_rng(seed, lang, f"synth-{row['sentence']}")
         variant = s.variants[int(rng.integers(len(s.variants)))]
         rate = int(rng.integers(s.rate[0], s.rate[1] + 1))
         pitch = int(rng.integers(s.pitch[0], s.pitch[1] + 1))
@@ -280,5 +273,5 @@ def get_clips(lang: str, params: AudioParams, seed: int) -> list[SourceClip]:
     return SOURCES[params.source](lang, params, seed)
 
 
-__all__ = ["SourceClip", "get_clips", "select", "lang_seed", "load_corpus", "espeak",
+__all__ = ["SourceClip", "get_clips", "select", "load_corpus", "espeak",
            "synth_clips", "fleurs_clips", "local_clips"]

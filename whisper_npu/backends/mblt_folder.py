@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from whisper_npu.backends import EMBED_POSITIONS, EMBED_TOKENS, read_provenance
+from whisper_npu.backends.qbcompiler import mxq_call
 from whisper_npu.io import StageError, read_json, write_json
 
 MODEL_TYPE = "mobilint-whisper"
@@ -49,12 +51,12 @@ def npu_fields(prefix: str, mxq: str, scheme: str, target_device: str, component
     return out
 
 
-def _calls(compiled: Path) -> dict:
-    prov = read_json(compiled / "provenance.json")
+def _calls(compiled: Path) -> tuple[dict, dict]:
+    prov = read_provenance(compiled)
     if prov.get("backend") != "qbcompiler":
         raise StageError(f"{compiled}: compiled with {prov.get('backend')!r}, not qbcompiler: no .mxq files for "
                          "Mobilint's model folder")
-    return prov["resolved"]["calls"]["mxq_compile"], prov["artifacts"]
+    return mxq_call(compiled), prov["artifacts"]
 
 
 def write_folder(out: Path, hf_dir: Path, enc_dir: Path, dec_dir: Path) -> dict:
@@ -71,8 +73,7 @@ def write_folder(out: Path, hf_dir: Path, enc_dir: Path, dec_dir: Path) -> dict:
         config.update(npu_fields(f"{component}_", mxq, calls.get("inference_scheme") or "single",
                                  calls.get("target_device", "aries-rb"), component))
     write_json(out / "config.json", config)
-    tables = [np.ascontiguousarray(np.load(dec_dir / f"{n}.npy"), dtype=np.float32)
-              for n in ("embed_tokens", "embed_positions")]
+    tables = [np.ascontiguousarray(np.load(dec_dir / n), dtype=np.float32) for n in (EMBED_TOKENS, EMBED_POSITIONS)]
     save_file(dict(zip(EMBEDDINGS, tables)), str(out / "model.safetensors"))
     for name in HOST_FILES:
         if (hf_dir / name).is_file():

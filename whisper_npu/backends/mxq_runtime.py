@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from whisper_npu.backends import EMBED_POSITIONS, EMBED_TOKENS
+
 log = logging.getLogger(__name__)
 
 RUNTIME_MODULES = ("qbruntime", "maccel")   # new name first; maccel is the 0.x name of the same API
@@ -187,7 +189,7 @@ def load_mxq_backend(enc_dir: str | Path, dec_dir: str | Path, model_config_: An
     enc_dir, dec_dir = Path(enc_dir), Path(dec_dir)
     scale = float(np.sqrt(model_config_.d_model)) if getattr(model_config_, "scale_embedding", False) else 1.0
     return MxqBackend(_one(enc_dir, "*.mxq"), _one(dec_dir, "*.mxq"),
-                      np.load(dec_dir / "embed_tokens.npy"), np.load(dec_dir / "embed_positions.npy"),
+                      np.load(dec_dir / EMBED_TOKENS), np.load(dec_dir / EMBED_POSITIONS),
                       n_positions=int(model_config_.max_source_positions), d_model=int(model_config_.d_model),
                       encoder_scheme=encoder_scheme, decoder_scheme=decoder_scheme, embed_scale=scale,
                       dev_no=dev_no, target_device=target_device)

@@ -18,11 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from whisper_npu.io import read_json
-
-PROVENANCE = "provenance.json"
-EMBED_TOKENS = "embed_tokens.npy"
-EMBED_POSITIONS = "embed_positions.npy"
+from whisper_npu.backends import EMBED_POSITIONS, EMBED_TOKENS, artifact, read_provenance
 
 
 def make_session(path: str | Path, threads: int | None = None):
@@ -93,18 +89,11 @@ class OrtBackend:
     decoder: OrtDecoderSession
 
 
-def artifact(compiled_dir: str | Path) -> Path:
-    """The model file a compile output folder holds, named by its provenance.json."""
-    compiled_dir = Path(compiled_dir)
-    prov = read_json(compiled_dir / PROVENANCE)
-    return compiled_dir / prov["artifacts"]["model"]
-
-
 def load_ort_backend(compiled_dir_encoder: str | Path, compiled_dir_decoder: str | Path,
                      threads: int | None = None) -> OrtBackend:
     """A Backend over ``compiled/encoder`` and ``compiled/decoder`` written by the onnxruntime backend."""
     dec_dir = Path(compiled_dir_decoder)
-    prov = read_json(dec_dir / PROVENANCE)
+    prov = read_provenance(dec_dir)
     if prov.get("backend") != "onnxruntime":
         raise ValueError(f"{dec_dir}: compiled with backend {prov.get('backend')!r}; only onnxruntime "
                          "artifacts run on this machine")

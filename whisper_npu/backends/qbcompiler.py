@@ -1,5 +1,7 @@
-"""Mobilint qbcompiler backend: ``mblt_compile`` (.mblt) then ``mxq_compile`` (.mxq), one adapter for
-every known call style.
+"""The ``qbcompiler`` backend: Mobilint's compiler, ``mblt_compile`` (.mblt) then ``mxq_compile`` (.mxq), one
+adapter for every known call style; both ends of its artifacts: :func:`build` compiles a component,
+:func:`load` runs the two .mxq files through Mobilint's runtime (mxq_runtime.py) with the inference scheme
+and target device that :func:`mxq_call` reads back from the provenance.
 
 The compiler is not on PyPI and cannot be installed here. The calls are rebuilt from Mobilint's compiler
 documentation (v1.3, shared/notes/qbcompiler-docs.md) and the tutorial's call sites per version
@@ -49,10 +51,14 @@ import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from whisper_npu.backends import PROVENANCE, Built, CompiledNotRunnable, read_provenance
 from whisper_npu.io import StageError
-from whisper_npu.params import QbcompilerParams
+from whisper_npu.params import CompileParams, QbcompilerParams
+
+if TYPE_CHECKING:
+    from whisper_npu.backends.calib_sets import CalibSet
 
 log = logging.getLogger(__name__)
 
@@ -429,3 +435,74 @@ def compile_component(inst: Installed, plan: dict, model: Any, calib_file: Path,
         log.warning("qbcompiler wrote no %s although config_save_path was given", artifacts["compile_config"])
         del artifacts["compile_config"]
     return artifacts
+
+
+# ------------------------------------------------------------------------------------------- the interface
+
+def build(model: Any, component: str, spec: Any, cs: CalibSet, cp: CompileParams, out_dir: Path,
+          stem: str) -> Built:
+    """.mblt and .mxq of one component into ``out_dir``. Nothing can be checked on a compile host (an .mxq
+    runs only on the NPU), so it calibrates on every entry and holds none out."""
+    import tempfile
+
+    import torch
+
+    from whisper_npu.backends import calib_sets
+
+    calib_idx = list(range(len(cs)))
+    inst = require()
+    plan = plan_calls(inst.api, component, cp.qbcompiler, gpu=torch.cuda.is_available(),
+                      input_features_shape=(1, int(model.config.num_mel_bins),
+                                            spec.inputs[0].shape[1] if component == "encoder" else 0),
+                      version=inst.version)
+    with tempfile.TemporaryDirectory(prefix="whisper-npu-calib-") as tmp:
+        # Absolute paths for the compiler, in a temp dir: never inside a DVC output.
+        calib_file = calib_sets.write_absolute(cs, calib_idx, Path(tmp).resolve())
+        artifacts = compile_component(inst, plan, model, calib_file, out_dir, stem)
+    resolved = {"compiler": {"module": inst.module, "version": inst.version, "api": inst.api}, "calls": plan,
+                "calibrated_on": calib_idx}
+    if "compile_config" in artifacts:   # what the compiler says it resolved (config_save_path, 1.3+)
+        import yaml
+
+        saved = out_dir / artifacts["compile_config"]
+        try:
+            resolved["compiler_config"] = yaml.safe_load(saved.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as e:
+            raise StageError(f"{saved.name}: the compiler's saved configuration is unreadable ({e})") from None
+    numerics = {"checked": False,
+                "reason": "an .mxq runs only on a Mobilint NPU (qbruntime); compare on the device with the "
+                          "evaluate stage"}
+    return Built(artifacts, resolved, numerics)
+
+
+def mxq_call(compiled_dir: Path) -> dict:
+    """The ``mxq_compile`` keywords the compile stage recorded (provenance ``resolved.calls.mxq_compile``)."""
+    prov = read_provenance(compiled_dir)
+    calls = prov.get("resolved", {}).get("calls")
+    if not isinstance(calls, dict) or not isinstance(calls.get("mxq_compile"), dict):
+        raise StageError(f"{Path(compiled_dir) / PROVENANCE}: no resolved.calls.mxq_compile (written by an "
+                         f"older compile stage?); rerun `dvc repro compile@{Path(compiled_dir).name}`")
+    return calls["mxq_compile"]
+
+
+def compiled_scheme(compiled_dir: Path) -> str:
+    """The inference scheme the compile stage passed to ``mxq_compile``; ``single`` when it passed none
+    (qbcompiler's documented default; the 0.11 decoder call)."""
+    return str(mxq_call(compiled_dir).get("inference_scheme") or "single")
+
+
+def compiled_target(compiled_dir: Path) -> str:
+    """The target device passed to ``mxq_compile``; ``aries-rb`` for compilers without the argument."""
+    return str(mxq_call(compiled_dir).get("target_device") or "aries-rb")
+
+
+def load(enc_dir: Path, dec_dir: Path, model_config: Any) -> Any:
+    """The two .mxq files on the NPU through Mobilint's runtime; CompiledNotRunnable without one."""
+    from whisper_npu.backends.mxq_runtime import RuntimeUnavailable, import_runtime, load_mxq_backend
+
+    try:
+        import_runtime()   # no runtime: not runnable here, whatever the artifacts say
+        return load_mxq_backend(enc_dir, dec_dir, model_config, encoder_scheme=compiled_scheme(enc_dir),
+                                decoder_scheme=compiled_scheme(dec_dir), target_device=compiled_target(dec_dir))
+    except RuntimeUnavailable as e:
+        raise CompiledNotRunnable(f"{dec_dir}: {e}") from None
