@@ -5,7 +5,7 @@ changed per experiment (not the full grid), run by DVC's own queue.
     nice -n 10 dvc queue start -j 1                 # then: dvc queue status; dvc exp show --json > sweep.json
     python -m bench.sweep_table sweep.json          # the table and the plot (bench/sweep_table.py)
 
-``--dry-run`` prints the `dvc exp run` commands instead of running them; ``-S key=value`` adds an override to
+``--only NAME ...`` queues those experiments only, in that order; ``--dry-run`` prints the `dvc exp run` commands instead of running them; ``-S key=value`` adds an override to
 every experiment (e.g. ``-S audio.asterisk.cache=/abs/debs``: a queued experiment runs in a temporary copy of
 the repository, where a relative cache folder is empty).
 """
@@ -52,10 +52,14 @@ def experiment_args(base: list[str], changes: dict[str, str], extra: list[str]) 
     return out
 
 
-def commands(preset: Path, params: Path, extra: list[str]) -> list[list[str]]:
+def commands(preset: Path, params: Path, extra: list[str], only: list[str] | None = None) -> list[list[str]]:
+    """The `dvc exp run --queue` command of each experiment (of ``only``, in that order, when given)."""
+    unknown = sorted(set(only or []) - set(KNOBS))
+    if unknown:
+        raise SystemExit(f"error: unknown sweep experiments {unknown}; known: {list(KNOBS)}")
     base = overrides(preset, params)
-    return [["dvc", "exp", "run", "--queue", "-n", name, *experiment_args(base, changes, extra)]
-            for name, changes in KNOBS.items()]
+    return [["dvc", "exp", "run", "--queue", "-n", name, *experiment_args(base, KNOBS[name], extra)]
+            for name in (only or KNOBS)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -64,8 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("-S", dest="extra", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="queue these experiments only, in this order")
     args = parser.parse_args(argv)
-    for cmd in commands(args.preset, args.params, args.extra):
+    for cmd in commands(args.preset, args.params, args.extra, args.only):
         print(shlex.join(cmd), flush=True)
         if not args.dry_run:
             subprocess.run(cmd, check=True)
