@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,23 +28,21 @@ KNOB_KEYS = {"samples per language": "calibration.samples_per_language",
 
 
 def experiments(show: list[dict], prefix: str = "sweep-") -> dict[str, dict]:
-    """name -> the ``data`` record (params, metrics) of every finished experiment whose name starts with prefix."""
+    """name -> the ``data`` record (params, metrics) of every FINISHED experiment whose name starts with prefix.
+
+    `dvc exp show --json`: a list of commits, each with ``experiments``: [{executor: {state}, name, revs:
+    [{name, data}]}]; queued, running and failed experiments (executor state other than success) are left out,
+    as their ``data`` holds the baseline commit's metrics, not theirs.
+    """
     out: dict[str, dict] = {}
-
-    def walk(node: Any) -> Iterator[dict]:
-        if isinstance(node, dict):
-            if isinstance(node.get("data"), dict) and "params" in node["data"]:
-                yield node
-            for v in node.values():
-                yield from walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                yield from walk(v)
-
-    for rec in walk(show):
-        name = rec.get("name") or ""
-        if name.startswith(prefix) and EVALUATE in (rec["data"].get("metrics") or {}):
-            out[name] = rec["data"]
+    for commit in show:
+        for group in commit.get("experiments") or []:
+            state = (group.get("executor") or {}).get("state", "success")
+            for rec in group.get("revs") or []:
+                name = rec.get("name") or ""
+                data = rec.get("data") or {}
+                if state == "success" and name.startswith(prefix) and EVALUATE in (data.get("metrics") or {}):
+                    out[name] = data
     return out
 
 
