@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup apt-lists browser demo test test-fast bench help
+.PHONY: setup apt-lists browser demo test test-fast test-long bench help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -42,8 +42,11 @@ demo: setup  ## run the pipeline (dvc repro) on params.yaml, then print the per-
 	dvc repro
 	$(PY) -m whisper_npu.report metrics/evaluate.json
 
-test: setup browser  ## the whole test suite, slow end-to-end tests included
-	$(PY) -m pytest
+test: setup browser  ## the whole test suite, slow end-to-end tests included (not the `long` ones)
+	$(PY) -m pytest -m "not long"
+
+test-long: setup  ## the runs over 20 minutes (the static INT8 accuracy floor on real English)
+	$(PY) -m pytest -m long
 
 test-fast: setup browser  ## unit tests only
 	$(PY) -m pytest -m "not slow"
