@@ -13,7 +13,7 @@ from stages import evaluate as ev
 from whisper_npu.audio import Clip
 from whisper_npu.decode import DecodeConfig, DecodeError, batched, greedy_decode, greedy_decode_batch
 
-from tests.test_evaluate import JA, SOT, V, tiny_generation_config
+from tests.test_evaluate import JA, SOT, tiny_whisper
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,17 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def tiny_model():
     """A tiny random multilingual Whisper (init_std 0.5: its greedy outputs vary in length and stop reason)."""
-    import torch
-    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
-
-    torch.manual_seed(1)
-    cfg = WhisperConfig(vocab_size=V, d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2,
-                        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_source_positions=1500,
-                        max_target_positions=64, num_mel_bins=80, init_std=0.5, decoder_start_token_id=SOT,
-                        eos_token_id=249, pad_token_id=249, bos_token_id=249)
-    model = WhisperForConditionalGeneration(cfg).eval()
-    model.generation_config = GenerationConfig(**tiny_generation_config(suppress=(1, 2, 3), begin=(220,)))
-    return model
+    return tiny_whisper(seed=1, d_model=32, decoder_layers=2, suppress=(1, 2, 3), begin=(220,))
 
 
 def _feats(seed: int) -> np.ndarray:

@@ -35,20 +35,26 @@ def tiny_generation_config(suppress=(1, 2, 3), begin=(220, EOT)) -> dict:
             "suppress_tokens": list(suppress), "begin_suppress_tokens": list(begin), "max_length": 64}
 
 
-@pytest.fixture(scope="module")
-def tiny_model():
-    """A tiny random Whisper whose greedy outputs vary (init_std 0.5), with a Whisper-like generation config."""
+def tiny_whisper(seed: int = 0, d_model: int = 16, decoder_layers: int = 1, **generation):
+    """A tiny random Whisper whose greedy outputs vary (init_std 0.5), with a Whisper-like generation config
+    (``generation``: tiny_generation_config's arguments)."""
     import torch
     from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
 
-    torch.manual_seed(0)
-    cfg = WhisperConfig(vocab_size=V, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-                        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_source_positions=1500,
-                        max_target_positions=64, num_mel_bins=80, init_std=0.5, decoder_start_token_id=SOT,
-                        eos_token_id=EOT, pad_token_id=EOT, bos_token_id=EOT)
+    torch.manual_seed(seed)
+    cfg = WhisperConfig(vocab_size=V, d_model=d_model, encoder_layers=1, decoder_layers=decoder_layers,
+                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=2 * d_model,
+                        decoder_ffn_dim=2 * d_model, max_source_positions=1500, max_target_positions=64,
+                        num_mel_bins=80, init_std=0.5, decoder_start_token_id=SOT, eos_token_id=EOT,
+                        pad_token_id=EOT, bos_token_id=EOT)
     model = WhisperForConditionalGeneration(cfg).eval()
-    model.generation_config = GenerationConfig(**tiny_generation_config())
+    model.generation_config = GenerationConfig(**tiny_generation_config(**generation))
     return model
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return tiny_whisper()
 
 
 def features(seed: int) -> np.ndarray:
