@@ -174,7 +174,7 @@ def greedy_decode_batch(session: BatchDecoderSession, encoder_states: np.ndarray
     """:func:`greedy_decode` on ``B`` sequences at once: row ``i`` of ``[B, 1500, d]`` encoder states with
     ``prompts[i]`` (all of one length: every row is then at the same position at every step, so no padding
     and no attention mask). A finished row leaves the batch (``session.select``). Same per-row tokens and stop
-    reasons as batch 1 wherever the backend's batched logits equal its batch-1 logits (tests/test_evaluate.py
+    reasons as batch 1 wherever the backend's batched logits equal its batch-1 logits (tests/test_batched_decode.py
     checks it on real English speech with whisper-base)."""
     if len({len(p) for p in prompts}) > 1:
         raise DecodeError("greedy_decode_batch: prompts of different lengths; decode them in separate batches")
