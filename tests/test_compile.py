@@ -355,7 +355,8 @@ def test_decoder_layout_equals_hf_decoding(tiny_model_dir):
      "keep_float": ["attention_matmuls", "first_conv"]},
 ])
 def test_onnxruntime_backend_stage(ort_over, tmp_path, toolchain, tiny_model_dir, calib_root):
-    from whisper_npu.backends.ort_runtime import load_ort_backend
+    from whisper_npu.backends import EMBED_POSITIONS, EMBED_TOKENS, artifact
+    from whisper_npu.backends.ort_runtime import OrtDecoderSession, load_ort_backend
 
     params = write_params(tmp_path, backend="onnxruntime", onnxruntime=ort_over)
     for component in ("encoder", "decoder"):
@@ -383,6 +384,21 @@ def test_onnxruntime_backend_stage(ort_over, tmp_path, toolchain, tiny_model_dir
     assert logits.shape == (51865,) and np.isfinite(logits).all()
     assert backend.decoder.step([int(logits.argmax())]).shape == (51865,)
     assert len(backend.decoder.tokens) == 5
+    # the clip-constant part run once per clip (the default) == the whole compiled graph at every step, up to
+    # float rounding (ORT fuses the two graphs' kernels differently: ~1e-7 on these logits)
+    assert backend.decoder.boundary, "nothing hoisted out of the compiled decoder"
+    dec = tmp_path / "compiled" / "decoder"
+    whole = OrtDecoderSession(artifact(dec), dec / EMBED_TOKENS, dec / EMBED_POSITIONS, hoist=False)
+    assert not whole.boundary
+    states = backend.encoder(np.random.default_rng(2).standard_normal((1, 3000, 80)).astype(np.float32))
+    for session in (backend.decoder, whole):
+        session.reset(states)
+    tokens = [50258, 50259, 50359, 50363]
+    for _ in range(4):
+        got, want = backend.decoder.step(tokens), whole.step(tokens)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert got.argmax() == want.argmax()
+        tokens = [int(want.argmax())]
 
 
 def test_ort_decoder_session_matches_full_run(tmp_path, tiny_model_dir):

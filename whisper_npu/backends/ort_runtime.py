@@ -2,7 +2,10 @@
 
 The decoder has no KV cache: the session keeps the token list and runs the whole sequence at every
 step, returning the last position's logits. That is O(n^2) but fine for short outputs, and it is exactly
-the full-sequence form the decoder was calibrated on. Embeddings are computed here on the CPU as the NPU
+the full-sequence form the decoder was calibrated on. What depends on the clip alone (the cross-attention K/V
+projections of the encoder states, over 1500 frames: most of a step's work for short outputs) is computed once
+per clip: :func:`split_clip_constant` cuts the compiled graph in two at that boundary, in memory, same nodes and
+weights (the file on disk, the one the .mxq compiler and the quantizer saw, is unchanged). Embeddings are computed here on the CPU as the NPU
 runtime does (token row + position row, positions from 0), from the tables compile saved beside the model.
 
 Batch 1 by design: the ONNX files are exported in the NPU's I/O layout (whisper_npu/specs.py: batch fixed at 1,
@@ -15,20 +18,21 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from whisper_npu.backends import EMBED_POSITIONS, EMBED_TOKENS, artifact, read_provenance
 
 
-def make_session(path: str | Path, threads: int | None = None):
-    """An ORT CPU session using every core (intra-op threads = os.cpu_count())."""
+def make_session(path: str | Path | bytes, threads: int | None = None):
+    """An ORT CPU session (a file or a serialized model) using every core (intra-op threads = os.cpu_count())."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or os.cpu_count() or 1
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 class OrtEncoder:
@@ -42,13 +46,80 @@ class OrtEncoder:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(features, dtype=np.float32)})[0]
 
 
+def subgraph(model: Any, inputs: dict[str, Any], outputs: list[Any]) -> Any:
+    """The model computing ``outputs`` (ValueInfoProtos) from ``inputs`` (name -> ValueInfoProto): the nodes
+    and initializers they need, nothing else (onnx.utils.Extractor needs shape inference, which does not know
+    ORT's contrib Q/DQ ops)."""
+    from onnx import helper
+
+    graph = model.graph
+    needed = {o.name for o in outputs}
+    nodes = []
+    for node in reversed(graph.node):
+        if set(node.output) & needed:
+            nodes.append(node)
+            needed.update(i for i in node.input if i and i not in inputs)
+    inits = [t for t in graph.initializer if t.name in needed]
+    sub = helper.make_graph(nodes[::-1], graph.name, list(inputs.values()), outputs, inits)
+    return helper.make_model(sub, opset_imports=model.opset_import, ir_version=model.ir_version)
+
+
+def split_clip_constant(model: Any, clip_input: str, threads: int | None = None
+                        ) -> tuple[Any, Any, list[str]] | None:
+    """``(prefix, rest, boundary)`` ORT sessions: ``prefix`` maps ``clip_input`` alone to the ``boundary``
+    tensors the rest of the graph reads from it; ``rest`` is the graph with ``boundary`` as inputs in place of
+    ``clip_input``. Running prefix once and rest per step computes what the whole graph computes (the same nodes
+    on the same values). None when nothing depends on ``clip_input`` alone or the graph has subgraphs (If/Loop)."""
+    from onnx import ValueInfoProto, helper
+
+    graph = model.graph
+    if any(a.type in (a.GRAPH, a.GRAPHS) for n in graph.node for a in n.attribute):
+        return None
+    varying = {i.name for i in graph.input} - {clip_input}
+    clip_only = {clip_input}
+    boundary: list[str] = []
+    for node in graph.node:                            # ONNX graphs are topologically sorted
+        inputs = [i for i in node.input if i]
+        if any(i in varying for i in inputs):
+            varying.update(node.output)
+            boundary += [i for i in inputs if i in clip_only and i not in boundary]
+        elif any(i in clip_only for i in inputs):
+            clip_only.update(node.output)
+    if clip_input in boundary or not boundary:
+        return None
+    graph_inputs = {i.name: i for i in graph.input}
+    prefix = make_session(subgraph(model, {clip_input: graph_inputs[clip_input]},
+                                   [ValueInfoProto(name=b) for b in boundary]).SerializeToString(), threads)
+    # the boundary's types from the prefix session (ORT infers them; ONNX shape inference cannot for contrib ops)
+    elem = {"tensor(float)": 1, "tensor(uint8)": 2, "tensor(int8)": 3, "tensor(int32)": 6, "tensor(int64)": 7,
+            "tensor(float16)": 10, "tensor(uint16)": 4, "tensor(int16)": 5}
+    typed = {o.name: helper.make_tensor_value_info(o.name, elem[o.type], None) for o in prefix.get_outputs()}
+    rest_inputs = {n: v for n, v in graph_inputs.items() if n != clip_input} | typed
+    rest = make_session(subgraph(model, rest_inputs, list(graph.output)).SerializeToString(), threads)
+    return prefix, rest, boundary
+
+
 class OrtDecoderSession:
-    """Full-sequence decoder session: reset(encoder_states), then step(tokens) -> last logits ``[V]``."""
+    """Full-sequence decoder session: reset(encoder_states), then step(tokens) -> last logits ``[V]``.
+
+    ``hoist`` (default): the clip-constant part of the graph runs once per reset (:func:`split_clip_constant`);
+    False runs the whole graph at every step.
+    """
 
     def __init__(self, decoder_onnx: str | Path, embed_tokens: np.ndarray | str | Path,
-                 embed_positions: np.ndarray | str | Path, threads: int | None = None):
-        self.session = make_session(decoder_onnx, threads)
-        self.names = [i.name for i in self.session.get_inputs()]   # decoder_hidden_states, encoder_hidden_states
+                 embed_positions: np.ndarray | str | Path, threads: int | None = None, hoist: bool = True):
+        import onnx
+
+        full = onnx.load(str(decoder_onnx))
+        self.names = [i.name for i in full.graph.input]   # decoder_hidden_states, encoder_hidden_states
+        split = split_clip_constant(full, self.names[1], threads) if hoist else None
+        del full
+        if split is None:
+            self.prefix, self.boundary = None, []
+            self.session = make_session(decoder_onnx, threads)
+        else:
+            self.prefix, self.session, self.boundary = split
+        self.clip_values: dict[str, np.ndarray] = {}
         self.embed_tokens = np.load(embed_tokens) if not isinstance(embed_tokens, np.ndarray) else embed_tokens
         self.embed_positions = (np.load(embed_positions) if not isinstance(embed_positions, np.ndarray)
                                 else embed_positions)
@@ -62,6 +133,11 @@ class OrtDecoderSession:
     def reset(self, encoder_states: np.ndarray) -> None:
         self.encoder_states = np.ascontiguousarray(encoder_states, dtype=np.float32)
         self.tokens = []
+        if self.prefix is not None:
+            values = self.prefix.run(self.boundary, {self.names[1]: self.encoder_states})
+            self.clip_values = dict(zip(self.boundary, values))
+        else:
+            self.clip_values = {self.names[1]: self.encoder_states}
 
     def embed(self, tokens: Sequence[int]) -> np.ndarray:
         """``[1, L, d]`` token + position embeddings, positions from 0 (as in calibration)."""
@@ -77,8 +153,7 @@ class OrtDecoderSession:
             raise ValueError(f"sequence of {len(self.tokens) + len(tokens)} tokens exceeds the decoder's "
                              f"{self.max_length} positions")
         self.tokens.extend(int(t) for t in tokens)
-        logits = self.session.run(None, {self.names[0]: self.embed(self.tokens),
-                                         self.names[1]: self.encoder_states})[0]
+        logits = self.session.run(None, {self.names[0]: self.embed(self.tokens), **self.clip_values})[0]
         return np.asarray(logits[0, -1], dtype=np.float32)
 
 
@@ -90,7 +165,7 @@ class OrtBackend:
 
 
 def load_ort_backend(compiled_dir_encoder: str | Path, compiled_dir_decoder: str | Path,
-                     threads: int | None = None) -> OrtBackend:
+                     threads: int | None = None, hoist: bool = True) -> OrtBackend:
     """A Backend over ``compiled/encoder`` and ``compiled/decoder`` written by the onnxruntime backend."""
     dec_dir = Path(compiled_dir_decoder)
     prov = read_provenance(dec_dir)
@@ -101,4 +176,4 @@ def load_ort_backend(compiled_dir_encoder: str | Path, compiled_dir_decoder: str
     return OrtBackend(name=f"onnxruntime-{mode}",
                       encoder=OrtEncoder(artifact(compiled_dir_encoder), threads),
                       decoder=OrtDecoderSession(artifact(dec_dir), dec_dir / EMBED_TOKENS,
-                                                dec_dir / EMBED_POSITIONS, threads))
+                                                dec_dir / EMBED_POSITIONS, threads, hoist))
