@@ -11,6 +11,11 @@ Per-language stages (audio@*, label@*) always see ``per_language`` clips; their 
 instance. The stages that see every clip (calibrate_*, labels, compile@*, evaluate) are the ones that
 would grow if they held the whole set in memory.
 
+``--one-language``: each size is one language (en_us, Debian's Asterisk prompts: the synthetic corpus has 24
+sentences) with ``size`` calibration and ``size`` evaluation clips, so the
+label stage (both) and the evaluate stage (the evaluation clips) see more clips at each size: the check that
+their batching keeps memory flat (``labels.batch_size``, ``evaluate.batch_size``).
+
 Sizes: the default (4 12 24, 4 per language) keeps ``make bench`` short on two cores; the issue's sizes are
 ``--sizes 20 80 320 --per-language 20`` (1, 4 and 16 languages; expect about an hour on two cores, most of
 it in the label stage).
@@ -32,7 +37,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 
-from bench.common import Table, print_tables, command, default_params, reference_model, test_helpers
+from bench.common import ROOT, Table, print_tables, command, default_params, reference_model, test_helpers
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +92,18 @@ def peak_rss(argv: Sequence[str], cwd: Path, env: dict, log_path: Path) -> tuple
     return kb / 1024, seconds, int(data["code"])
 
 
-def size_params(store: Path, size: int, per_language: int) -> dict:
-    """Default params with ``size`` calibration clips: ceil(size / per_language) languages."""
+def size_params(store: Path, size: int, per_language: int, one_language: bool = False) -> dict:
+    """Default params with ``size`` calibration clips: ceil(size / per_language) languages of one evaluation clip
+    each, or (``one_language``) en_us (real speech) with ``size`` calibration and ``size`` evaluation clips."""
     p = default_params()
+    if one_language:
+        p["languages"] = ["en_us"]
+        p["model"].update(source="local", id=str(store / "hf"), name="whisper-base")
+        p["audio"]["per_language"] = {"en_us": {"source": "asterisk", "clips": 2 * size, "eval_clips": size,
+                                                "selection": "seeded"}}
+        p["audio"]["asterisk"]["cache"] = str(ROOT / p["audio"]["asterisk"]["cache"])   # shared, absolute
+        p["calibration"]["samples_per_language"] = size
+        return p
     n_langs = math.ceil(size / per_language)
     if n_langs > len(p["languages"]):
         raise SystemExit(f"--sizes {size}: needs {n_langs} languages of {per_language} clips; params.yaml lists "
@@ -133,11 +147,14 @@ def group(runs: Sequence[StageRun]) -> dict[str, tuple[float, float, int]]:
     return out
 
 
-def table(by_size: dict[int, list[StageRun]], per_language: int, cmd: str, model_name: str) -> Table:
+def table(by_size: dict[int, list[StageRun]], per_language: int, cmd: str, model_name: str,
+          one_language: bool = False) -> Table:
     sizes = sorted(by_size)
     grouped = {n: group(by_size[n]) for n in sizes}
+    heads = ([f"{n} + {n} clips (1 lang)" for n in sizes] if one_language
+             else [f"{n} clips ({math.ceil(n / per_language)} lang)" for n in sizes])
     t = Table(f"Peak RSS per stage ({model_name}), MB (wall s)",
-              ["stage", *[f"{n} clips ({math.ceil(n / per_language)} lang)" for n in sizes],
+              ["stage", *heads,
                f"{sizes[-1]} / {sizes[0]} clips"], command=cmd, digits=2)
     stages = list(dict.fromkeys(k for n in sizes for k in grouped[n]))
     for stage in stages:
@@ -147,9 +164,11 @@ def table(by_size: dict[int, list[StageRun]], per_language: int, cmd: str, model
             cells.append("—" if g is None else f"{g[0]:.0f} ({g[1]:.1f} s)" + (f" x{g[2]}" if g[2] > 1 else ""))
         lo, hi = grouped[sizes[0]].get(stage), grouped[sizes[-1]].get(stage)
         t.add(stage, *cells, f"{hi[0] / lo[0]:.2f}x" if lo and hi else None)
-    t.notes += [f"{per_language} calibration clips + 1 evaluation clip per language; languages taken in sorted "
-                "order from params.yaml; per-language stages (audio@*, label@*) show their largest instance, "
-                "`xN` = instances, time summed",
+    t.notes += [("one language (the first in sorted order from params.yaml), N calibration + N evaluation clips: "
+                 "label@* labels 2N clips, evaluate decodes N (both tasks)") if one_language else
+                (f"{per_language} calibration clips + 1 evaluation clip per language; languages taken in sorted "
+                 "order from params.yaml; per-language stages (audio@*, label@*) show their largest instance, "
+                 "`xN` = instances, time summed"),
                 "peak RSS = ru_maxrss of the stage process (os.wait4 in a small launcher), run outside DVC with dvc.yaml's command"]
     return t
 
@@ -161,6 +180,8 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
     p.add_argument("--stages", nargs="+", default=["*"], help="stage name patterns to report (all run)")
     p.add_argument("--model", choices=("base", "tiny"), default="base")
     p.add_argument("--workdir", type=Path, default=None, help="keep the projects here (default: a temp dir)")
+    p.add_argument("--one-language", action="store_true",
+                   help="each size: one language of SIZE calibration + SIZE evaluation clips")
     p.add_argument("--quick", action="store_true", help="tiny model, sizes 2 4, 2 clips per language")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
@@ -172,7 +193,7 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
         workdir = args.workdir or Path(tmp)
         store = reference_model(args.model, workdir)
         for size in sorted(set(args.sizes)):
-            params = size_params(store, size, args.per_language)
+            params = size_params(store, size, args.per_language, args.one_language)
             if args.model == "tiny":
                 small = c.tiny_params(store / "hf")
                 params.update(labels=small["labels"], evaluate=small["evaluate"])
@@ -185,7 +206,7 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
             log.info("size %d: %d languages", size, len(params["languages"]))
             by_size[size] = run_size(repo, args.stages, logs)
     name = "whisper-base" if args.model == "base" else "tiny random Whisper"
-    return [table(by_size, args.per_language, command(MODULE, argv), name)]
+    return [table(by_size, args.per_language, command(MODULE, argv), name, args.one_language)]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -143,3 +143,17 @@ def test_memory_sizes_pick_enough_languages(tmp_path):
     assert p["audio"]["clips"] - p["audio"]["eval_clips"] >= 4
     with pytest.raises(SystemExit, match="languages"):
         memory.size_params(tmp_path, 10_000, 4)
+
+
+def test_memory_one_language_grows_the_label_and_evaluate_clips(tmp_path):
+    from pathlib import Path
+
+    from whisper_npu.params import parse_params
+
+    small, big = (memory.size_params(tmp_path, n, 4, one_language=True) for n in (4, 16))
+    for p, n in ((small, 4), (big, 16)):
+        assert p["languages"] == ["en_us"] and p["calibration"]["samples_per_language"] == n
+        lang = p["audio"]["per_language"]["en_us"]
+        assert (lang["clips"] - lang["eval_clips"], lang["eval_clips"], lang["source"]) == (n, n, "asterisk")
+        assert Path(p["audio"]["asterisk"]["cache"]).is_absolute()
+        parse_params(p)    # a valid params file
