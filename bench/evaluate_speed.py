@@ -3,6 +3,7 @@ and the compiled ONNX INT8 decoder with its clip-constant part run once per clip
 
     python -m bench.evaluate_speed                   # 16 real English clips, whisper-base, batch 8 vs 1, 3 repeats
     python -m bench.evaluate_speed --clips 24 --batch-size 16
+    python -m bench.evaluate_speed --only compiled   # the compiled-decoder table only
     python -m bench.evaluate_speed --quick           # tiny random Whisper, synthetic clips: code path only
 
 Both sides run ``stages.evaluate.run_backends`` (the stage's own loop: features per batch, encoder per clip,
@@ -51,6 +52,7 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
     ap.add_argument("--clips", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=None, help="default: params.yaml evaluate.batch_size")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", choices=("reference", "compiled"), help="one of the two tables")
     ap.add_argument("--quick", action="store_true", help="tiny random Whisper, 3 synthetic clips, 1 repeat")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = ap.parse_args(argv)
@@ -80,6 +82,10 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
         def decode(bs: int, subset: Sequence = clips) -> list[dict]:
             return ev.run_backends([(FP32, backend)], subset, features, cfg, to_text, bs)
 
+        compiled = ([] if args.only == "reference" else
+                    [_compiled_table(args, argv, work, clips, features, cfg, to_text, backend.model)])
+        if args.only == "compiled":
+            return compiled
         decode(batch, clips[:2])   # warm-up (allocator, thread pools)
         seconds: dict[int, list[float]] = {1: [], batch: []}
         outputs: dict[int, list[dict]] = {}
@@ -88,7 +94,6 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
                 recs, s = timed(lambda: decode(bs))
                 seconds[bs].append(s)
                 outputs[bs] = [(x["id"], x["task"], x["tokens"], x["stop"]) for x in recs]
-        compiled = _compiled_table(args, argv, work, clips, features, cfg, to_text, backend.model)
     same = sum(a == b for a, b in zip(sorted(outputs[1]), sorted(outputs[batch])))
     audio_s = sum(c.duration for c in clips)
     items = len(outputs[1])
@@ -106,7 +111,7 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
                 f"of each (clip, task), params.yaml's evaluate options: max_new_tokens {p.max_new_tokens}, repetition "
                 f"guard {p.repeat_max_ngram}/{p.repeat_times}); model load outside the timings; alternating order, "
                 f"median of {args.repeats}; the ONNX / .mxq decoders run batch 1 on both sides and are left out"]
-    return [t, compiled]
+    return [t, *compiled]
 
 
 def _compiled_table(args, argv, work: Path, clips, features, cfg, to_text, model) -> Table:
@@ -121,6 +126,7 @@ def _compiled_table(args, argv, work: Path, clips, features, cfg, to_text, model
     from whisper_npu.metrics import COMPILED
     from whisper_npu.params import load_params
 
+    m = machine()
     op = load_params(Path(__file__).resolve().parents[1] / "params.yaml").compile.onnxruntime
     enc_dir, dec_dir = export_fp32(model, work / "compiled", 17, "bench")
     for d in (enc_dir, dec_dir):
@@ -146,7 +152,8 @@ def _compiled_table(args, argv, work: Path, clips, features, cfg, to_text, model
         t.add(name, len(clips), median(seconds[name]), " ".join(f"{s:.1f}" for s in seconds[name]),
               len(clips) / median(seconds[name]), f"{base / median(seconds[name]):.2f}x",
               f"{same}/{len(outputs[name])}")
-    t.notes += [f"{len(sides['hoisted'].decoder.boundary)} tensors hoisted (the cross-attention K/V projections); "
+    t.notes += [f"Machine: {machine_line(m, __import__('os').getloadavg()[0])}",
+                f"{len(sides['hoisted'].decoder.boundary)} tensors hoisted (the cross-attention K/V projections); "
                 "times include the INT8 encoder (the same on both sides), batch 1 as the stage runs the compiled model"]
     return t
 

@@ -64,6 +64,46 @@ def subgraph(model: Any, inputs: dict[str, Any], outputs: list[Any]) -> Any:
     return helper.make_model(sub, opset_imports=model.opset_import, ir_version=model.ir_version)
 
 
+def fold_length_invariant_shapes(model: Any, lengths: Sequence[int] = (1, 2, 7)) -> Any:
+    """A copy of ``model`` whose shape arithmetic that gives the same values at every probed length of the
+    dynamic axes is replaced by those values (initializers). In the NPU layout only the sequence length is
+    dynamic; the batch size HF's attention reads from the decoder input to reshape the cross-attention K/V is 1,
+    so after this the clip-constant part reaches through those reshapes and transposes. Shape tensors = outputs of
+    ``Shape`` nodes and of nodes computing only from them and constants."""
+    import copy
+
+    from onnx import ValueInfoProto, numpy_helper
+
+    graph = model.graph
+    consts = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    shape_t: list[str] = []
+    for node in graph.node:
+        inputs = [i for i in node.input if i]
+        derived = inputs and all(i in consts or i in shape_t for i in inputs) and any(i in shape_t for i in inputs)
+        if node.op_type == "Shape" or (node.op_type != "Constant" and derived):
+            shape_t += list(node.output)
+    if not shape_t:
+        return model
+    probe = copy.deepcopy(model)
+    probe.graph.output.extend(ValueInfoProto(name=t) for t in shape_t)
+    session = make_session(probe.SerializeToString(), 1)
+    runs = []
+    for n in lengths:
+        feeds = {i.name: np.zeros([d if isinstance(d, int) and d > 0 else n for d in i.shape],
+                                  dtype=np.int64 if i.type == "tensor(int64)" else np.float32)
+                 for i in session.get_inputs()}
+        runs.append(dict(zip(shape_t, session.run(shape_t, feeds))))
+    same = {t for t in shape_t if all(r[t].shape == runs[0][t].shape and np.array_equal(r[t], runs[0][t])
+                                      for r in runs)}
+    folded = copy.deepcopy(model)
+    keep = [n for n in folded.graph.node if not (set(n.output) <= same)]
+    removed = {o for n in folded.graph.node if set(n.output) <= same for o in n.output}
+    del folded.graph.node[:]
+    folded.graph.node.extend(keep)
+    folded.graph.initializer.extend(numpy_helper.from_array(np.asarray(runs[0][t]), t) for t in sorted(removed))
+    return folded
+
+
 def split_clip_constant(model: Any, clip_input: str, threads: int | None = None
                         ) -> tuple[Any, Any, list[str]] | None:
     """``(prefix, rest, boundary)`` ORT sessions: ``prefix`` maps ``clip_input`` alone to the ``boundary``
@@ -72,9 +112,10 @@ def split_clip_constant(model: Any, clip_input: str, threads: int | None = None
     on the same values). None when nothing depends on ``clip_input`` alone or the graph has subgraphs (If/Loop)."""
     from onnx import ValueInfoProto, helper
 
-    graph = model.graph
-    if any(a.type in (a.GRAPH, a.GRAPHS) for n in graph.node for a in n.attribute):
+    if any(a.type in (a.GRAPH, a.GRAPHS) for n in model.graph.node for a in n.attribute):
         return None
+    model = fold_length_invariant_shapes(model)
+    graph = model.graph
     varying = {i.name for i in graph.input} - {clip_input}
     clip_only = {clip_input}
     boundary: list[str] = []
