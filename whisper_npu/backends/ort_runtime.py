@@ -5,8 +5,9 @@ step, returning the last position's logits. That is O(n^2) but fine for short ou
 the full-sequence form the decoder was calibrated on. What depends on the clip alone (the cross-attention K/V
 projections of the encoder states, over 1500 frames: most of a step's work for short outputs) is computed once
 per clip: :func:`split_clip_constant` cuts the compiled graph in two at that boundary, in memory, same nodes and
-weights (the file on disk, the one the .mxq compiler and the quantizer saw, is unchanged). Embeddings are computed here on the CPU as the NPU
-runtime does (token row + position row, positions from 0), from the tables compile saved beside the model.
+weights (the file on disk, the one the .mxq compiler and the quantizer saw, is unchanged). Embeddings are
+computed here on the CPU as the NPU runtime does (token row + position row, positions from 0), from the tables
+compile saved beside the model.
 
 Batch 1 by design: the ONNX files are exported in the NPU's I/O layout (whisper_npu/specs.py: batch fixed at 1,
 only the sequence length dynamic), the graph the INT8 quantizer and the .mxq compiler see, so the evaluate stage
@@ -65,13 +66,11 @@ def subgraph(model: Any, inputs: dict[str, Any], outputs: list[Any]) -> Any:
 
 
 def fold_length_invariant_shapes(model: Any, lengths: Sequence[int] = (1, 2, 7)) -> Any:
-    """A copy of ``model`` whose shape arithmetic that gives the same values at every probed length of the
-    dynamic axes is replaced by those values (initializers). In the NPU layout only the sequence length is
+    """``model`` (changed in place) with its shape arithmetic that gives the same values at every probed length
+    of the dynamic axes replaced by those values (initializers). In the NPU layout only the sequence length is
     dynamic; the batch size HF's attention reads from the decoder input to reshape the cross-attention K/V is 1,
     so after this the clip-constant part reaches through those reshapes and transposes. Shape tensors = outputs of
     ``Shape`` nodes and of nodes computing only from them and constants."""
-    import copy
-
     from onnx import ValueInfoProto, numpy_helper
 
     graph = model.graph
@@ -84,9 +83,10 @@ def fold_length_invariant_shapes(model: Any, lengths: Sequence[int] = (1, 2, 7))
             shape_t += list(node.output)
     if not shape_t:
         return model
-    probe = copy.deepcopy(model)
-    probe.graph.output.extend(ValueInfoProto(name=t) for t in shape_t)
-    session = make_session(probe.SerializeToString(), 1)
+    n_outputs = len(graph.output)
+    graph.output.extend(ValueInfoProto(name=t) for t in shape_t)     # probe them
+    session = make_session(model.SerializeToString(), 1)
+    del graph.output[n_outputs:]
     runs = []
     for n in lengths:
         feeds = {i.name: np.zeros([d if isinstance(d, int) and d > 0 else n for d in i.shape],
@@ -95,13 +95,12 @@ def fold_length_invariant_shapes(model: Any, lengths: Sequence[int] = (1, 2, 7))
         runs.append(dict(zip(shape_t, session.run(shape_t, feeds))))
     same = {t for t in shape_t if all(r[t].shape == runs[0][t].shape and np.array_equal(r[t], runs[0][t])
                                       for r in runs)}
-    folded = copy.deepcopy(model)
-    keep = [n for n in folded.graph.node if not (set(n.output) <= same)]
-    removed = {o for n in folded.graph.node if set(n.output) <= same for o in n.output}
-    del folded.graph.node[:]
-    folded.graph.node.extend(keep)
-    folded.graph.initializer.extend(numpy_helper.from_array(np.asarray(runs[0][t]), t) for t in sorted(removed))
-    return folded
+    keep = [n for n in graph.node if not (set(n.output) <= same)]
+    removed = {o for n in graph.node if set(n.output) <= same for o in n.output}
+    del graph.node[:]
+    graph.node.extend(keep)
+    graph.initializer.extend(numpy_helper.from_array(np.asarray(runs[0][t]), t) for t in sorted(removed))
+    return model
 
 
 def split_clip_constant(model: Any, clip_input: str, threads: int | None = None
@@ -109,7 +108,8 @@ def split_clip_constant(model: Any, clip_input: str, threads: int | None = None
     """``(prefix, rest, boundary)`` ORT sessions: ``prefix`` maps ``clip_input`` alone to the ``boundary``
     tensors the rest of the graph reads from it; ``rest`` is the graph with ``boundary`` as inputs in place of
     ``clip_input``. Running prefix once and rest per step computes what the whole graph computes (the same nodes
-    on the same values). None when nothing depends on ``clip_input`` alone or the graph has subgraphs (If/Loop)."""
+    on the same values). None when nothing depends on ``clip_input`` alone or the graph has subgraphs (If/Loop).
+    ``model`` is changed (its length-invariant shapes folded)."""
     from onnx import ValueInfoProto, helper
 
     if any(a.type in (a.GRAPH, a.GRAPHS) for n in model.graph.node for a in n.attribute):
