@@ -2,6 +2,7 @@
 
     dvc exp show --json > bench/sweep-exp-show.json
     python -m bench.sweep_table bench/sweep-exp-show.json --svg bench/sweep.svg
+    python -m bench.sweep_table first.json second.json     # runs in several sessions: merged, later files win
 
 Per experiment (named ``--prefix``*): the knob it changes from the baseline (``sweep-base``), and per language
 fp32 WER, compiled WER, compiled-minus-fp32 delta with the evaluate stage's 95 % paired-bootstrap interval, in
@@ -65,11 +66,12 @@ def _metric(data: dict, path: str) -> dict:
 
 
 def knob_of(name: str) -> tuple[str, str]:
-    """(knob label, the key it shows) of a sweep experiment, from bench/sweep_queue.py's KNOBS."""
+    """(knob label, the key it shows) of a sweep experiment, from bench/sweep_queue.py's KNOBS: the last of
+    KNOB_KEYS it changes (sweep-reference changes the text source and, as it needs, the translate ratio)."""
     changed = KNOBS.get(name)
     if changed is None:
         raise SystemExit(f"error: experiment {name} is not one of bench/sweep_queue.py's KNOBS")
-    for label, key in KNOB_KEYS.items():
+    for label, key in reversed(KNOB_KEYS.items()):
         if key in changed:
             return label, key
     return "baseline", ""
@@ -181,17 +183,20 @@ def _order(v: str) -> tuple[int, float | str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("show_json", type=Path, help="the output of `dvc exp show --json`")
+    parser.add_argument("show_json", type=Path, nargs="+",
+                        help="the output of `dvc exp show --json` (several: merged by experiment name, later wins)")
     parser.add_argument("--prefix", default="sweep-")
     parser.add_argument("--svg", type=Path, help="write the plot here")
     args = parser.parse_args(argv)
-    try:
-        show = json.loads(args.show_json.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"error: {args.show_json}: {e}") from None
-    exps = experiments(show, args.prefix)
+    exps: dict[str, dict] = {}
+    for path in args.show_json:
+        try:
+            exps |= experiments(json.loads(path.read_text(encoding="utf-8")), args.prefix)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"error: {path}: {e}") from None
     if BASELINE not in exps:
-        raise SystemExit(f"error: {args.show_json}: no finished experiment {BASELINE} (found {sorted(exps)})")
+        names = ", ".join(str(p) for p in args.show_json)
+        raise SystemExit(f"error: {names}: no finished experiment {BASELINE} (found {sorted(exps)})")
     table = rows(exps)
     print(markdown(table), end="")
     if args.svg:
