@@ -1,5 +1,6 @@
 """The calibration sweep's queue commands (bench/sweep_queue.py) and its table and plot (bench/sweep_table.py),
-the latter on the `dvc exp show --json` output recorded from the real sweep (bench/sweep-exp-show.json)."""
+the latter on the `dvc exp show --json` output recorded from the real sweep (bench/sweep-exp-show.json: the
+first session's four experiments; bench/sweep-exp-show-2.json: the other four, run later)."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ from whisper_npu.params import parse_params
 from whisper_npu.preset import merge
 
 ROOT = Path(__file__).resolve().parents[1]
-RECORDED = ROOT / "bench" / "sweep-exp-show.json"
+RECORDED = [ROOT / "bench" / "sweep-exp-show.json", ROOT / "bench" / "sweep-exp-show-2.json"]
 
 
 def _applied(args: list[str]) -> dict:
@@ -59,12 +60,12 @@ def test_a_knob_the_profile_does_not_set_is_refused():
 
 @pytest.fixture(scope="module")
 def recorded() -> list:
-    return json.loads(RECORDED.read_text())
+    return [commit for path in RECORDED for commit in json.loads(path.read_text())]
 
 
 def test_table_from_the_recorded_sweep(recorded):
     exps = sweep_table.experiments(recorded)
-    assert sweep_table.BASELINE in exps
+    assert set(exps) == set(sweep_queue.KNOBS)     # every experiment of the sweep finished
     table = sweep_table.rows(exps)
     assert {r["experiment"] for r in table} == set(exps)
     for r in table:
@@ -97,3 +98,11 @@ def test_main_names_a_missing_baseline(tmp_path):
     f.write_text("[]")
     with pytest.raises(SystemExit, match="no finished experiment sweep-base"):
         sweep_table.main([str(f)])
+
+
+def test_main_merges_several_exp_show_files(capsys, tmp_path):
+    sweep_table.main([str(p) for p in RECORDED] + ["--svg", str(tmp_path / "s.svg")])
+    out = capsys.readouterr().out
+    for name in sweep_queue.KNOBS:
+        assert f"| {name} |" in out
+    assert (tmp_path / "s.svg").read_text().startswith("<svg")
