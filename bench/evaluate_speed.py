@@ -21,6 +21,7 @@ transcribe task only.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -106,7 +107,7 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
         t.add(f"batch {bs}", f"{len(clips)} ({audio_s:.0f} s)", median(seconds[bs]),
               " ".join(f"{s:.1f}" for s in seconds[bs]), len(clips) / median(seconds[bs]),
               f"{base / median(seconds[bs]):.2f}x", f"{same}/{items}")
-    t.notes += [f"Machine: {machine_line(m, __import__('os').getloadavg()[0])}",
+    t.notes += [f"Machine: {machine_line(m, os.getloadavg()[0])}",
                 "stages.evaluate.run_backends on the torch fp32 reference (features, encoder per clip, greedy decode "
                 f"of each (clip, task), params.yaml's evaluate options: max_new_tokens {p.max_new_tokens}, repetition "
                 f"guard {p.repeat_max_ngram}/{p.repeat_times}); model load outside the timings; alternating order, "
@@ -154,7 +155,7 @@ def _compiled_table(args, argv, work: Path, clips, features, cfg, to_text, model
         t.add(name, len(clips), median(seconds[name]), " ".join(f"{s:.1f}" for s in seconds[name]),
               len(clips) / median(seconds[name]), f"{base / median(seconds[name]):.2f}x",
               f"{same}/{len(outputs[name])}")
-    t.notes += [f"Machine: {machine_line(m, __import__('os').getloadavg()[0])}",
+    t.notes += [f"Machine: {machine_line(m, os.getloadavg()[0])}",
                 f"{len(sides['hoisted'].decoder.boundary)} tensors hoisted (the cross-attention K/V projections); "
                 "batch 1 as the stage runs the compiled model; times include features and the INT8 encoder, the same on "
                 f"both sides: the encoder alone took {encoder_s:.1f} s of each run (median), so the rest (features + decoder) went "

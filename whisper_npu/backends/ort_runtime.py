@@ -33,7 +33,8 @@ def make_session(path: str | Path | bytes, threads: int | None = None):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or os.cpu_count() or 1
     opts.log_severity_level = 3
-    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), sess_options=opts,
+                                providers=["CPUExecutionProvider"])
 
 
 class OrtEncoder:
@@ -110,7 +111,7 @@ def split_clip_constant(model: Any, clip_input: str, threads: int | None = None
     ``clip_input``. Running prefix once and rest per step computes what the whole graph computes (the same nodes
     on the same values). None when nothing depends on ``clip_input`` alone or the graph has subgraphs (If/Loop).
     ``model`` is changed (its length-invariant shapes folded)."""
-    from onnx import ValueInfoProto, helper
+    from onnx import TensorProto, ValueInfoProto, helper
 
     if any(a.type in (a.GRAPH, a.GRAPHS) for n in model.graph.node for a in n.attribute):
         return None
@@ -131,10 +132,10 @@ def split_clip_constant(model: Any, clip_input: str, threads: int | None = None
     graph_inputs = {i.name: i for i in graph.input}
     prefix = make_session(subgraph(model, {clip_input: graph_inputs[clip_input]},
                                    [ValueInfoProto(name=b) for b in boundary]).SerializeToString(), threads)
-    # the boundary's types from the prefix session (ORT infers them; ONNX shape inference cannot for contrib ops)
-    elem = {"tensor(float)": 1, "tensor(uint8)": 2, "tensor(int8)": 3, "tensor(int32)": 6, "tensor(int64)": 7,
-            "tensor(float16)": 10, "tensor(uint16)": 4, "tensor(int16)": 5}
-    typed = {o.name: helper.make_tensor_value_info(o.name, elem[o.type], None) for o in prefix.get_outputs()}
+    # the boundary's types from the prefix session (ORT infers them; ONNX shape inference cannot for contrib ops):
+    # ORT's "tensor(float)", "tensor(int8)", ... name TensorProto's FLOAT, INT8, ...
+    typed = {o.name: helper.make_tensor_value_info(o.name, getattr(TensorProto, o.type[len("tensor("):-1].upper()),
+                                                   None) for o in prefix.get_outputs()}
     rest_inputs = {n: v for n, v in graph_inputs.items() if n != clip_input} | typed
     rest = make_session(subgraph(model, rest_inputs, list(graph.output)).SerializeToString(), threads)
     return prefix, rest, boundary
