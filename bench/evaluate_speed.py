@@ -24,8 +24,9 @@ import argparse
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from bench.common import Table, command, machine, machine_line, median, print_tables, reference_model, synth_audio, \
     timed
@@ -88,31 +89,42 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
         if args.only == "compiled":
             return compiled
         decode(batch, clips[:2])   # warm-up (allocator, thread pools)
-        seconds: dict[int, list[float]] = {1: [], batch: []}
-        outputs: dict[int, list[dict]] = {}
-        for r in range(args.repeats):
-            for bs in ((1, batch) if r % 2 == 0 else (batch, 1)):
-                recs, s = timed(lambda: decode(bs))
-                seconds[bs].append(s)
-                outputs[bs] = [(x["id"], x["task"], x["tokens"], x["stop"]) for x in recs]
-    same = sum(a == b for a, b in zip(sorted(outputs[1]), sorted(outputs[batch])))
+        seconds, same = _side_by_side({f"batch {bs}": lambda bs=bs: decode(bs) for bs in (1, batch)}, args.repeats)
     audio_s = sum(c.duration for c in clips)
-    items = len(outputs[1])
     name = "tiny random Whisper, code path only" if args.quick else "whisper-base, real English (Asterisk)"
     t = Table(f"Evaluate stage, fp32 reference: batched decode vs batch 1 ({name})",
               ["decode", "clips (audio)", "median s", "runs (s)", "clips/s", "speed-up", "same tokens + stops"],
               command=command(MODULE, argv))
-    base = median(seconds[1])
-    for bs in (1, batch):
-        t.add(f"batch {bs}", f"{len(clips)} ({audio_s:.0f} s)", median(seconds[bs]),
-              " ".join(f"{s:.1f}" for s in seconds[bs]), len(clips) / median(seconds[bs]),
-              f"{base / median(seconds[bs]):.2f}x", f"{same}/{items}")
+    _add_rows(t, seconds, f"{len(clips)} ({audio_s:.0f} s)", len(clips), same)
     t.notes += [f"Machine: {machine_line(m, os.getloadavg()[0])}",
                 "stages.evaluate.run_backends on the torch fp32 reference (features, encoder per clip, greedy decode "
                 f"of each (clip, task), params.yaml's evaluate options: max_new_tokens {p.max_new_tokens}, repetition "
                 f"guard {p.repeat_max_ngram}/{p.repeat_times}); model load outside the timings; alternating order, "
                 f"median of {args.repeats}; the ONNX / .mxq decoders run batch 1 on both sides and are left out"]
     return [t, *compiled]
+
+
+def _side_by_side(sides: dict[str, Callable[[], list[dict]]], repeats: int) -> tuple[dict[str, list[float]], str]:
+    """Seconds per repeat of each side (its decode records), alternating which goes first, and "k/n": how many
+    (clip, task) decodes gave the same tokens and stop reason on every side."""
+    seconds: dict[str, list[float]] = {k: [] for k in sides}
+    outputs: dict[str, list] = {}
+    for r in range(repeats):
+        for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+            recs, s = timed(sides[name])
+            seconds[name].append(s)
+            outputs[name] = sorted((x["id"], x["task"], x["tokens"], x["stop"]) for x in recs)
+    first, *others = outputs.values()
+    same = sum(all(o[i] == row for o in others) for i, row in enumerate(first))
+    return seconds, f"{same}/{len(first)}"
+
+
+def _add_rows(t: Table, seconds: dict[str, list[float]], clips_cell: Any, clips: int, same: str) -> None:
+    """One row per side, speed-up against the first side."""
+    base = median(next(iter(seconds.values())))
+    for name, runs in seconds.items():
+        t.add(name, clips_cell, median(runs), " ".join(f"{s:.1f}" for s in runs), clips / median(runs),
+              f"{base / median(runs):.2f}x", same)
 
 
 def _compiled_table(args, argv, work: Path, clips, features, cfg, to_text, model) -> Table:
@@ -137,24 +149,16 @@ def _compiled_table(args, argv, work: Path, clips, features, cfg, to_text, model
                  op_types=op.op_types, nodes_to_exclude=op.nodes_to_exclude, keep_float=op.keep_float)
     sides = {"hoisted": load_ort_backend(enc_dir, dec_dir), "whole graph": load_ort_backend(enc_dir, dec_dir, hoist=False)}
     ev.run_backends([(COMPILED, sides["hoisted"])], clips[:1], features, cfg, to_text, 1)   # warm-up
-    seconds: dict[str, list[float]] = {k: [] for k in sides}
-    outputs: dict[str, list] = {}
-    for r in range(args.repeats):
-        for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
-            recs, s = timed(lambda: ev.run_backends([(COMPILED, sides[name])], clips, features, cfg, to_text, 1))
-            seconds[name].append(s)
-            outputs[name] = sorted((x["id"], x["task"], x["tokens"], x["stop"]) for x in recs)
+    seconds, same = _side_by_side(
+        {name: lambda name=name: ev.run_backends([(COMPILED, sides[name])], clips, features, cfg, to_text, 1)
+         for name in ("whole graph", "hoisted")}, args.repeats)
     feats = [features(c) for c in clips]
     encoder_s = median([timed(lambda: [sides["hoisted"].encoder(f) for f in feats])[1] for _ in range(args.repeats)])
-    same = sum(a == b for a, b in zip(outputs["hoisted"], outputs["whole graph"]))
     base = median(seconds["whole graph"])
     t = Table("Evaluate stage, compiled ONNX INT8 (dynamic) decoder: clip-constant part once per clip vs whole graph",
               ["decoder", "clips", "median s", "runs (s)", "clips/s", "speed-up", "same tokens + stops"],
               command=command(MODULE, argv))
-    for name in ("whole graph", "hoisted"):
-        t.add(name, len(clips), median(seconds[name]), " ".join(f"{s:.1f}" for s in seconds[name]),
-              len(clips) / median(seconds[name]), f"{base / median(seconds[name]):.2f}x",
-              f"{same}/{len(outputs[name])}")
+    _add_rows(t, seconds, len(clips), len(clips), same)
     t.notes += [f"Machine: {machine_line(m, os.getloadavg()[0])}",
                 f"{len(sides['hoisted'].decoder.boundary)} tensors hoisted (the cross-attention K/V projections); "
                 "batch 1 as the stage runs the compiled model; times include features and the INT8 encoder, the same on "
