@@ -96,9 +96,9 @@ def size_params(store: Path, size: int, per_language: int, one_language: bool = 
     """Default params with ``size`` calibration clips: ceil(size / per_language) languages of one evaluation clip
     each, or (``one_language``) en_us (real speech) with ``size`` calibration and ``size`` evaluation clips."""
     p = default_params()
+    p["model"].update(source="local", id=str(store / "hf"), name="whisper-base")
     if one_language:
         p["languages"] = ["en_us"]
-        p["model"].update(source="local", id=str(store / "hf"), name="whisper-base")
         p["audio"]["per_language"] = {"en_us": {"source": "asterisk", "clips": 2 * size, "eval_clips": size,
                                                 "selection": "seeded"}}
         p["audio"]["asterisk"]["cache"] = str(ROOT / p["audio"]["asterisk"]["cache"])   # shared, absolute
@@ -109,7 +109,6 @@ def size_params(store: Path, size: int, per_language: int, one_language: bool = 
         raise SystemExit(f"--sizes {size}: needs {n_langs} languages of {per_language} clips; params.yaml lists "
                          f"{len(p['languages'])}; raise --per-language (at most 23 with the synth corpus)")
     p["languages"] = sorted(p["languages"])[:n_langs]
-    p["model"].update(source="local", id=str(store / "hf"), name="whisper-base")
     p["audio"].update(source="synth", clips=per_language + 1, eval_clips=1)
     p["calibration"]["samples_per_language"] = per_language
     return p
