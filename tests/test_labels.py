@@ -124,6 +124,64 @@ def test_label_batch_equals_openai_whisper_transcribe(model_dir: Path, logprob_f
         assert len({t for t, _ in got}) == len(batch)  # seeded per clip: samples differ between clips
 
 
+class EndByContent:
+    """A logit filter that ends each row after 1 to 4 tokens, by its first token: rows of one batch end at
+    different steps (the tiny model alone never writes EOT before ``sample_len``). It reads the row's own
+    tokens only, so a row gets the same treatment in a batch and alone."""
+    def __init__(self, begin: int, eot: int):
+        self.begin, self.eot = begin, eot
+
+    def apply(self, logits: torch.Tensor, tokens: torch.Tensor) -> None:
+        written = tokens.shape[1] - self.begin
+        if written:
+            stop = tokens[:, self.begin] % 4 + 1 <= written
+            logits[stop] = -np.inf
+            logits[stop, self.eot] = 0.0
+
+
+@pytest.fixture
+def rows_per_step(monkeypatch) -> list[int]:
+    """The number of rows of every decoder forward pass of openai-whisper's decoding (recorded, not changed)."""
+    from whisper.decoding import PyTorchInference
+
+    rows: list[int] = []
+    logits = PyTorchInference.logits
+
+    def counting(self, tokens, audio_features):
+        rows.append(tokens.shape[0])
+        return logits(self, tokens, audio_features)
+    monkeypatch.setattr(PyTorchInference, "logits", counting)
+    return rows
+
+
+def rows_left(rows_per_step: list[int]) -> bool:
+    return any(later < first for first, later in zip(rows_per_step, rows_per_step[1:]))
+
+
+@pytest.mark.parametrize("options", [FAST, {**FAST, "best_of": 2}])  # one / two samples per clip and temperature
+def test_finished_clips_leave_the_batch(model_dir: Path, monkeypatch, rows_per_step, options) -> None:
+    """Rows ending at different steps: a clip whose rows have all ended leaves the batched decode (fewer rows
+    per step), and the labels still equal openai-whisper's transcribe() per clip and task. The tiny model's
+    greedy text is the same for every clip, so the rows that end apart are the seeded samples of the fallback
+    temperatures; greedy rows ending apart are covered by the real-English test below (whisper-base)."""
+    from whisper.decoding import DecodingTask
+
+    init = DecodingTask.__init__
+
+    def with_end_filter(self, model, options):
+        init(self, model, options)
+        self.logit_filters.append(EndByContent(self.sample_begin, self.tokenizer.eot))
+    monkeypatch.setattr(DecodingTask, "__init__", with_end_filter)
+
+    lab = L.load_labeler("reference", model_dir)
+    batch = clips(4)
+    want = [L.label_clip(lab, audio, "de", 1, seed, True, **options) for audio, seed in batch]
+    rows_per_step.clear()
+    got = L.label_batch(lab, batch, "de", 1, True, **options)
+    assert got == want
+    assert rows_left(rows_per_step), rows_per_step
+
+
 def test_labels_do_not_depend_on_the_batch_size(model_dir: Path, tmp_path: Path) -> None:
     rows = make_audio_dir(tmp_path / "it_it", "it_it", 3)
     lab = L.load_labeler("reference", model_dir)
@@ -355,14 +413,17 @@ def _equal_to_transcribe(lab: L.Labeler, batch, whisper_lang: str, logprob_fallb
 
 
 @pytest.mark.slow
-def test_whisper_base_labels_equal_transcribe_on_real_english(reference_model_dir: Path, asterisk_english) -> None:
+def test_whisper_base_labels_equal_transcribe_on_real_english(reference_model_dir: Path, asterisk_english,
+                                                             rows_per_step) -> None:
     """Real speech, real weights, the offline default's options: the batched labeler gives openai-whisper
-    transcribe()'s text for every clip, with one encoder pass per clip."""
+    transcribe()'s text for every clip, with one encoder pass per clip, and clips whose greedy text has ended
+    leave the batch."""
     lab = L.load_labeler("reference", reference_model_dir)
     batch = [(y, clip_seed(0, name)) for name, y in asterisk_english]
     options = {"best_of": 1, "sample_len": 96, "without_timestamps": True}
     got, want, stats = _equal_to_transcribe(lab, batch, "en", False, **options)
     assert got == want, [(g, w) for g, w in zip(got, want) if g != w]
+    assert rows_left(rows_per_step)
     assert stats.encoder_passes == len(batch) and stats.on_demand == 0
     assert sum("pound" in t.lower() or "please" in t.lower() for t, _ in got) >= 2, got  # it is real speech
 

@@ -209,12 +209,17 @@ def _decode(model: Any, features: Any, options: Any, generators: Sequence[Any]) 
     class SeededSampler(GreedyDecoder):
         """GreedyDecoder.update with Categorical(...).sample() done per clip on its own generator. A clip whose
         rows have all ended draws nothing more: alone, transcribe() would have stopped decoding it."""
+        generators: list = []
+
+        def keep(self, clips: Sequence[int]) -> None:  # clips leaving the batch (_drop_ended_loop)
+            self.generators = [self.generators[c] for c in clips]
+
         def update(self, tokens, logits, sum_logprobs):
             probs = Categorical(logits=logits / self.temperature).probs
             n = task.n_group
             ended = tokens[:, -1] == self.eot
             next_tokens = torch.full((tokens.shape[0],), self.eot, dtype=torch.long)
-            for i, g in enumerate(generators):
+            for i, g in enumerate(self.generators):
                 rows = slice(i * n, (i + 1) * n)
                 if not bool(ended[rows].all()):
                     next_tokens[rows] = torch.multinomial(probs[rows], 1, True, generator=g)[:, 0]
@@ -235,7 +240,55 @@ def _decode(model: Any, features: Any, options: Any, generators: Sequence[Any]) 
         task._detect_language = lambda _features, _tokens: ([language] * n, None)
     if options.temperature > 0:
         task.decoder = SeededSampler(options.temperature, task.tokenizer.eot)
+        task.decoder.generators = list(generators)
+    if isinstance(task.decoder, GreedyDecoder) and features.shape[0] > 1:
+        task._main_loop = lambda audio_features, tokens: _drop_ended_loop(task, audio_features, tokens)
     return task.run(features)
+
+
+def _drop_ended_loop(task: Any, audio_features: Any, tokens: Any) -> tuple[Any, Any, list]:
+    """``DecodingTask._main_loop`` (greedy or sampled, not beam search) where a clip whose rows have all ended
+    leaves the batch: its rows are dropped from the key/value cache (self- and cross-attention) and from the
+    audio features, and only get the EOT the original loop would append. Each step then reads the cross-attention
+    keys and values of the unfinished clips only, instead of the whole batch's until its longest row ends. The
+    other rows see the same tokens, logits filters and decoder updates as in ``_main_loop``."""
+    import torch
+    import torch.nn.functional as F
+
+    eot, n_group = task.tokenizer.eot, task.n_group
+    n_batch = tokens.shape[0]
+    sum_logprobs = torch.zeros(n_batch, device=audio_features.device)
+    no_speech_probs = [np.nan] * n_batch
+    active = torch.arange(n_batch)  # rows of `tokens` still decoding
+    try:
+        for i in range(task.sample_len):
+            rows = tokens[active]
+            logits = task.inference.logits(rows, audio_features)
+            if i == 0 and task.tokenizer.no_speech is not None:
+                probs_at_sot = logits[:, task.sot_index].float().softmax(dim=-1)
+                no_speech_probs = probs_at_sot[:, task.tokenizer.no_speech].tolist()
+            logits = logits[:, -1]
+            for logit_filter in task.logit_filters:
+                logit_filter.apply(logits, rows)
+            row_logprobs = sum_logprobs[active]
+            rows, completed = task.decoder.update(rows, logits, row_logprobs)
+            sum_logprobs[active] = row_logprobs
+            tokens = F.pad(tokens, (0, 1), value=eot)
+            tokens[active] = rows
+            if completed or tokens.shape[-1] > task.n_ctx:
+                break
+            going = ~(rows[:, -1] == eot).view(-1, n_group).all(dim=1)  # per clip of the active rows
+            if not bool(going.all()):
+                keep = going.repeat_interleave(n_group).nonzero()[:, 0]
+                cache = task.inference.kv_cache
+                for module in cache:
+                    cache[module] = cache[module][keep]
+                audio_features, active = audio_features[keep], active[keep]
+                if hasattr(task.decoder, "keep"):
+                    task.decoder.keep(going.nonzero()[:, 0].tolist())
+    finally:
+        task.inference.cleanup_caching()
+    return tokens, sum_logprobs, no_speech_probs
 
 
 class _Precomputed:
