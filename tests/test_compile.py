@@ -384,18 +384,24 @@ def test_onnxruntime_backend_stage(ort_over, tmp_path, toolchain, tiny_model_dir
     assert logits.shape == (51865,) and np.isfinite(logits).all()
     assert backend.decoder.step([int(logits.argmax())]).shape == (51865,)
     assert len(backend.decoder.tokens) == 5
-    # the clip-constant part run once per clip (the default) == the whole compiled graph at every step, up to
-    # float rounding (ORT fuses the two graphs' kernels differently: ~1e-7 on these logits)
+    # the clip-constant part run once per clip and the LM head on the last position (the default) == the file's
+    # whole graph at every step, up to float rounding (ORT fuses the split graphs' kernels differently: ~1e-7 on
+    # these logits); the LM head on the last position alone (dynamic) changes no bit of the row that is read
     assert backend.decoder.boundary, "nothing hoisted out of the compiled decoder"
     dec = tmp_path / "compiled" / "decoder"
-    whole = OrtDecoderSession(artifact(dec), dec / EMBED_TOKENS, dec / EMBED_POSITIONS, hoist=False)
-    assert not whole.boundary
+    whole = OrtDecoderSession(artifact(dec), dec / EMBED_TOKENS, dec / EMBED_POSITIONS, hoist=False,
+                              last_position=False)
+    last = OrtDecoderSession(artifact(dec), dec / EMBED_TOKENS, dec / EMBED_POSITIONS, hoist=False)
+    assert not whole.boundary and not whole.last_position
+    # the LM head is an integer matmul in the dynamic mode only (a float GEMM in static QDQ: left whole)
+    assert last.last_position == backend.decoder.last_position == (ort_over["mode"] == "dynamic")
     states = backend.encoder(np.random.default_rng(2).standard_normal((1, 3000, 80)).astype(np.float32))
-    for session in (backend.decoder, whole):
+    for session in (backend.decoder, whole, last):
         session.reset(states)
     tokens = [50258, 50259, 50359, 50363]
     for _ in range(4):
         got, want = backend.decoder.step(tokens), whole.step(tokens)
+        np.testing.assert_array_equal(last.step(tokens), want)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
         assert got.argmax() == want.argmax()
         tokens = [int(want.argmax())]

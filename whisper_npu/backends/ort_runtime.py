@@ -5,7 +5,9 @@ step, returning the last position's logits. That is O(n^2) but fine for short ou
 the full-sequence form the decoder was calibrated on. What depends on the clip alone (the cross-attention K/V
 projections of the encoder states, over 1500 frames: most of a step's work for short outputs) is computed once
 per clip: :func:`split_clip_constant` cuts the compiled graph in two at that boundary, in memory, same nodes and
-weights (the file on disk, the one the .mxq compiler and the quantizer saw, is unchanged). Embeddings are
+weights (the file on disk, the one the .mxq compiler and the quantizer saw, is unchanged). The LM head, an integer
+matmul of every position against the whole vocabulary, runs on the last position only
+(:func:`last_position_logits`, dynamic INT8: the same bits for the row the loop reads). Embeddings are
 computed here on the CPU as the NPU runtime does (token row + position row, positions from 0), from the tables
 compile saved beside the model.
 
@@ -104,6 +106,57 @@ def fold_length_invariant_shapes(model: Any, lengths: Sequence[int] = (1, 2, 7))
     return model
 
 
+# element-wise ops a logits row goes through after the LM head's integer matmul (cast, scales, bias)
+_ROW_WISE = {"Cast", "Mul", "Add", "QuantizeLinear", "DequantizeLinear"}
+_INTEGER_MATMULS = {"MatMulInteger", "QLinearMatMul"}
+
+
+def last_position_logits(model: Any) -> bool:
+    """Change ``model`` in place so its one output holds the last position's logits only (``[1, 1, V]``), and
+    say whether it did. The decode loop reads only that row, and the full-sequence graph computes the LM head
+    (``d x vocabulary``) for every position at every step: for outputs of tens of tokens, more work than all
+    the layers before it. The sequence axis is sliced to its last position at the input of the LM head's
+    integer matmul (dynamic INT8: MatMulInteger); everything before it, DynamicQuantizeLinear's per-tensor scale
+    included, is computed from the whole sequence as before, and an integer matmul and element-wise scaling
+    give that row the same bits (tests/test_compile.py compares them). Done only when the ops from that matmul
+    to the output are element-wise (``_ROW_WISE``) with their other operands constants or scalars
+    (DynamicQuantizeLinear's scale and zero point). A float LM head (static QDQ, fp32) is left whole: a float
+    GEMM of one row can round differently from the same row among L rows (seen: one logit one quantization step
+    apart in the static mode)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    if len(graph.output) != 1:
+        return False
+    producer = {o: n for n in graph.node for o in n.output}
+    fixed = {t.name for t in graph.initializer}      # constants and scalars computed from them
+    for node in graph.node:
+        if node.op_type == "Constant" or all(i in fixed for i in node.input if i):
+            fixed.update(node.output)
+        elif node.op_type == "DynamicQuantizeLinear":
+            fixed.update(node.output[1:])
+    name = graph.output[0].name
+    while (node := producer.get(name)) is not None and node.op_type in _ROW_WISE:
+        chain = [i for i in node.input if i and i not in fixed]
+        if len(chain) != 1:
+            return False
+        name = chain[0]
+    if node is None or node.op_type not in _INTEGER_MATMULS or not all(i in fixed for i in node.input[1:] if i):
+        return False
+    tag = node.name or node.output[0]
+    consts = [numpy_helper.from_array(np.array([v], dtype=np.int64), f"{tag}/last_position_{k}")
+              for k, v in (("starts", -1), ("ends", np.iinfo(np.int64).max), ("axes", -2))]
+    graph.initializer.extend(consts)
+    sliced = f"{node.input[0]}/last_position"
+    graph.node.insert(list(graph.node).index(node),
+                      helper.make_node("Slice", [node.input[0]] + [c.name for c in consts], [sliced], name=sliced))
+    node.input[0] = sliced
+    out = graph.output[0]
+    graph.output[0].CopyFrom(helper.make_tensor_value_info(out.name, out.type.tensor_type.elem_type or
+                                                           TensorProto.FLOAT, None))  # no longer [1, L, V]
+    return True
+
+
 def split_clip_constant(model: Any, clip_input: str, threads: int | None = None
                         ) -> tuple[Any, Any, list[str]] | None:
     """``(prefix, rest, boundary)`` ORT sessions: ``prefix`` maps ``clip_input`` alone to the ``boundary``
@@ -145,22 +198,25 @@ class OrtDecoderSession:
     """Full-sequence decoder session: reset(encoder_states), then step(tokens) -> last logits ``[V]``.
 
     ``hoist`` (default): the clip-constant part of the graph runs once per reset (:func:`split_clip_constant`);
-    False runs the whole graph at every step.
+    ``last_position`` (default): the LM head runs on the last position only (:func:`last_position_logits`).
+    False for both runs the file's whole graph at every step.
     """
 
     def __init__(self, decoder_onnx: str | Path, embed_tokens: np.ndarray | str | Path,
-                 embed_positions: np.ndarray | str | Path, threads: int | None = None, hoist: bool = True):
+                 embed_positions: np.ndarray | str | Path, threads: int | None = None, hoist: bool = True,
+                 last_position: bool = True):
         import onnx
 
         full = onnx.load(str(decoder_onnx))
         self.names = [i.name for i in full.graph.input]   # decoder_hidden_states, encoder_hidden_states
+        self.last_position = last_position and last_position_logits(full)
         split = split_clip_constant(full, self.names[1], threads) if hoist else None
-        del full
         if split is None:
             self.prefix, self.boundary = None, []
-            self.session = make_session(decoder_onnx, threads)
+            self.session = make_session(full.SerializeToString() if self.last_position else decoder_onnx, threads)
         else:
             self.prefix, self.session, self.boundary = split
+        del full
         self.clip_values: dict[str, np.ndarray] = {}
         self.embed_tokens = np.load(embed_tokens) if not isinstance(embed_tokens, np.ndarray) else embed_tokens
         self.embed_positions = (np.load(embed_positions) if not isinstance(embed_positions, np.ndarray)
@@ -207,7 +263,7 @@ class OrtBackend:
 
 
 def load_ort_backend(compiled_dir_encoder: str | Path, compiled_dir_decoder: str | Path,
-                     threads: int | None = None, hoist: bool = True) -> OrtBackend:
+                     threads: int | None = None, hoist: bool = True, last_position: bool = True) -> OrtBackend:
     """A Backend over ``compiled/encoder`` and ``compiled/decoder`` written by the onnxruntime backend."""
     dec_dir = Path(compiled_dir_decoder)
     prov = read_provenance(dec_dir)
@@ -218,4 +274,4 @@ def load_ort_backend(compiled_dir_encoder: str | Path, compiled_dir_decoder: str
     return OrtBackend(name=f"onnxruntime-{mode}",
                       encoder=OrtEncoder(artifact(compiled_dir_encoder), threads),
                       decoder=OrtDecoderSession(artifact(dec_dir), dec_dir / EMBED_TOKENS,
-                                                dec_dir / EMBED_POSITIONS, threads, hoist))
+                                                dec_dir / EMBED_POSITIONS, threads, hoist, last_position))
