@@ -16,7 +16,7 @@ small reference model on synthetic speech is far worse than the greedy text.
 
 How :func:`label_batch` is fast and still openai-whisper's ``transcribe()``: per batch of clips, the
 encoder runs once per clip (batched) for both tasks; each task is decoded greedily for all clips in one
-batched ``DecodingTask``, and only the clips whose result fails openai-whisper's fallback test
+batched ``DecodingTask`` (a clip whose text has ended leaves the batch: :func:`_drop_ended_loop`), and only the clips whose result fails openai-whisper's fallback test
 (compression ratio, log-prob when enabled, with its no-speech exception) are decoded again at the next
 temperature of its schedule, batched among themselves. Then openai-whisper's own ``transcribe()`` runs per
 clip and task on a view of the model whose ``decode()`` returns those precomputed results, so segments,
@@ -209,7 +209,9 @@ def _decode(model: Any, features: Any, options: Any, generators: Sequence[Any]) 
     class SeededSampler(GreedyDecoder):
         """GreedyDecoder.update with Categorical(...).sample() done per clip on its own generator. A clip whose
         rows have all ended draws nothing more: alone, transcribe() would have stopped decoding it."""
-        generators: list = []
+        def __init__(self, temperature: float, eot: int, clip_generators: Sequence[Any]):
+            super().__init__(temperature, eot)
+            self.generators = list(clip_generators)
 
         def keep(self, clips: Sequence[int]) -> None:  # clips leaving the batch (_drop_ended_loop)
             self.generators = [self.generators[c] for c in clips]
@@ -239,8 +241,7 @@ def _decode(model: Any, features: Any, options: Any, generators: Sequence[Any]) 
         task._get_audio_features = lambda mel: mel.repeat_interleave(task.n_group, dim=0)
         task._detect_language = lambda _features, _tokens: ([language] * n, None)
     if options.temperature > 0:
-        task.decoder = SeededSampler(options.temperature, task.tokenizer.eot)
-        task.decoder.generators = list(generators)
+        task.decoder = SeededSampler(options.temperature, task.tokenizer.eot, generators)
     if isinstance(task.decoder, GreedyDecoder) and features.shape[0] > 1:
         task._main_loop = lambda audio_features, tokens: _drop_ended_loop(task, audio_features, tokens)
     return task.run(features)
@@ -251,7 +252,8 @@ def _drop_ended_loop(task: Any, audio_features: Any, tokens: Any) -> tuple[Any, 
     leaves the batch: its rows are dropped from the key/value cache (self- and cross-attention) and from the
     audio features, and only get the EOT the original loop would append. Each step then reads the cross-attention
     keys and values of the unfinished clips only, instead of the whole batch's until its longest row ends. The
-    other rows see the same tokens, logits filters and decoder updates as in ``_main_loop``."""
+    other rows see the same tokens, logits filters and decoder updates as in ``_main_loop`` (written after
+    openai-whisper 20250625's; tests/test_labels.py compares the labels with ``transcribe()``'s)."""
     import torch
     import torch.nn.functional as F
 
