@@ -241,7 +241,7 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
     import torch
 
     from whisper_npu import audio as A
-    from whisper_npu.model_store import load_hf
+    from whisper_npu.model.store import load_hf
     from whisper_npu.params import load_params
 
     torch.set_num_threads(args.threads)

@@ -81,9 +81,9 @@ def calibration_sets(model: Any, processor: Any, clips: Sequence[Any], out: Path
 
 def export_fp32(model: Any, out: Path, opset: int, stem: str) -> tuple[Path, Path]:
     """ONNX fp32 encoder and decoder folders that ``load_ort_backend`` reads (minimal provenance.json)."""
-    from whisper_npu.backends import onnx_export
-    from whisper_npu.backends import EMBED_POSITIONS, EMBED_TOKENS, PROVENANCE
-    from whisper_npu.io import write_json
+    from whisper_npu.compilers.onnxruntime import export as onnx_export
+    from whisper_npu.artifacts import EMBED_POSITIONS, EMBED_TOKENS, PROVENANCE
+    from whisper_npu.core.files import write_json
     from whisper_npu.specs import component_spec
 
     dirs = []
@@ -94,7 +94,7 @@ def export_fp32(model: Any, out: Path, opset: int, stem: str) -> tuple[Path, Pat
         onnx_export.export_onnx(onnx_export.npu_module(model, comp), component_spec(comp, model.config), d / name, opset)
         artifacts = {"model": name}
         if comp == "decoder":
-            tokens, positions = onnx_export.embedding_tables(model)
+            tokens, positions = specs.embedding_tables(model)
             np.save(d / EMBED_TOKENS, tokens)
             np.save(d / EMBED_POSITIONS, positions)
             artifacts.update(embed_tokens=EMBED_TOKENS, embed_positions=EMBED_POSITIONS)
@@ -108,7 +108,7 @@ def compile_mode(overrides: dict, base_params: dict, store: Path, toolchain: Pat
                  out: Path) -> tuple[Path, Path, dict]:
     """compile@encoder and compile@decoder through the stage's own ``run``; returns dirs and metrics."""
     from stages import compile as compile_stage
-    from whisper_npu.io import read_json
+    from whisper_npu.core.files import read_json
 
     params = copy.deepcopy(base_params)
     params["compile"]["backend"] = "onnxruntime"
@@ -126,7 +126,7 @@ def compile_mode(overrides: dict, base_params: dict, store: Path, toolchain: Pat
 
 def time_backend(backend: Any, features: Sequence[np.ndarray], langs: Sequence[str], cfg: Any) -> Timing:
     """Encoder and greedy decoder wall time per clip (one untimed warm-up on the first clip)."""
-    from whisper_npu.decode import greedy_decode
+    from whisper_npu.decoding.greedy import greedy_decode
 
     states = backend.encoder(features[0])
     greedy_decode(backend.decoder, states, cfg.prompt(langs[0], "transcribe"), cfg)
@@ -148,7 +148,7 @@ def time_backend(backend: Any, features: Sequence[np.ndarray], langs: Sequence[s
 
 def error_rate(texts: Sequence[str], clips: Sequence[Any]) -> float | None:
     """Mean over languages of WER (CER for zh/ja/th) against the clips' reference transcription."""
-    from whisper_npu import metrics as M
+    from whisper_npu.eval import metrics as M
 
     per_lang = []
     for lang in sorted({c.lang for c in clips}):
@@ -169,7 +169,7 @@ def evaluate_note(path: Path | None) -> list[str]:
     """One line from the evaluate stage's metrics file, if given and present."""
     if path is None or not path.is_file():
         return []
-    from whisper_npu.io import read_json
+    from whisper_npu.core.files import read_json
 
     m = read_json(path)
     o = m.get("overall", {})
@@ -227,12 +227,12 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
 
     from stages import toolchain
     from stages.evaluate import decode_config
-    from whisper_npu.backends import artifact
-    from whisper_npu.backends.ort_runtime import load_ort_backend
-    from whisper_npu.backends.torch_ref import TorchBackend
+    from whisper_npu.artifacts import artifact
+    from whisper_npu.runtimes.onnxruntime import load_ort_backend
+    from whisper_npu.runtimes.torch_ref import TorchBackend
     from whisper_npu.audio import npu_features, read_clips, read_wav
-    from whisper_npu.decode import tokenizer_text
-    from whisper_npu.model_store import hf_dir, load_hf
+    from whisper_npu.decoding.greedy import tokenizer_text
+    from whisper_npu.model.store import hf_dir, load_hf
     from whisper_npu.params import load_params
 
     torch.set_num_threads(args.threads)

@@ -43,7 +43,7 @@ def _clips(args: argparse.Namespace, work: Path) -> list:
         root = synth_audio(work, ["de_de"], 1, args.clips)
         return read_clips(root, ["de_de"], "evaluation")
     audio_dir = write_audio_dir(work / "audio" / "en_us", "en_us", asterisk_english(args.clips, 2.0, 30.0))
-    from whisper_npu.io import read_jsonl
+    from whisper_npu.core.files import read_jsonl
 
     return [Clip(r["id"], "en_us", audio_dir / r["file"], float(r["duration"]), None, None, "asterisk")
             for r in sorted(read_jsonl(audio_dir / "manifest.jsonl"), key=lambda r: r["id"])]
@@ -62,10 +62,10 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
         args.clips, args.repeats = 3, 1
 
     from stages import evaluate as ev
-    from whisper_npu.backends.torch_ref import load_torch_backend
+    from whisper_npu.runtimes.torch_ref import load_torch_backend
     from whisper_npu.audio import npu_features, read_wav
-    from whisper_npu.decode import tokenizer_text
-    from whisper_npu.metrics import FP32
+    from whisper_npu.decoding.greedy import tokenizer_text
+    from whisper_npu.eval.metrics import FP32
     from whisper_npu.params import load_params
 
     m = machine()
@@ -134,10 +134,10 @@ def _compiled_table(args, argv, work: Path, clips, features, cfg, to_text, model
 
     from bench.compiled_models import export_fp32
     from stages import evaluate as ev
-    from whisper_npu.backends import artifact
+    from whisper_npu.artifacts import artifact
     from whisper_npu.backends.ort_int8 import quantize
-    from whisper_npu.backends.ort_runtime import load_ort_backend
-    from whisper_npu.metrics import COMPILED
+    from whisper_npu.runtimes.onnxruntime import load_ort_backend
+    from whisper_npu.eval.metrics import COMPILED
     from whisper_npu.params import load_params
 
     m = machine()

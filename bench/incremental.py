@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from whisper_npu.calibration import n_translate
+from whisper_npu.calibration.sequences import n_translate
 
 from bench.common import Table, print_tables, command, median, reference_model, test_helpers, timed, write_params
 

@@ -40,9 +40,9 @@ def asterisk_english(n: int, min_seconds: float = 2.0, max_seconds: float = 30.0
     """The first ``n`` (by name) real English prompts of ``min_seconds`` to ``max_seconds``, 16 kHz mono float32,
     from the pinned package the pipeline's ``asterisk`` source reads (whisper_npu/asterisk.py fetches, checks its
     sha256 and unpacks it). Raises :class:`AptUnavailable` when the package is not cached and apt-get is missing."""
-    from whisper_npu import asterisk
+    from whisper_npu.sources import asterisk
     from whisper_npu.audio import decode, to_mono_16k
-    from whisper_npu.pypi_weights import cache_root
+    from whisper_npu.model.pypi_weights import cache_root
 
     cache = cache or cache_root() / "debs"
     wav = asterisk.prompt_set("en_us").wav
@@ -71,7 +71,7 @@ def asterisk_english(n: int, min_seconds: float = 2.0, max_seconds: float = 30.0
 def write_audio_dir(folder: Path, lang: str, clips: Sequence[tuple[str, np.ndarray]]) -> Path:
     """Clips as the audio stage writes them (wav + manifest, all in the calibration split)."""
     from whisper_npu.audio import write_wav
-    from whisper_npu.io import write_jsonl
+    from whisper_npu.core.files import write_jsonl
 
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -94,11 +94,11 @@ def baseline(argv: Sequence[str]) -> None:
     for flag in ("--lang", "--audio", "--model", "--params", "--out"):
         p.add_argument(flag, required=True)
     args = p.parse_args(argv)
-    from whisper_npu import languages as langs
+    from whisper_npu.core import languages as langs
     from whisper_npu.audio import read_wav
-    from whisper_npu.io import read_jsonl, write_jsonl
+    from whisper_npu.core.files import read_jsonl, write_jsonl
     from whisper_npu.labeler import label_clip, load_labeler
-    from whisper_npu.seeds import clip_seed
+    from whisper_npu.core.seeds import clip_seed
     from whisper_npu.params import load_params
 
     params = load_params(args.params)
@@ -123,9 +123,9 @@ def components(model_dir: Path, audio_dir: Path, lang: str, batch_size: int, opt
     import torch
 
     from whisper_npu import labeler as L
-    from whisper_npu import languages as langs
+    from whisper_npu.core import languages as langs
     from whisper_npu.audio import read_wav
-    from whisper_npu.io import read_jsonl
+    from whisper_npu.core.files import read_jsonl
 
     lab = L.load_labeler("reference", model_dir)
     audio = [read_wav(audio_dir / m["file"]) for m in sorted(read_jsonl(audio_dir / "manifest.jsonl"),
@@ -164,7 +164,7 @@ STATS = re.compile(r"(\d+) encoder passes, (\d+) batched decodes, (\d+) fallback
 
 
 def compare(kind: str, lang: str, audio_dir: Path, model_dir: Path, work: Path, repeats: int) -> list:
-    from whisper_npu.io import read_jsonl
+    from whisper_npu.core.files import read_jsonl
 
     params = default_params()
     params["languages"] = [lang]
@@ -230,7 +230,7 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
         table.notes.append(f"real speech skipped: {e}")
     synth_root = synth_audio(work, [args.synthetic_lang], args.clips, 1)
     synth_dir = work / "audio-synth" / args.synthetic_lang
-    from whisper_npu.io import read_jsonl
+    from whisper_npu.core.files import read_jsonl
     rows = [r for r in read_jsonl(synth_root / args.synthetic_lang / "manifest.jsonl") if r["split"] == "calibration"]
     from whisper_npu.audio import read_wav
     write_audio_dir(synth_dir, args.synthetic_lang,

@@ -132,7 +132,7 @@ def _plain(text: str) -> str:
 
 def clip_errors(refs: Sequence[str], hyps: Sequence[str], lang: str) -> tuple[np.ndarray, np.ndarray]:
     """Per clip (edits, reference words) with the project's normalizers (accents dropped for es_419)."""
-    from whisper_npu import metrics as M
+    from whisper_npu.eval import metrics as M
 
     if lang == "es_419":
         refs, hyps = [_plain(r) for r in refs], [_plain(h) for h in hyps]
@@ -177,7 +177,7 @@ def memory(args: Any, argv: Sequence[str], work: Path, audio: Path, langs: list[
     from stages import toolchain
     from whisper_npu import audio as A
     from whisper_npu import calibration as cal
-    from whisper_npu.model_store import load_hf
+    from whisper_npu.model.store import load_hf
     from whisper_npu.params import load_params
 
     params = copy.deepcopy(base)
@@ -249,12 +249,12 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
     from stages import toolchain
     from stages.evaluate import decode_config
     from whisper_npu import audio as A
-    from whisper_npu.backends import artifact
-    from whisper_npu.backends.ort_runtime import load_ort_backend
-    from whisper_npu.backends.torch_ref import TorchBackend
-    from whisper_npu.decode import tokenizer_text
-    from whisper_npu.io import read_json, read_jsonl
-    from whisper_npu.model_store import load_hf
+    from whisper_npu.artifacts import artifact
+    from whisper_npu.runtimes.onnxruntime import load_ort_backend
+    from whisper_npu.runtimes.torch_ref import TorchBackend
+    from whisper_npu.decoding.greedy import tokenizer_text
+    from whisper_npu.core.files import read_json, read_jsonl
+    from whisper_npu.model.store import load_hf
     from whisper_npu.params import load_params
 
     torch.set_num_threads(args.threads)

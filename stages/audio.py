@@ -22,11 +22,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from whisper_npu import audio as A
-from whisper_npu.io import StageError, atomic_output, run_stage, write_json, write_jsonl
-from whisper_npu.params import AudioParams, load_params
-from whisper_npu.seeds import lang_rng
-from whisper_npu.sources import SourceClip, get_clips
+from whisper_npu.audio import prepare as A
+from whisper_npu.core.errors import StageError
+from whisper_npu.core.files import atomic_output, write_json, write_jsonl
+from whisper_npu.core.seeds import lang_rng
+from whisper_npu.core.stage import run_stage
+from whisper_npu.params.audio import AudioParams
+from whisper_npu.params.base import ParamsError, read, seed_of
+from whisper_npu.sources.base import SourceClip
+from whisper_npu.sources.loader import get_clips
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +109,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder, e.g. data/audio/ko_kr")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
-    p = load_params(args.params)
-    audio = p.audio.for_lang(args.lang)  # audio.per_language.<lang> over the audio defaults
+    raw = read(args.params)
+    seed_ = seed_of(raw)
+    try:
+        audio = AudioParams.of(raw).check_counts(args.lang)  # audio.per_language.<lang> over the audio defaults
+    except ValueError as e:
+        raise ParamsError(f"{raw.source}: {e}") from None
     log.info("audio@%s: %d clips from %s", args.lang, audio.clips, audio.source)
     # all work inside atomic_output: a failure also removes a previous run's output
     with atomic_output(args.out) as tmp:
-        sources = get_clips(args.lang, audio, p.seed)
-        kept, skipped, ids = build(args.lang, audio, p.seed, sources)
-        # a source may also report files it did not offer at all (asterisk: no transcript, empty audio)
-        write(tmp, kept, list(getattr(sources, "skipped", [])) + skipped, ids)
+        selection = get_clips(args.lang, audio, seed_)
+        kept, skipped, ids = build(args.lang, audio, seed_, selection.clips)
+        # a source also reports the files it did not offer at all (asterisk: no transcript, empty audio)
+        write(tmp, kept, selection.skipped + skipped, ids)
     log.info("audio@%s: %d clips kept (%d calibration, %d evaluation), %d skipped", args.lang, len(kept),
              len(ids["calibration"]), len(ids["evaluation"]), len(skipped))
 

@@ -39,18 +39,25 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from whisper_npu import audio as A
-from whisper_npu import calibration as cal
 from whisper_npu import specs
-from whisper_npu.io import StageError, atomic_output, read_jsonl, run_stage, write_json
-from whisper_npu.params import CalibrationParams, load_params
+from whisper_npu.audio.clips import Clip, read_clips
+from whisper_npu.audio.features import npu_features
+from whisper_npu.audio.prepare import read_wav
+from whisper_npu.calibration import lists
+from whisper_npu.calibration import sequences as cal
+from whisper_npu.core.errors import StageError
+from whisper_npu.core.files import atomic_output, read_jsonl, write_json
+from whisper_npu.core.languages import TRANSCRIBE, TRANSLATE
+from whisper_npu.core.stage import run_stage
+from whisper_npu.params.base import languages_of, read, seed_of
+from whisper_npu.params.calibration import CalibrationParams
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Sample:
-    clip: A.Clip
+    clip: Clip
     task: str
     text: str | None = None   # None: generate it
     fraction: float = 1.0     # the first ``fraction`` of the clip's audio
@@ -76,20 +83,20 @@ def read_labels(labels_dir: Path, languages: Sequence[str]) -> dict[str, dict]:
     return rows
 
 
-def _reference_text(clip: A.Clip, task: str) -> str:
-    if task == A.TRANSCRIBE:
+def _reference_text(clip: Clip, task: str) -> str:
+    if task == TRANSCRIBE:
         text = clip.text or ""
     else:
         # English audio: the transcription is its own English translation.
         text = clip.text_en or (clip.text if clip.lang.startswith("en_") else "") or ""
     if not text.strip():
-        field = "text" if task == A.TRANSCRIBE else "text_en"
+        field = "text" if task == TRANSCRIBE else "text_en"
         raise StageError(f"{clip.id}: no reference {field} in the audio manifest for the {task} task; use "
                          "calibration.text_source = generated or labels")
     return text
 
 
-def plan_samples(clips: Sequence[A.Clip], tasks: dict[str, str], text_source: str,
+def plan_samples(clips: Sequence[Clip], tasks: dict[str, str], text_source: str,
                  labels: dict[str, dict] | None = None, fraction: float = 1.0) -> list[Sample]:
     """One sample per clip with its task and, unless the text is generated, its text."""
     samples = []
@@ -102,12 +109,12 @@ def plan_samples(clips: Sequence[A.Clip], tasks: dict[str, str], text_source: st
             row = (labels or {}).get(clip.id)
             if row is None:
                 raise StageError(f"{clip.id}: no label row in data/labels/{clip.lang}.jsonl; rerun the label stage")
-            text = row["translation" if task == A.TRANSLATE else "transcription"] or ""
+            text = row["translation" if task == TRANSLATE else "transcription"] or ""
         samples.append(Sample(clip, task, text, fraction))
     return samples
 
 
-def plan_recipe(clips: Sequence[A.Clip], cp: CalibrationParams, seed: int,
+def plan_recipe(clips: Sequence[Clip], cp: CalibrationParams, seed: int,
                 labels: dict[str, dict] | None = None) -> list[Sample]:
     """Every clip once per ``calibration.prefix_fractions`` entry, the task mix drawn exactly per fraction
     (the newest tutorial recipe: 5 prefixes, 20 % translate each; the seed: the whole clip once)."""
@@ -152,7 +159,7 @@ def _generate(model: Any, states: Any, lang: str, task: str, max_new_tokens: int
 
 
 def _audio(s: Sample) -> np.ndarray:
-    audio = A.read_wav(s.clip.audio)
+    audio = read_wav(s.clip.audio)
     return audio if s.fraction == 1.0 else audio[: max(1, int(len(audio) * s.fraction))]
 
 
@@ -166,12 +173,12 @@ def build_decoder_set(model: Any, processor: Any, samples: Sequence[Sample], out
     tokenizer = processor.tokenizer
     sp = cal.SpecialTokens.from_tokenizer(tokenizer)
     max_len = int(model.config.max_target_positions)
-    decoder = model.model.decoder
+    tables = specs.embedding_tables(model)   # the host-side token and position tables, read once
     rows = []
     bar = tqdm(total=len(samples), desc="decoder calibration", unit="clip")
     for batch in batches(samples, batch_size):
         lang, task = batch[0].clip.whisper_lang, batch[0].task
-        feats = np.concatenate([A.npu_features(processor.feature_extractor, _audio(s)) for s in batch])
+        feats = np.concatenate([npu_features(processor.feature_extractor, _audio(s)) for s in batch])
         for s, f in zip(batch, feats):  # a corrupt clip fails here, named, not after generating its text
             if not np.isfinite(f).all():
                 raise StageError(f"{s.clip.audio}: log-mel features contain NaN or inf values; the clip is "
@@ -197,11 +204,11 @@ def build_decoder_set(model: Any, processor: Any, samples: Sequence[Sample], out
             folder = out_dir / s.folder
             folder.mkdir(parents=True, exist_ok=True)
             np.save(folder / cal.ENCODER_STATES, np.ascontiguousarray(states[j:j + 1].to(torch.float32).numpy()))
-            np.save(folder / cal.DECODER_STATES, cal.decoder_inputs(decoder, ids))
+            np.save(folder / cal.DECODER_STATES, specs.embed(*tables, ids))
             rows.append({
                 "clip_id": s.clip.id, **({} if s.fraction == 1.0 else {"audio_fraction": s.fraction}),
                 "language": s.clip.lang, "source_language": s.clip.whisper_lang,
-                "task": s.task, "task_type": cal.TASK_TYPES[s.task], "use_translation": s.task == A.TRANSLATE,
+                "task": s.task, "task_type": lists.TASK_TYPES[s.task], "use_translation": s.task == TRANSLATE,
                 "text_source": text_source, "tokens": ids, "length": len(ids), "truncated": truncated,
                 "decoded_tokens": tokenizer.decode(ids, skip_special_tokens=False),
                 "decoder_hidden_states": f"{s.folder}/{cal.DECODER_STATES}",
@@ -215,7 +222,7 @@ def build_decoder_set(model: Any, processor: Any, samples: Sequence[Sample], out
 def task_counts(rows: Sequence[dict]) -> dict:
     """The DVC metric: samples, translate/transcribe counts and mean length, overall and per language."""
     def summary(rs: Sequence[dict]) -> dict:
-        n_tr = sum(r["task"] == A.TRANSLATE for r in rs)
+        n_tr = sum(r["task"] == TRANSLATE for r in rs)
         return {"samples": len(rs), "translate": n_tr, "transcribe": len(rs) - n_tr,
                 "mean_length": round(float(np.mean([r["length"] for r in rs])), 2) if rs else 0.0}
     per_lang = {lang: summary([r for r in rows if r["language"] == lang])
@@ -239,7 +246,7 @@ def write_decoder_set(model: Any, processor: Any, samples: Sequence[Sample], out
               "strip_final_eot": cp.strip_final_eot}
     if recipe != {"prefix_fractions": [1.0], "min_tokens": 0, "strip_final_eot": False}:
         extra.update(recipe)   # the seed's JSON stays as it was
-    write_json(out_dir / specs.DECODER_JSON, cal.decoder_json(model.config, pairs, rows, extra, cp.json_layout))
+    write_json(out_dir / specs.DECODER_JSON, lists.decoder_json(model.config, pairs, rows, extra, cp.json_layout))
     write_json(out_dir / specs.DECODER_METADATA_JSON, [r["decoded_tokens"] for r in rows])
     return rows
 
@@ -256,21 +263,21 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from whisper_npu.model_store import load_hf
+    from whisper_npu.model.store import load_hf
 
-    params = load_params(args.params)
-    cp = params.calibration
-    clips = A.read_clips(args.audio, params.languages, "calibration", cp.samples_per_language)
-    labels = read_labels(args.labels, params.languages) if cp.text_source == "labels" else None
-    samples = plan_recipe(clips, cp, params.seed, labels)
-    torch.manual_seed(params.seed)
+    raw = read(args.params)
+    seed, langs, cp = seed_of(raw), languages_of(raw), CalibrationParams.of(raw)
+    clips = read_clips(args.audio, langs, "calibration", cp.samples_per_language)
+    labels = read_labels(args.labels, langs) if cp.text_source == "labels" else None
+    samples = plan_recipe(clips, cp, seed, labels)
+    torch.manual_seed(seed)
     model, processor = load_hf(args.model)
     log.info("decoder set: %d clips, %d translate, text from %s", len(samples),
-             sum(s.task == A.TRANSLATE for s in samples), cp.text_source)
+             sum(s.task == TRANSLATE for s in samples), cp.text_source)
     skipped: list[dict] = []
     with atomic_output(args.out) as tmp:
-        rows = write_decoder_set(model, processor, samples, tmp, cp, params.seed, skipped)
-        cal.validate_decoder_set(tmp / specs.DECODER_JSON, model.config)
+        rows = write_decoder_set(model, processor, samples, tmp, cp, seed, skipped)
+        lists.validate_decoder_set(tmp / specs.DECODER_JSON, model.config)
         if skipped:
             log.info("skipped %d samples under calibration.min_tokens = %d", len(skipped), cp.min_tokens)
         with atomic_output(args.metrics) as mtmp:

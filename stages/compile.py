@@ -1,12 +1,12 @@
 """Compile one Whisper component (``--component encoder|decoder``) with the configured backend.
 
-The backend (whisper_npu/backends/: ``build`` per backend module) writes its artifacts; this stage adds what
-every backend's output holds (the decoder's embedding tables, provenance.json) and the numerics metric.
+The compiler (whisper_npu/compilers/: ``build`` per compiler) writes its artifacts; this stage adds what every
+compile output holds (the decoder's embedding tables, provenance.json) and the numerics metric.
 
 Outputs, in ``--out`` (compiled/<component>/), named after the reference model (model.json ``name``):
 
 * ``qbcompiler``: ``<name>_<component>.mblt`` and ``.mxq`` (the tutorial's step 3, every option in
-  params ``compile.qbcompiler``; see whisper_npu/backends/qbcompiler.py for the per-version calls);
+  params ``compile.qbcompiler``; see whisper_npu/compilers/mobilint/ for the per-version calls);
 * ``onnxruntime``: ``<name>_<component>.onnx``, INT8 (``compile.onnxruntime``), in the NPU's I/O layout;
 * decoder, both backends: ``embed_tokens.npy`` / ``embed_positions.npy``, the tables the runtime adds on
   the CPU (they are not inside the compiled decoder);
@@ -16,7 +16,7 @@ Outputs, in ``--out`` (compiled/<component>/), named after the reference model (
 And ``--metrics``: compiled vs fp32 (torch) on held-out inputs, per output: cosine (mean, min), max abs
 error (decoder: also top-1 agreement of the logits). Held-out inputs are ``compile.numerics_samples``
 entries of the component's calibration set spread evenly over it; they are left out of what the
-quantizer calibrates on (whisper_npu/backends/ort.py). The qbcompiler backend cannot run an .mxq
+quantizer calibrates on (whisper_npu/compilers/onnxruntime/). The qbcompiler backend cannot run an .mxq
 without the NPU, so it calibrates on every entry (no hold-out: nothing could use it) and its metric says
 so (``checked: false``). With qbcompiler 1.3+ the configuration the compiler resolved
 (``config_save_path``) is kept as ``<name>_<component>.config.yaml`` and copied into provenance.
@@ -33,12 +33,15 @@ from typing import Any
 
 import numpy as np
 
-from whisper_npu import model_store
-from whisper_npu.backends import (EMBED_POSITIONS, EMBED_TOKENS, PROVENANCE, backend_module, calib_sets,
-                                  resolve_backend)
-from whisper_npu.io import atomic_output, read_json, run_stage, sha256_tree, write_json
-from whisper_npu.params import CompileParams, load_params, to_dict
-from whisper_npu.specs import component_spec
+from whisper_npu.artifacts import EMBED_POSITIONS, EMBED_TOKENS, PROVENANCE
+from whisper_npu.calibration import sets as calib_sets
+from whisper_npu.compilers import registry as compilers
+from whisper_npu.core.files import atomic_output, read_json, sha256_tree, write_json
+from whisper_npu.core.stage import run_stage
+from whisper_npu.model import store as model_store
+from whisper_npu.params.base import read
+from whisper_npu.params.compile import CompileParams
+from whisper_npu.specs import component_spec, embedding_tables
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +54,13 @@ def compile_component(component: str, backend: str, cp: CompileParams, model: An
                       cs: calib_sets.CalibSet, out_dir: Path) -> dict[str, Any]:
     """Compile one component with ``backend`` into ``out_dir`` (which must exist): the backend's artifacts,
     the decoder's host-side embedding tables and provenance.json. Returns the numerics metric."""
-    from whisper_npu.backends import onnx_export
-
     spec = component_spec(component, model.config)
     stem = f"{info['name']}_{component}"
     log.info("compile %s with %s: %d calibration entries", stem, backend, len(cs))
-    built = backend_module(backend).build(model, component, spec, cs, cp, out_dir, stem)
+    built = compilers.get(backend).build(model, component, spec, cs, cp, out_dir, stem)
     artifacts = dict(built.artifacts)
     if component == "decoder":
-        tokens, positions = onnx_export.embedding_tables(model)
+        tokens, positions = embedding_tables(model)
         np.save(out_dir / EMBED_TOKENS, tokens)
         np.save(out_dir / EMBED_POSITIONS, positions)
         artifacts.update(embed_tokens=EMBED_TOKENS, embed_positions=EMBED_POSITIONS)
@@ -68,7 +69,7 @@ def compile_component(component: str, backend: str, cp: CompileParams, model: An
     provenance = {
         "component": component, "backend": backend, "artifacts": artifacts,
         "model": {k: info.get(k) for k in ("name", "source", "id", "revision")},
-        "toolchain": tools, "options": to_dict(cp), "resolved": resolved,
+        "toolchain": tools, "options": cp.model_dump(), "resolved": resolved,
         "quantization": quantization,
         "calibration": {"file": cs.source.name, "sha256_tree": sha256_tree(cs.source.parent),
                         "entries": len(cs), "held_out": built.held_out},
@@ -84,8 +85,8 @@ def run(component: str, params_path: Path, toolchain: Path, model_dir: Path, cal
         out: Path, metrics_path: Path) -> None:
     """The stage's I/O: read params, toolchain, model and calibration set; write ``out`` and the metric
     atomically (a failure leaves neither)."""
-    cp = load_params(params_path).compile
-    backend = resolve_backend(cp.backend)
+    cp = CompileParams.of(read(params_path))
+    backend = compilers.resolve(cp.backend)
     tools = read_json(toolchain)
     info = model_store.model_info(model_dir)
     model, _ = model_store.load_hf(model_dir)

@@ -18,12 +18,21 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from whisper_npu import languages as langs
-from whisper_npu.audio import read_wav
-from whisper_npu.io import StageError, atomic_output, read_jsonl, run_stage, write_jsonl
-from whisper_npu.labeler import Labeler, LabelStats, check_language, label_batch, load_labeler
-from whisper_npu.params import load_params
-from whisper_npu.seeds import clip_seed
+from whisper_npu.audio.prepare import read_wav
+from whisper_npu.core import languages as langs
+from whisper_npu.core.errors import StageError
+from whisper_npu.core.files import atomic_output, read_jsonl, write_jsonl
+from whisper_npu.core.seeds import clip_seed
+from whisper_npu.core.stage import run_stage
+from whisper_npu.labeler import (
+    Labeler,
+    LabelStats,
+    check_language,
+    label_batch,
+    load_labeler,
+)
+from whisper_npu.params.base import read, seed_of
+from whisper_npu.params.labels import LabelsParams
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
-    p = load_params(args.params)
+    raw = read(args.params)
+    seed, labels = seed_of(raw), LabelsParams.of(raw)
     if args.lang not in langs.LANGUAGES:
         raise StageError(f"--lang {args.lang!r}: unknown language")
     manifest_path = args.audio / "manifest.jsonl"
@@ -78,15 +88,15 @@ def main(argv: list[str] | None = None) -> None:
     for m in manifest:
         if m.get("lang") != args.lang:
             raise StageError(f"{manifest_path}: row {m.get('id')} is {m.get('lang')!r}, not {args.lang}")
-    todo = select(manifest, p.labels.splits, manifest_path)
-    labeler = load_labeler(p.labels.labeler, args.model)
+    todo = select(manifest, labels.splits, manifest_path)
+    labeler = load_labeler(labels.labeler, args.model)
     log.info("label@%s: %d of %d clips (splits %s) with %s", args.lang, len(todo), len(manifest),
-             ", ".join(p.labels.splits), labeler.name)
-    decode_options = {"best_of": p.labels.best_of, "sample_len": p.labels.max_new_tokens,
-                      "without_timestamps": p.labels.without_timestamps}
+             ", ".join(labels.splits), labeler.name)
+    decode_options = {"best_of": labels.best_of, "sample_len": labels.max_new_tokens,
+                      "without_timestamps": labels.without_timestamps}
     stats = LabelStats()
-    rows = label_rows(labeler, args.lang, args.audio, todo, p.labels.beam_size, p.seed, p.labels.logprob_fallback,
-                      decode_options, p.labels.batch_size, stats)
+    rows = label_rows(labeler, args.lang, args.audio, todo, labels.beam_size, seed, labels.logprob_fallback,
+                      decode_options, labels.batch_size, stats)
     log.info("label@%s: %d encoder passes, %d batched decodes, %d fallback decodes, %d decoded on demand",
              args.lang, stats.encoder_passes, stats.decode_calls, stats.fallbacks, stats.on_demand)
     with atomic_output(args.out) as tmp:

@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from whisper_npu import languages as langs
-from whisper_npu.io import StageError, atomic_output, read_jsonl, run_stage, write_json
-from whisper_npu.params import load_params
+from whisper_npu.core import languages as langs
+from whisper_npu.core.errors import StageError
+from whisper_npu.core.files import atomic_output, read_jsonl, write_json
+from whisper_npu.core.stage import run_stage
+from whisper_npu.params.base import languages_of, read
 
 
 def merge(labels: dict[str, list[dict]]) -> tuple[dict, dict]:
@@ -41,8 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--translations", type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
-    p = load_params(args.params)
-    labels = {lang: read_jsonl(args.labels / f"{lang}.jsonl") for lang in p.languages}
+    labels = {lang: read_jsonl(args.labels / f"{lang}.jsonl") for lang in languages_of(read(args.params))}
     transcriptions, translations = merge(labels)
     with atomic_output(args.transcriptions) as tmp:
         write_json(tmp, transcriptions)

@@ -3,7 +3,7 @@
 With ``compile.backend`` resolved to qbcompiler, ``--out`` (compiled/mobilint-whisper/) holds config.json
 (``model_type: mobilint-whisper``, the mxq paths and core fields), both .mxq files, ``model.safetensors``
 with the host-side embeddings, and the tokenizer/preprocessor/generation files; see
-whisper_npu/backends/mblt_folder.py. With the onnxruntime backend there is nothing for Mobilint's loader:
+whisper_npu/runtimes/mobilint/folder.py. With the onnxruntime backend there is nothing for Mobilint's loader:
 the folder holds only NOT_BUILT.txt saying so (a DVC output must exist).
 
 On the NPU host (``pip install transformers-mblt``, in its own environment: it needs transformers < 5.18)::
@@ -19,8 +19,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from whisper_npu.backends import compiled_backend_name, mblt_folder
-from whisper_npu.io import atomic_output, run_stage
+from whisper_npu.artifacts import compiled_backend_name
+from whisper_npu.core.files import atomic_output
+from whisper_npu.core.stage import run_stage
+from whisper_npu.runtimes.mobilint import folder as mblt_folder
 
 log = logging.getLogger(__name__)
 

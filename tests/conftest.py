@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import os
-import time
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -63,6 +63,33 @@ def default_params() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
+def merged(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` laid over it, nested mappings merged key by key (a preset over params.yaml)."""
+    out = dict(base)
+    for k, v in changes.items():
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def params_with(changes: dict) -> dict:
+    """params.yaml's values with ``changes`` merged in (every key stays set: params.yaml has no defaults elsewhere)."""
+    return merged(default_params(), changes)
+
+
+def section(key: str, **changes):
+    """A params section as the stages get it: params.yaml's values (the one place defaults are written) with
+    ``changes``; nested sections take a dict of changes (``synth={"rate": [150, 150]}``)."""
+    from whisper_npu.params import full
+
+    data = default_params()[key]
+    if key == "audio":
+        data["per_language"] = {}   # the default profile's real-speech overrides: only where a test asks for them
+    for k, v in changes.items():
+        data[k] = {**data[k], **v} if isinstance(v, dict) and isinstance(data.get(k), dict) and k != "per_language" else v
+    cls = full.Params.model_fields[key].annotation
+    return cls.model_validate(data)
+
+
 def assert_status_clean(repo: Path, env: dict | None = None) -> None:
     """`dvc status` reports nothing to do, except the toolchain stage, which is always_changed by design
     (it re-reads tool versions on every run; what follows reruns only if they changed)."""
@@ -77,8 +104,9 @@ def assert_status_clean(repo: Path, env: dict | None = None) -> None:
 # ------------------------------------------------------------------------------ reference Whisper models
 # (owned by the model stage's tests; see whisper_npu/model_store.py for the layout)
 
-_MODEL_CODE = ("whisper_npu/ct2.py", "whisper_npu/openai_ckpt.py", "whisper_npu/model_store.py",
-               "whisper_npu/pypi_weights.py", "stages/model.py")
+_MODEL_CODE = ("whisper_npu/model/ct2.py", "whisper_npu/model/openai_ckpt.py", "whisper_npu/model/store.py",
+               "whisper_npu/model/writer.py", "whisper_npu/model/hub.py", "whisper_npu/model/pypi_weights.py",
+               "stages/model.py")
 
 
 def _model_code_hash() -> str:
@@ -99,10 +127,9 @@ def build_cached_reference(model_id: str = "whisper-base") -> Path:
     import fcntl
 
     from stages.model import build
-    from whisper_npu.io import atomic_output
-    from whisper_npu.model_store import check_store
-    from whisper_npu.params import ModelParams
-    from whisper_npu.pypi_weights import cache_root
+    from whisper_npu.core.files import atomic_output
+    from whisper_npu.model.pypi_weights import cache_root
+    from whisper_npu.model.store import check_store
 
     models = cache_root() / "models"
     models.mkdir(parents=True, exist_ok=True)
@@ -121,7 +148,7 @@ def build_cached_reference(model_id: str = "whisper-base") -> Path:
             if old != target and old.is_dir() and time.time() - old.stat().st_mtime > 7 * 86400:
                 shutil.rmtree(old)
         with atomic_output(target) as tmp:
-            build(ModelParams(source="pypi", id=model_id), tmp)
+            build(section("model", source="pypi", id=model_id), tmp)
     return target
 
 
@@ -139,7 +166,7 @@ def make_tiny_model(dest: Path, reference: Path, seed: int = 0) -> Path:
     import torch
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-    from stages.model import write_store
+    from whisper_npu.model.writer import write_store
 
     ref_hf = reference / "hf"
     config = json.loads((ref_hf / "config.json").read_text())
@@ -175,7 +202,7 @@ def tiny_params(model_hf: Path, languages: tuple[str, ...] = ("en_us", "es_419")
     p["labels"].update(max_new_tokens=8, best_of=1)             # speech is tested in test_asterisk.py)
     p["calibration"].update(samples_per_language=2, max_new_tokens=8, batch_size=2)
     p["compile"]["numerics_samples"] = 1
-    p["evaluate"]["max_new_tokens"] = 8
+    p["transcribe"]["max_new_tokens"] = 8
     return p
 
 
@@ -238,7 +265,7 @@ ENGLISH_EVAL_CLIPS = 24
 
 @pytest.fixture(scope="session")
 def real_english_run(tmp_path_factory, reference_model_dir: Path) -> Path:
-    """The default pipeline (`dvc repro evaluate`, default compile options) on real English speech (Asterisk
+    """The default pipeline (`dvc repro score`, default compile options) on real English speech (Asterisk
     prompts: 24 evaluation + 6 calibration clips) with the real whisper-base: one run shared by the accuracy
     floor (tests/test_accuracy_floor.py) and the INT8 numerics floor (tests/test_numerics_floor.py)."""
     p = default_params()
@@ -248,5 +275,5 @@ def real_english_run(tmp_path_factory, reference_model_dir: Path) -> Path:
                                             "eval_clips": ENGLISH_EVAL_CLIPS, "selection": "seeded"}}
     p["audio"]["asterisk"]["cache"] = str(tmp_path_factory.mktemp("debs"))
     repo = make_project(tmp_path_factory.mktemp("english") / "proj", p)
-    run(["dvc", "repro", "evaluate"], repo, timeout=3600)
+    run(["dvc", "repro", "score"], repo, timeout=3600)
     return repo

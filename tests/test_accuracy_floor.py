@@ -1,6 +1,6 @@
 """Accuracy floors on real weights and real speech: whisper-base fp32 and the default compiled model
 (ONNX Runtime dynamic INT8, compile.onnxruntime defaults) on Asterisk's recorded US English prompts,
-through the real pipeline (`dvc repro evaluate` in a project copy).
+through the real pipeline (`dvc repro score` in a project copy).
 
 Measured run (2026-12-01, this machine kind: 2 vCPU AMD EPYC, Debian 12, torch 2.13.0 CPU, onnxruntime from
 constraints.txt; 24 evaluation clips = 399 reference words, seed 0, evaluate defaults):
@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import ENGLISH_EVAL_CLIPS as EVAL_CLIPS
 from conftest import run
 
@@ -79,13 +78,17 @@ def test_floor_catches_a_broken_compiled_model(real_english_run: Path, tmp_path:
     # a broken decoder rambles to the token cap on every clip: a shorter cap keeps this test's time down
     # (its WER is near 1 whatever the cap: measured 1.000 at the default 220)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["evaluate"]["max_new_tokens"] = 64
+    params["transcribe"]["max_new_tokens"] = 64
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    out = repo / "broken-metrics"
-    run(["python", "-m", "stages.evaluate", "--params", "params.yaml", "--model", "models/reference",
+    # only the compiled side is decoded again; the fp32 transcripts (cap 220) are the run's own
+    out = repo / "broken"
+    run(["python", "-m", "stages.transcribe_compiled", "--params", "params.yaml", "--model", "models/reference",
          "--encoder", "compiled/encoder", "--decoder", "compiled/decoder", "--audio", "data/audio",
+         "--out", f"{out}/compiled", "--timing", f"{out}/compiled.timing.json"], repo, timeout=3600)
+    run(["python", "-m", "stages.score", "--params", "params.yaml", "--fp32", "data/transcripts/fp32",
+         "--compiled", f"{out}/compiled", "--compiled-timing", f"{out}/compiled.timing.json",
          "--metrics", f"{out}/evaluate.json", "--wer-plot", f"{out}/wer.json", "--bleu-plot", f"{out}/bleu.json",
-         "--transcripts", f"{out}/transcripts.jsonl"], repo, timeout=3600)
+         "--transcripts", f"{out}/transcripts.jsonl"], repo, timeout=600)
     m = json.loads((out / "evaluate.json").read_text())
     failures = floor_failures(m)
     print(failures)

@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import params_with, section
 
 from stages import audio as audio_stage
-from whisper_npu import asterisk as AS
-from whisper_npu import audio as A
-from whisper_npu.io import StageError
-from whisper_npu.params import AsteriskParams, AudioParams
+from whisper_npu.audio import prepare as A
+from whisper_npu.core.errors import StageError
+from whisper_npu.core.files import sha256_file
+from whisper_npu.params.audio import AudioParams
+from whisper_npu.sources import asterisk as AS
 
 VOICE = "xx_XX_f_Test"
 
@@ -81,14 +83,14 @@ def test_set(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     cache.mkdir()
     wav, text = build_prompt_debs(cache)
-    ps = AS.PromptSet("xx", VOICE, "Test Speaker", "CC-BY-SA-3.0", "2026 Test", AS.sha256(wav), AS.sha256(text),
+    ps = AS.PromptSet("xx", VOICE, "Test Speaker", "CC-BY-SA-3.0", "2026 Test", sha256_file(wav), sha256_file(text),
                       diacritics=False)
     monkeypatch.setitem(AS.PROMPT_SETS, "en_us", ps)
     return ps, cache
 
 
 def params(cache: Path, **kw) -> AudioParams:
-    return AudioParams(source="asterisk", asterisk=AsteriskParams(cache=str(cache), min_seconds=2.0), **kw)
+    return section("audio", source="asterisk", asterisk={"cache": str(cache), "min_seconds": 2.0}, **kw)
 
 
 def test_transcript_parsing():
@@ -105,15 +107,15 @@ def test_transcript_parsing():
 
 def test_clips_skips_and_licenses(test_set):
     ps, cache = test_set
-    sel = AS.asterisk_clips("en_us", params(cache, clips=4), seed=0)
-    assert [c.ref for c in sel] == ["asterisk:en_us/digits/1", "asterisk:en_us/dup", "asterisk:en_us/hello",
+    sel = AS.clips("en_us", params(cache, clips=4), seed=0)
+    assert [c.ref for c in sel.clips] == ["asterisk:en_us/digits/1", "asterisk:en_us/dup", "asterisk:en_us/hello",
                                     "asterisk:en_us/semicolon"]
-    assert [c.text for c in sel] == ["one two three four", "second version", "Hello, this is a test prompt.",
+    assert [c.text for c in sel.clips] == ["one two three four", "second version", "Hello, this is a test prompt.",
                                      "Press star; then press pound."]
-    assert sel[0].source == {"kind": "asterisk", "package": "asterisk-core-sounds-xx-wav", "version": AS.VERSION,
+    assert sel.clips[0].source == {"kind": "asterisk", "package": "asterisk-core-sounds-xx-wav", "version": AS.VERSION,
                              "prompt": "digits/1", "speaker": "Test Speaker", "license": "CC-BY-SA-3.0",
                              "copyright": "2026 Test", "diacritics": False}
-    assert sel[0].text_en == sel[0].text                               # English: its own translation target
+    assert sel.clips[0].text_en == sel.clips[0].text                               # English: its own translation target
     reasons = {r["source_ref"].split("/", 1)[1]: r["reason"] for r in sel.skipped}
     assert reasons == {
         "empty": "not used: empty transcript",
@@ -125,7 +127,7 @@ def test_clips_skips_and_licenses(test_set):
     }
     with pytest.raises(StageError, match=r"asterisk-core-sounds-xx-wav \(5 prompts of 2-30 s with a transcript\) "
                                          r"has 5 clips, audio.clips asks for 6"):
-        AS.asterisk_clips("en_us", params(cache, clips=6), seed=0)
+        AS.clips("en_us", params(cache, clips=6), seed=0)
 
 
 def test_pinned_checksum_refusal(test_set):
@@ -140,7 +142,7 @@ def test_pinned_checksum_refusal(test_set):
     deb = cache / ps.text.filename
     deb.write_bytes(deb.read_bytes() + b"x")
     with pytest.raises(StageError, match=r"asterisk-core-sounds-xx_1.6.1-1_all.deb: sha256 .* does not match"):
-        AS.asterisk_clips("en_us", params(cache, clips=2), seed=0)
+        AS.clips("en_us", params(cache, clips=2), seed=0)
 
 
 def test_missing_package_names_it(tmp_path):
@@ -155,7 +157,7 @@ def test_missing_package_names_it(tmp_path):
 def test_language_without_prompts_is_refused():
     with pytest.raises(StageError, match=r"audio.per_language.de_de.source = asterisk: Debian has no Asterisk "
                                          r"prompt set for de_de; asterisk has en_us, es_419, fr_fr, it_it, ru_ru"):
-        AS.asterisk_clips("de_de", AudioParams(source="asterisk"), seed=0)
+        AS.clips("de_de", section("audio", source="asterisk"), seed=0)
 
 
 def test_resampling_8k_to_16k():
@@ -177,10 +179,10 @@ def test_stage_writes_manifest_with_licenses_and_skips(test_set, tmp_path):
     import yaml
 
     ps, cache = test_set
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_with({
         "languages": ["en_us"], "calibration": {"samples_per_language": 1},
         "audio": {"per_language": {"en_us": {"source": "asterisk", "clips": 4, "eval_clips": 2}},
-                  "asterisk": {"cache": str(cache)}}}))
+                  "asterisk": {"cache": str(cache)}}})))
     out = tmp_path / "out"
     audio_stage.main(["--params", str(tmp_path / "params.yaml"), "--lang", "en_us", "--out", str(out)])
     rows = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
@@ -203,9 +205,9 @@ def test_debian_packages_match_the_pins(tmp_path):
     """Debian's own packages, fetched with apt-get download: sha256 as pinned, and enough usable prompts
     for the default profile (36 clips per language); Russian's empty is.wav recorded as skipped."""
     for lang, ps in sorted(AS.PROMPT_SETS.items()):
-        sel = AS.asterisk_clips(lang, params(tmp_path / "cache", clips=36, selection="seeded"), seed=0)
-        assert len(sel) == 36 and all(c.text for c in sel), lang
+        sel = AS.clips(lang, params(tmp_path / "cache", clips=36, selection="seeded"), seed=0)
+        assert len(sel.clips) == 36 and all(c.text for c in sel.clips), lang
         if lang == "ru_ru":
             assert {"source_ref": "asterisk:ru_ru/is", "reason": "not used: empty: no samples"} in sel.skipped
         for deb in (ps.wav, ps.text):
-            assert AS.sha256(tmp_path / "cache" / deb.filename) == deb.sha256
+            assert sha256_file(tmp_path / "cache" / deb.filename) == deb.sha256

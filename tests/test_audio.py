@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 import yaml
+from conftest import default_params, run, section
 
 from stages import audio as stage
-from whisper_npu import audio as A
-from whisper_npu import sources
-from whisper_npu.io import StageError, read_json, read_jsonl, sha256_tree
-from whisper_npu.params import AudioParams, FleursParams, LocalAudioParams, SynthParams, parse_params
-
-from conftest import default_params, run
+from whisper_npu.audio import prepare as A
+from whisper_npu.core.errors import StageError
+from whisper_npu.core.files import read_json, read_jsonl, sha256_tree
+from whisper_npu.params.audio import AudioParams
+from whisper_npu.params.full import parse_params
+from whisper_npu.sources import loader, synth
 
 SR = 16000
 
@@ -139,14 +140,14 @@ def test_wav_writer_is_pcm16_and_deterministic(tmp_path: Path) -> None:
 
 
 def audio_params(**kw) -> AudioParams:
-    return AudioParams(**kw)
+    return section("audio", **kw)
 
 
 def test_stage_on_bad_corpus_records_every_outcome(tmp_path: Path) -> None:
     cases = make_corpus(tmp_path / "in" / "de_de")
     p = audio_params(source="local", clips=len(cases), eval_clips=2, max_skipped_fraction=1.0,
-                     local=LocalAudioParams(dir=str(tmp_path / "in")))
-    clips = sources.get_clips("de_de", p, 0)
+                     local={"dir": str(tmp_path / "in")})
+    clips = loader.get_clips("de_de", p, 0).clips
     kept, skipped, ids = stage.build("de_de", p, 0, clips)
     stage.write(tmp_path / "out", kept, skipped, ids)
 
@@ -187,12 +188,12 @@ def test_stage_fails_when_too_many_skipped(tmp_path: Path) -> None:
     for i in range(4):
         (folder / f"{i}.wav").write_bytes(wav_bytes(tone(1.0)) if i < 2 else b"")
     p = audio_params(source="local", clips=4, eval_clips=1, max_skipped_fraction=0.25,
-                     local=LocalAudioParams(dir=str(tmp_path / "in")))
+                     local={"dir": str(tmp_path / "in")})
     with pytest.raises(StageError, match=r"2 of 4 clips unusable"):
-        stage.build("fr_fr", p, 0, sources.get_clips("fr_fr", p, 0))
+        stage.build("fr_fr", p, 0, loader.get_clips("fr_fr", p, 0).clips)
     p = audio_params(source="local", clips=4, eval_clips=1, max_skipped_fraction=0.5,
-                     local=LocalAudioParams(dir=str(tmp_path / "in")))
-    kept, skipped, ids = stage.build("fr_fr", p, 0, sources.get_clips("fr_fr", p, 0))
+                     local={"dir": str(tmp_path / "in")})
+    kept, skipped, ids = stage.build("fr_fr", p, 0, loader.get_clips("fr_fr", p, 0).clips)
     assert len(kept) == 2 and len(skipped) == 2 and len(ids["evaluation"]) == 1
 
 
@@ -236,8 +237,8 @@ def test_split_differs_by_seed() -> None:
 # ---------------------------------------------------------------------------------------------- synth
 
 def test_corpus_is_parallel_and_complete() -> None:
-    corpus = sources.load_corpus()
-    from whisper_npu.languages import LANGUAGES, TUTORIAL_LANGUAGES
+    corpus = synth.load_corpus()
+    from whisper_npu.core.languages import LANGUAGES, TUTORIAL_LANGUAGES
     assert set(corpus) == set(TUTORIAL_LANGUAGES)
     numbers = [r["sentence"] for r in corpus["en_us"]]
     assert len(numbers) >= 24 and numbers == sorted(set(numbers))
@@ -253,21 +254,21 @@ def test_corpus_is_parallel_and_complete() -> None:
 
 
 def synth_params(**kw) -> AudioParams:
-    return AudioParams(source="synth", **kw)
+    return section("audio", source="synth", **kw)
 
 
 def test_synth_is_deterministic_and_seeded(tmp_path: Path) -> None:
     p = synth_params(clips=3, eval_clips=1)
     trees = []
     for k in range(2):
-        kept, skipped, ids = stage.build("ja_jp", p, 7, sources.get_clips("ja_jp", p, 7))
+        kept, skipped, ids = stage.build("ja_jp", p, 7, loader.get_clips("ja_jp", p, 7).clips)
         stage.write(tmp_path / f"run{k}", kept, skipped, ids)
         trees.append(sha256_tree(tmp_path / f"run{k}"))
     assert trees[0] == trees[1]
     manifest = read_jsonl(tmp_path / "run0" / "manifest.jsonl")
     assert [r["source"]["sentence"] for r in manifest] == [1, 2, 3]  # selection: first
-    corpus = {r["sentence"]: r for r in sources.load_corpus()["ja_jp"]}
-    english = {r["sentence"]: r["text"] for r in sources.load_corpus()["en_us"]}
+    corpus = {r["sentence"]: r for r in synth.load_corpus()["ja_jp"]}
+    english = {r["sentence"]: r["text"] for r in synth.load_corpus()["en_us"]}
     for r in manifest:
         s = r["source"]
         assert r["text"] == corpus[s["sentence"]]["text"] and r["text_en"] == english[s["sentence"]]
@@ -275,42 +276,42 @@ def test_synth_is_deterministic_and_seeded(tmp_path: Path) -> None:
         assert s["voice"].split("+")[0] == "ja" and 135 <= s["rate"] <= 170 and 35 <= s["pitch"] <= 65
         assert 0.5 < r["duration"] < 30
     # another seed: other voices and rates, other split
-    kept2, _, _ = stage.build("ja_jp", p, 8, sources.get_clips("ja_jp", p, 8))
+    kept2, _, _ = stage.build("ja_jp", p, 8, loader.get_clips("ja_jp", p, 8).clips)
     assert [c.row["source"] for c in kept2] != [json.loads(json.dumps(r["source"])) for r in manifest]
 
 
 def test_synth_seeded_selection_and_counts() -> None:
     p = synth_params(clips=5, eval_clips=1, selection="seeded")
-    a = [c.source["sentence"] for c in sources.get_clips("de_de", p, 1)]
-    b = [c.source["sentence"] for c in sources.get_clips("de_de", p, 1)]
-    c = [c.source["sentence"] for c in sources.get_clips("de_de", p, 2)]
+    a = [c.source["sentence"] for c in loader.get_clips("de_de", p, 1).clips]
+    b = [c.source["sentence"] for c in loader.get_clips("de_de", p, 1).clips]
+    c = [c.source["sentence"] for c in loader.get_clips("de_de", p, 2).clips]
     assert a == b and a == sorted(a) and len(set(a)) == 5 and a != c
     with pytest.raises(StageError, match=r"de_de.*24 clips.*asks for 25"):
-        sources.get_clips("de_de", synth_params(clips=25, eval_clips=1), 0)
+        loader.get_clips("de_de", synth_params(clips=25, eval_clips=1), 0).clips
 
 
 def test_synth_variety_within_params() -> None:
-    p = synth_params(clips=12, eval_clips=1, synth=SynthParams(rate=[100, 200], pitch=[10, 90], variants=["", "f2"]))
-    clips = sources.get_clips("es_419", p, 0)
+    p = synth_params(clips=12, eval_clips=1, synth={"rate": [100, 200], "pitch": [10, 90], "variants": ["", "f2"]})
+    clips = loader.get_clips("es_419", p, 0).clips
     assert len({c.source["rate"] for c in clips}) > 3 and len({c.source["voice"] for c in clips}) == 2
     assert all(c.source["voice"] in ("es-419", "es-419+f2") for c in clips)
 
 
 def test_synth_language_without_corpus_is_named() -> None:
     with pytest.raises(StageError, match="'hi_in' has no synthetic speech"):
-        sources.get_clips("hi_in", synth_params(clips=2, eval_clips=1), 0)
+        loader.get_clips("hi_in", synth_params(clips=2, eval_clips=1), 0).clips
 
 
 def test_synth_without_espeak_says_how_to_install(monkeypatch) -> None:
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    clips = sources.get_clips("de_de", synth_params(clips=2, eval_clips=1), 0)
+    clips = loader.get_clips("de_de", synth_params(clips=2, eval_clips=1), 0).clips
     with pytest.raises(StageError, match="apt-get install espeak-ng"):
         clips[0].read()
 
 
 def test_synth_text_is_not_an_option(tmp_path: Path) -> None:
     # text that looks like espeak-ng options is spoken, not parsed
-    wav = sources.espeak("--help -w /tmp/x.wav", "en-us", 150, 50)
+    wav = synth.espeak("--help -w /tmp/x.wav", "en-us", 150, 50)
     assert A.prepare(wav).pieces[0].duration > 0.5
 
 
@@ -325,8 +326,8 @@ def test_local_source_with_transcripts(tmp_path: Path) -> None:
     (folder / "a.txt").write_text("안녕하세요\n", encoding="utf-8")
     (folder / "a.en.txt").write_text("Hello", encoding="utf-8")
     (folder / "notes.md").write_text("not audio")
-    p = audio_params(source="local", clips=3, eval_clips=1, local=LocalAudioParams(dir=str(tmp_path / "mine")))
-    clips = sources.get_clips("ko_kr", p, 0)
+    p = audio_params(source="local", clips=3, eval_clips=1, local={"dir": str(tmp_path / "mine")})
+    clips = loader.get_clips("ko_kr", p, 0).clips
     assert [c.source["path"] for c in clips] == ["ko_kr/a.wav", "ko_kr/b.flac", "ko_kr/c.ogg"]
     assert (clips[0].text, clips[0].text_en) == ("안녕하세요", "Hello")
     assert (clips[1].text, clips[1].text_en) == (None, None)
@@ -334,10 +335,10 @@ def test_local_source_with_transcripts(tmp_path: Path) -> None:
     assert not skipped and abs(kept[0].row["duration"] - 1.2) < 0.01
     assert not any(str(tmp_path) in json.dumps(c.row) for c in kept)
     with pytest.raises(StageError, match=r"ko_kr.*3 clips, audio.clips asks for 4"):
-        sources.get_clips("ko_kr", audio_params(source="local", clips=4, eval_clips=1,
-                                                local=LocalAudioParams(dir=str(tmp_path / "mine"))), 0)
+        loader.get_clips("ko_kr", audio_params(source="local", clips=4, eval_clips=1,
+                                                local={"dir": str(tmp_path / "mine")}), 0).clips
     with pytest.raises(StageError, match="no folder"):
-        sources.get_clips("de_de", p, 0)
+        loader.get_clips("de_de", p, 0).clips
 
 
 # ---------------------------------------------------------------------------------------------- fleurs stand-in
@@ -391,14 +392,14 @@ def fleurs_dir(tmp_path_factory) -> Path:
 
 
 def fleurs_params(root: Path, **kw) -> AudioParams:
-    return AudioParams(source="fleurs", fleurs=FleursParams(dataset=str(root), revision="main"), **kw)
+    return section("audio", source="fleurs", fleurs={"dataset": str(root), "revision": "main"}, **kw)
 
 
 def test_fleurs_stand_in_first_n_with_english_join(fleurs_dir: Path, monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
     p = fleurs_params(fleurs_dir, clips=4, eval_clips=1)
-    clips = sources.get_clips("ko_kr", p, 0)
+    clips = loader.get_clips("ko_kr", p, 0).clips
     assert [c.source["fleurs_id"] for c in clips] == [11, 12, 13, 14]
     assert [c.text for c in clips] == [r[1] for r in FLEURS_ROWS["ko_kr"][:4]]
     assert [c.text_en for c in clips] == ["The weather is nice today.", "We go to the park.", None, None]
@@ -409,7 +410,7 @@ def test_fleurs_stand_in_first_n_with_english_join(fleurs_dir: Path, monkeypatch
     assert abs(kept[1].row["duration"] - 1.3) < 0.01 and kept[1].row["source"]["audio"]["sample_rate"] == 48000
     assert kept[0].row["text_en"] == "The weather is nice today."
     # en_us itself: its own sentence is the English reference
-    en = sources.get_clips("en_us", fleurs_params(fleurs_dir, clips=2, eval_clips=1), 0)
+    en = loader.get_clips("en_us", fleurs_params(fleurs_dir, clips=2, eval_clips=1), 0).clips
     assert [c.text_en for c in en] == [c.text for c in en] == ["We go to the park.", "The weather is nice today."]
 
 
@@ -417,14 +418,14 @@ def test_fleurs_seeded_choice_and_counts(fleurs_dir: Path, monkeypatch, tmp_path
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
     p = fleurs_params(fleurs_dir, clips=3, eval_clips=1, selection="seeded")
-    rows = [c.source["row"] for c in sources.get_clips("ko_kr", p, 3)]
+    rows = [c.source["row"] for c in loader.get_clips("ko_kr", p, 3).clips]
     assert rows == sorted(rows) and len(set(rows)) == 3
-    assert rows == [c.source["row"] for c in sources.get_clips("ko_kr", p, 3)]
-    assert any([c.source["row"] for c in sources.get_clips("ko_kr", p, s)] != rows for s in range(4, 10))
+    assert rows == [c.source["row"] for c in loader.get_clips("ko_kr", p, 3).clips]
+    assert any([c.source["row"] for c in loader.get_clips("ko_kr", p, s).clips] != rows for s in range(4, 10))
     with pytest.raises(StageError, match=r"ko_kr/validation has 5 clips, audio.clips asks for 6"):
-        sources.get_clips("ko_kr", fleurs_params(fleurs_dir, clips=6, eval_clips=1), 0)
+        loader.get_clips("ko_kr", fleurs_params(fleurs_dir, clips=6, eval_clips=1), 0).clips
     with pytest.raises(StageError, match="no 'validation' split for de_de"):
-        sources.get_clips("de_de", fleurs_params(fleurs_dir, clips=1, eval_clips=0), 0)
+        loader.get_clips("de_de", fleurs_params(fleurs_dir, clips=1, eval_clips=0), 0).clips
 
 
 def test_fleurs_hub_unreachable_is_one_line(monkeypatch, tmp_path: Path) -> None:
@@ -437,9 +438,9 @@ def test_fleurs_hub_unreachable_is_one_line(monkeypatch, tmp_path: Path) -> None
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    p = AudioParams(source="fleurs", clips=2, eval_clips=1)
+    p = section("audio", source="fleurs", clips=2, eval_clips=1)
     with pytest.raises(StageError) as e:
-        sources.get_clips("ko_kr", p, 0)
+        loader.get_clips("ko_kr", p, 0).clips
     assert "google/fleurs" in str(e.value) and "\n" not in str(e.value)
 
 

@@ -1,4 +1,4 @@
-"""Batched greedy decoding (decode.greedy_decode_batch, evaluate.batch_size) gives, per clip, the tokens and the
+"""Batched greedy decoding (greedy_decode_batch, transcribe.batch_size) gives, per clip, the tokens and the
 stop reason of batch 1: on a tiny random Whisper (fast) and on real English speech with whisper-base (slow)."""
 from __future__ import annotations
 
@@ -9,11 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages import evaluate as ev
-from whisper_npu.audio import Clip
-from whisper_npu.decode import DecodeConfig, DecodeError, batched, greedy_decode, greedy_decode_batch
-
 from tests.test_evaluate import JA, SOT, tiny_whisper
+from whisper_npu.audio.clips import Clip
+from whisper_npu.decoding.greedy import (
+    DecodeConfig,
+    DecodeError,
+    batched,
+    greedy_decode,
+    greedy_decode_batch,
+)
+from whisper_npu.decoding.run import run_clips
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +41,7 @@ def _batch_vs_single(backend, states: list[np.ndarray], prompts: list[list[int]]
 
 
 def test_batched_equals_batch_1_on_a_tiny_random_whisper(tiny_model) -> None:
-    from whisper_npu.backends.torch_ref import TorchBackend
+    from whisper_npu.runtimes.torch_ref import TorchBackend
 
     backend = TorchBackend(tiny_model)
     assert batched(backend.decoder)
@@ -53,7 +58,7 @@ def test_batched_equals_batch_1_on_a_tiny_random_whisper(tiny_model) -> None:
 
 
 def test_batched_refuses_prompts_of_different_lengths(tiny_model) -> None:
-    from whisper_npu.backends.torch_ref import TorchBackend
+    from whisper_npu.runtimes.torch_ref import TorchBackend
 
     backend = TorchBackend(tiny_model)
     cfg = DecodeConfig.from_model(tiny_model.generation_config, tiny_model.config, max_new_tokens=5)
@@ -84,8 +89,8 @@ def _clips(n: int) -> list[Clip]:
 @pytest.mark.parametrize("batch_size", [1, 3, 8])
 def test_run_backends_records_do_not_depend_on_the_batch_size(tiny_model, monkeypatch, batch_size) -> None:
     """Same records as batch 1 (timings apart) for the batching torch backend and a batch-1 backend; features
-    are computed once per clip, shared by both systems."""
-    from whisper_npu.backends.torch_ref import TorchBackend
+    are computed once per clip and system (each transcription stage computes its own)."""
+    from whisper_npu.runtimes.torch_ref import TorchBackend
 
     # The tiny model knows de and ja only (evaluation languages de_de and ja_jp).
     cfg = DecodeConfig.from_model(tiny_model.generation_config, tiny_model.config, max_new_tokens=30)
@@ -100,7 +105,8 @@ def test_run_backends_records_do_not_depend_on_the_batch_size(tiny_model, monkey
     def run(bs):
         fp32 = TorchBackend(tiny_model)
         one = types.SimpleNamespace(name="b1", encoder=fp32.encoder, decoder=Batch1Session(TorchBackend(tiny_model).decoder))
-        recs = ev.run_backends([("fp32", fp32), ("compiled", one)], clips, features, cfg, str, bs)
+        recs = [r for system, backend in (("fp32", fp32), ("compiled", one))
+                for r in run_clips(system, backend, clips, features, cfg, str, bs)]
         return [{k: v for k, v in r.items() if k != "seconds"} for r in recs], recs, one.decoder.resets
 
     want, _, _ = run(1)
@@ -108,21 +114,22 @@ def test_run_backends_records_do_not_depend_on_the_batch_size(tiny_model, monkey
     got, raw, resets = run(batch_size)
     key = lambda r: (r["system"], r["id"], r["task"])  # noqa: E731
     assert sorted(got, key=key) == sorted(want, key=key)
-    assert sorted(computed) == sorted(c.id for c in clips) and len(computed) == len(clips)
+    assert sorted(computed) == sorted(2 * [c.id for c in clips])
     assert resets == sum(len(c.tasks()) for c in clips)      # the batch-1 backend decoded one item at a time
     assert all(r["seconds"] > 0 for r in raw)
 
 
-def test_evaluate_batch_size_is_a_typed_param() -> None:
+def test_transcribe_batch_size_is_a_typed_param() -> None:
     import yaml
 
-    from whisper_npu.params import ParamsError, load_params, parse_params
+    from whisper_npu.params.base import ParamsError
+    from whisper_npu.params.full import load_params, parse_params
 
-    assert load_params(ROOT / "params.yaml").evaluate.batch_size >= 1
+    assert load_params(ROOT / "params.yaml").transcribe.batch_size >= 1
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     for bad in (0, 1.5, True):
-        raw["evaluate"]["batch_size"] = bad
-        with pytest.raises(ParamsError, match="evaluate.batch_size"):
+        raw["transcribe"]["batch_size"] = bad
+        with pytest.raises(ParamsError, match="transcribe.batch_size"):
             parse_params(raw)
 
 
@@ -133,8 +140,8 @@ def test_batched_equals_batch_1_on_real_english_with_whisper_base(reference_mode
     """whisper-base on real English prompts (Debian's asterisk-core-sounds-en-wav): every clip, both tasks,
     one batch: the tokens and stop reasons of batch 1."""
     from bench.label_speed import AptUnavailable, asterisk_english
-    from whisper_npu.backends.torch_ref import load_torch_backend
-    from whisper_npu.audio import npu_features
+    from whisper_npu.audio.features import npu_features
+    from whisper_npu.runtimes.torch_ref import load_torch_backend
 
     try:
         clips = asterisk_english(8, min_seconds=2.0, max_seconds=12.0)
@@ -154,10 +161,10 @@ def test_batched_equals_batch_1_on_real_english_with_whisper_base(reference_mode
 
 def test_only_the_torch_reference_batches() -> None:
     """The ONNX decoder is exported in the NPU's batch-1 layout and the .mxq decoder is compiled for batch 1:
-    evaluate decodes them one clip at a time."""
-    from whisper_npu.backends.mxq_runtime import MxqDecoderSession
-    from whisper_npu.backends.ort_runtime import OrtDecoderSession
-    from whisper_npu.backends.torch_ref import TorchDecoderSession
+    the transcription stages decode them one clip at a time."""
+    from whisper_npu.runtimes.mobilint.runtime import MxqDecoderSession
+    from whisper_npu.runtimes.onnxruntime import OrtDecoderSession
+    from whisper_npu.runtimes.torch_ref import TorchDecoderSession
     from whisper_npu.specs import decoder_spec
 
     assert batched(TorchDecoderSession)

@@ -55,7 +55,7 @@ def test_stage_list_collapses_foreach_instances():
 
 
 def test_changes_each_modify_what_they_name():
-    from whisper_npu.calibration import n_translate
+    from whisper_npu.calibration.sequences import n_translate
 
     params = common.default_params()
     params["languages"] = ["en_us", "es_419"]
@@ -148,7 +148,7 @@ def test_memory_sizes_pick_enough_languages(tmp_path):
 def test_memory_one_language_grows_the_label_and_evaluate_clips(tmp_path):
     from pathlib import Path
 
-    from whisper_npu.params import parse_params
+    from whisper_npu.params.full import parse_params
 
     small, big = (memory.size_params(tmp_path, n, 4, one_language=True) for n in (4, 16))
     for p, n in ((small, 4), (big, 16)):

@@ -9,15 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, default_params, run
+from conftest import ROOT, default_params, params_with, run
 
 from stages import calibrate_decoder as dec_stage
 from stages import calibrate_encoder as enc_stage
-from whisper_npu import audio as A
-from whisper_npu import calibration as cal
 from whisper_npu import specs
-from whisper_npu.backends import calib_sets
-from whisper_npu.io import StageError, sha256_tree
+from whisper_npu.audio import clips as A_clips
+from whisper_npu.audio.features import npu_features
+from whisper_npu.audio.prepare import read_wav
+from whisper_npu.calibration import lists
+from whisper_npu.calibration import sequences as cal
+from whisper_npu.calibration import sets as calib_sets
+from whisper_npu.core.errors import StageError
+from whisper_npu.core.files import sha256_tree
+from whisper_npu.core.languages import TRANSLATE
 
 LANGS = ["ta_in", "ko_kr", "en_us"]   # Tamil: the language the tutorial's map left out
 
@@ -59,9 +64,9 @@ def make_audio(root: Path, langs=LANGS, n_calib: int = 4, n_eval: int = 1, label
 
 
 def write_params(path: Path, **calibration) -> Path:
-    data = {"seed": 0, "languages": LANGS, "audio": {"clips": 5, "eval_clips": 1},
-            "calibration": {"samples_per_language": 3, "translate_ratio": 0.34, "batch_size": 2, "max_new_tokens": 6,
-                            **calibration}}
+    data = params_with({"seed": 0, "languages": LANGS, "audio": {"clips": 5, "eval_clips": 1, "per_language": {}},
+                        "calibration": {"samples_per_language": 3, "translate_ratio": 0.34, "batch_size": 2,
+                                        "max_new_tokens": 6, **calibration}})
     path.write_text(yaml.safe_dump(data, allow_unicode=True))
     return path
 
@@ -90,8 +95,8 @@ def tokenizer(store: Path, fast: bool = True):
     return cls.from_pretrained(str(store / "hf"), local_files_only=True)
 
 
-def clip(cid: str, lang: str, text: str | None = None, text_en: str | None = None) -> A.Clip:
-    return A.Clip(cid, lang, Path(f"{cid}.wav"), text=text, text_en=text_en)
+def clip(cid: str, lang: str, text: str | None = None, text_en: str | None = None) -> A_clips.Clip:
+    return A_clips.Clip(cid, lang, Path(f"{cid}.wav"), text=text, text_en=text_en)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +124,7 @@ def test_task_mix_is_exact_per_language_and_seeded():
     for ratio in (0.0, 0.2, 0.33, 0.5, 1.0):
         tasks = cal.task_mix(clips, ratio, seed=0)
         for lang in ("ko_kr", "de_de", "ta_in"):
-            n_tr = sum(tasks[c.id] == A.TRANSLATE for c in clips if c.lang == lang)
+            n_tr = sum(tasks[c.id] == TRANSLATE for c in clips if c.lang == lang)
             assert n_tr == cal.n_translate(20, ratio)
     a, b = cal.task_mix(clips, 0.2, seed=0), cal.task_mix(list(reversed(clips)), 0.2, seed=0)
     assert a == b                                         # input order does not matter
@@ -129,21 +134,21 @@ def test_task_mix_is_exact_per_language_and_seeded():
     only_ko = cal.task_mix(ko, 0.2, seed=0)
     assert only_ko == {c.id: a[c.id] for c in ko}
     # not just the first clips: the permutation spreads the choice
-    assert {c.id for c in ko if a[c.id] == A.TRANSLATE} != {c.id for c in ko[:4]}
+    assert {c.id for c in ko if a[c.id] == TRANSLATE} != {c.id for c in ko[:4]}
 
 
 # ---------------------------------------------------------------------------------------------- clips
 
 def test_read_clips_reads_only_listed_languages_sorted_calibration_split(tmp_path):
     root = make_audio(tmp_path / "audio", langs=["ko_kr", "ta_in", "de_de"], n_calib=4, n_eval=2)
-    clips = A.read_clips(root, ["ta_in", "ko_kr"], "calibration", 3)
+    clips = A_clips.read_clips(root, ["ta_in", "ko_kr"], "calibration", 3)
     assert [c.id for c in clips] == [f"ko_kr_{i:04d}" for i in range(3)] + [f"ta_in_{i:04d}" for i in range(3)]
     assert all(c.audio.is_file() for c in clips)
     assert {c.whisper_lang for c in clips} == {"ko", "ta"}
     # evaluation clips never used even when more are asked for than exist
-    assert [c.id for c in A.read_clips(root, ["ko_kr"], "calibration", 10)] == [f"ko_kr_{i:04d}" for i in range(4)]
+    assert [c.id for c in A_clips.read_clips(root, ["ko_kr"], "calibration", 10)] == [f"ko_kr_{i:04d}" for i in range(4)]
     with pytest.raises(StageError, match="fr_fr"):
-        A.read_clips(root, ["ko_kr", "fr_fr"], "calibration", 3)
+        A_clips.read_clips(root, ["ko_kr", "fr_fr"], "calibration", 3)
 
 
 def test_features_are_npu_layout(store):
@@ -151,7 +156,7 @@ def test_features_are_npu_layout(store):
 
     fe = WhisperFeatureExtractor.from_pretrained(str(store / "hf"))
     audio = np.random.default_rng(0).standard_normal(16000).astype("float32") * 0.1
-    feats = A.npu_features(fe, audio)
+    feats = npu_features(fe, audio)
     hf = fe(audio, sampling_rate=16000, return_tensors="np").input_features
     specs.encoder_spec(model_config(store)).inputs[0].check(feats)
     assert feats.flags.c_contiguous and np.array_equal(feats[0], hf[0].T)
@@ -200,11 +205,11 @@ def test_non_english_text_is_not_normalized(store):
 def test_decoder_inputs_equal_what_the_decoder_feeds_its_first_layer(store):
     import torch
 
-    from whisper_npu.model_store import load_hf
+    from whisper_npu.model.store import load_hf
 
     model, processor = load_hf(store)
     ids = cal.prefix_ids(processor.tokenizer, "ko", "transcribe") + [400, 500, 600, 50257]
-    ours = cal.decoder_inputs(model.model.decoder, ids)
+    ours = specs.embed(*specs.embedding_tables(model), ids)
     seen = {}
 
     def capture(_module, args, kwargs):
@@ -268,7 +273,7 @@ def test_stages_write_the_tutorials_formats_with_resolvable_relative_paths(tmp_p
     # the encoder states saved are the reference encoder's output for the encoder set's features
     import torch
 
-    from whisper_npu.model_store import load_hf
+    from whisper_npu.model.store import load_hf
 
     model, _ = load_hf(store)
     feats = np.load(enc_out / "encoder_calib_ko_kr_0001.npy")
@@ -280,12 +285,12 @@ def test_stages_write_the_tutorials_formats_with_resolvable_relative_paths(tmp_p
     # the readers resolve everything; a moved folder still works (no absolute paths inside)
     moved = tmp_path / "elsewhere"
     shutil.copytree(built / "calibration", moved)
-    assert cal.validate_encoder_set(moved / "encoder" / specs.ENCODER_LIST, cfg) == 9
-    assert cal.validate_decoder_set(moved / "decoder" / specs.DECODER_JSON, cfg) == 9
-    info, pairs = cal.read_decoder_json(moved / "decoder" / specs.DECODER_JSON)
+    assert lists.validate_encoder_set(moved / "encoder" / specs.ENCODER_LIST, cfg) == 9
+    assert lists.validate_decoder_set(moved / "decoder" / specs.DECODER_JSON, cfg) == 9
+    info, pairs = lists.read_decoder_json(moved / "decoder" / specs.DECODER_JSON)
     assert all(p.is_file() and str(p).startswith(str(moved)) for pair in pairs for p in pair)
 
-    # the copies with absolute paths that the compile stage hands a compiler (backends/calib_sets.py)
+    # the copies with absolute paths that the compile stage hands a compiler (whisper_npu/calibration/sets.py)
     enc_set = calib_sets.read_calib_set("encoder", moved / "encoder" / specs.ENCODER_LIST)
     abs_txt = calib_sets.write_absolute(enc_set, list(range(len(enc_set))), tmp_path / "abs")
     assert [Path(p) for p in abs_txt.read_text().splitlines()] == [
@@ -340,8 +345,8 @@ def test_reference_without_translation_is_an_error_except_english(tmp_path):
         mf = tmp_path / "audio" / lang / "manifest.jsonl"
         rows = [json.loads(ln) for ln in mf.read_text().splitlines()]
         mf.write_text("".join(json.dumps({**r, "text_en": ""}, ensure_ascii=False) + "\n" for r in rows))
-    clips = A.read_clips(tmp_path / "audio", ["en_us", "ko_kr"], "calibration", 2)
-    tasks = {c.id: A.TRANSLATE for c in clips}
+    clips = A_clips.read_clips(tmp_path / "audio", ["en_us", "ko_kr"], "calibration", 2)
+    tasks = {c.id: TRANSLATE for c in clips}
     en = dec_stage.plan_samples([c for c in clips if c.lang == "en_us"], tasks, "reference")
     assert [s.text for s in en] == [c.text for c in clips if c.lang == "en_us"]
     with pytest.raises(StageError, match="ko_kr_0000.*text_en"):
@@ -372,8 +377,8 @@ def test_validation_rejects_files_that_break_the_specs(tmp_path, built, store):
     enc, dec = tmp_path / "calibration" / "encoder", tmp_path / "calibration" / "decoder"
     cfg = model_config(store)
     d, maxlen = cfg["d_model"], cfg["max_target_positions"]
-    enc_file = cal.read_encoder_list(enc / specs.ENCODER_LIST)[0]
-    _, pairs = cal.read_decoder_json(dec / specs.DECODER_JSON)
+    enc_file = lists.read_encoder_list(enc / specs.ENCODER_LIST)[0]
+    _, pairs = lists.read_decoder_json(dec / specs.DECODER_JSON)
     bad_cases = [
         (enc_file, np.zeros((1, 80, 3000), np.float32), "shape"),               # untransposed HF layout
         (enc_file, np.zeros((1, 3000, 80), np.float64), "dtype"),
@@ -386,19 +391,19 @@ def test_validation_rejects_files_that_break_the_specs(tmp_path, built, store):
     for path, arr, message in bad_cases:
         good = path.read_bytes()
         np.save(path, arr)
-        validate = cal.validate_encoder_set if path == enc_file else cal.validate_decoder_set
+        validate = lists.validate_encoder_set if path == enc_file else lists.validate_decoder_set
         target = enc / specs.ENCODER_LIST if path == enc_file else dec / specs.DECODER_JSON
         with pytest.raises(StageError, match=message):
             validate(target, cfg)
         path.write_bytes(good)
-    assert cal.validate_decoder_set(dec / specs.DECODER_JSON, cfg) == 9
+    assert lists.validate_decoder_set(dec / specs.DECODER_JSON, cfg) == 9
     # a listed file that is missing, and info that disagrees with the model
     pairs[1][1].rename(pairs[1][1].with_suffix(".gone"))
     with pytest.raises(StageError, match="does not exist"):
-        cal.validate_decoder_set(dec / specs.DECODER_JSON, cfg)
+        lists.validate_decoder_set(dec / specs.DECODER_JSON, cfg)
     pairs[1][1].with_suffix(".gone").rename(pairs[1][1])
     with pytest.raises(StageError, match="shapes"):
-        cal.validate_decoder_set(dec / specs.DECODER_JSON, {**cfg, "d_model": d * 2})
+        lists.validate_decoder_set(dec / specs.DECODER_JSON, {**cfg, "d_model": d * 2})
 
 
 # ---------------------------------------------------------------------------------------------- real dvc CLI
@@ -479,7 +484,7 @@ def test_task_mix_is_exact_and_seeded_per_fraction():
     mixes = {f: cal.task_mix(clips, 0.2, seed=42, fraction=f) for f in fractions}
     for f, tasks in mixes.items():
         for lang in ("en_us", "ko_kr"):
-            assert sum(t == A.TRANSLATE for c, t in tasks.items() if c.startswith(lang)) == cal.n_translate(20, 0.2)
+            assert sum(t == TRANSLATE for c, t in tasks.items() if c.startswith(lang)) == cal.n_translate(20, 0.2)
         assert tasks == cal.task_mix(list(reversed(clips)), 0.2, seed=42, fraction=f)    # order-free, seeded
     assert mixes[1.0] == cal.task_mix(clips, 0.2, seed=42)      # the whole clip keeps the seed's draw
     assert len({tuple(sorted(m.items())) for m in mixes.values()}) > 1, "each fraction draws on its own stream"
@@ -494,10 +499,11 @@ def test_task_mix_is_exact_and_seeded_per_fraction():
     ({"min_tokens": -1}, "calibration.min_tokens = -1: must be >= 0"),
 ])
 def test_recipe_knobs_are_checked(over, match):
-    from whisper_npu.params import ParamsError, parse_params
+    from whisper_npu.params.base import ParamsError
+    from whisper_npu.params.full import parse_params
 
     with pytest.raises(ParamsError, match=match):
-        parse_params({"calibration": over})
+        parse_params(params_with({"calibration": over}))
 
 
 def test_latest_recipe_prefixes_eot_strip_min_tokens_minimal_json(tmp_path, built, store):
@@ -505,7 +511,7 @@ def test_latest_recipe_prefixes_eot_strip_min_tokens_minimal_json(tmp_path, buil
     short samples skipped (and listed), the minimal JSON; byte-identical on rerun."""
     import torch
 
-    from whisper_npu.model_store import load_hf
+    from whisper_npu.model.store import load_hf
 
     knobs = {"prefix_fractions": [0.5, 1.0], "strip_final_eot": True, "min_tokens": 7, "json_layout": "minimal"}
     params = write_params(tmp_path / "params.yaml", **knobs)
@@ -534,12 +540,12 @@ def test_latest_recipe_prefixes_eot_strip_min_tokens_minimal_json(tmp_path, buil
     name = next(k[0] for k in kept if k[0].endswith("_p050"))
     cid = name[len("sample_"):-len("_p050")]
     lang = cid.rsplit("_", 1)[0]
-    audio = A.read_wav(built / "audio" / lang / f"{cid}.wav")
-    feats = A.npu_features(processor.feature_extractor, audio[: int(len(audio) * 0.5)])
+    audio = read_wav(built / "audio" / lang / f"{cid}.wav")
+    feats = npu_features(processor.feature_extractor, audio[: int(len(audio) * 0.5)])
     with torch.inference_mode():
         states = model.model.encoder(torch.from_numpy(feats.transpose(0, 2, 1).copy())).last_hidden_state.numpy()
     np.testing.assert_allclose(np.load(out / name / cal.ENCODER_STATES), states, rtol=1e-4, atol=1e-4)
-    assert cal.validate_decoder_set(out / specs.DECODER_JSON, cfg) == len(expected)
+    assert lists.validate_decoder_set(out / specs.DECODER_JSON, cfg) == len(expected)
     again = run_decoder(built, store, tmp_path / "again" / "decoder", params)
     assert sha256_tree(again) == sha256_tree(out)
 

@@ -9,17 +9,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import ROOT, default_params, section
 
 from stages import compile as compile_stage
-from whisper_npu import calibration
-from whisper_npu.backends import calib_sets, ort, qbcompiler
-from whisper_npu.io import StageError, run_stage
-from whisper_npu.params import QbcompilerParams, parse_params
-
-from conftest import ROOT, default_params
+from whisper_npu import specs
+from whisper_npu.calibration import lists as calibration
+from whisper_npu.calibration import sets as calib_sets
+from whisper_npu.compilers.mobilint import plan as qbcompiler
+from whisper_npu.compilers.onnxruntime import build as ort
+from whisper_npu.core.errors import StageError
+from whisper_npu.core.stage import run_stage
+from whisper_npu.params.full import parse_params
 
 STANDIN = Path(__file__).parent / "standin_qbcompiler"
 N_CALIB = 5
+
+
+def qb_params(**changes):
+    """``compile.qbcompiler`` as params.yaml sets it, with ``changes``."""
+    return section("compile", qbcompiler=changes).qbcompiler
 
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -138,20 +146,20 @@ SHAPE = (1, 80, 3000)
                          "llm_config": {"factory": "get_llm_config", "kwargs": {"use_full_seq_len_calib": True}}}),
 ])
 def test_plan_matches_tutorial_calls(api, component, expected):
-    plan = qbcompiler.plan_calls(api, component, QbcompilerParams(), gpu=True, input_features_shape=SHAPE)
+    plan = qbcompiler.plan_calls(api, component, qb_params(), gpu=True, input_features_shape=SHAPE)
     assert {k: plan[k] for k in expected} == expected
 
 
 def test_plan_devices_and_explicit_schemes():
-    qb = QbcompilerParams(device="gpu", encoder_scheme="global8")
+    qb = qb_params(device="gpu", encoder_scheme="global8")
     assert qbcompiler.plan_calls("0.12", "encoder", qb, gpu=True, input_features_shape=SHAPE)["mxq_compile"] == \
         {"device": "cuda", "inference_scheme": "global8"}          # gpu is called cuda up to 1.0
-    assert qbcompiler.plan_calls("1.x", "encoder", QbcompilerParams(device="cuda"), gpu=False,
+    assert qbcompiler.plan_calls("1.x", "encoder", qb_params(device="cuda"), gpu=False,
                                  input_features_shape=SHAPE)["mxq_compile"]["device"] == "gpu"
-    assert qbcompiler.plan_calls("1.x", "encoder", QbcompilerParams(), gpu=False,
+    assert qbcompiler.plan_calls("1.x", "encoder", qb_params(), gpu=False,
                                  input_features_shape=SHAPE)["mxq_compile"]["device"] == "cpu"
     with pytest.raises(StageError, match=r"needs qbcompiler >= 1.0.2"):
-        qbcompiler.plan_calls("0.12", "decoder", QbcompilerParams(decoder_scheme="all"), gpu=True,
+        qbcompiler.plan_calls("0.12", "decoder", qb_params(decoder_scheme="all"), gpu=True,
                               input_features_shape=SHAPE)
 
 
@@ -310,9 +318,9 @@ def test_real_qbcompiler_encoder(tmp_path, toolchain, tiny_model_dir, calib_root
 # ------------------------------------------------------------------------------------------ onnxruntime
 
 def test_onnx_export_matches_torch(tmp_path, tiny_model_dir):
-    from whisper_npu import model_store
-    from whisper_npu.backends import onnx_export
-    from whisper_npu.backends.ort_runtime import make_session
+    from whisper_npu.artifacts import ort_session as make_session
+    from whisper_npu.compilers.onnxruntime import export as onnx_export
+    from whisper_npu.model import store as model_store
     from whisper_npu.specs import component_spec
 
     model, _ = model_store.load_hf(tiny_model_dir)
@@ -334,15 +342,15 @@ def test_decoder_layout_equals_hf_decoding(tiny_model_dir):
     """Embeddings outside + NPU decoder == the HF model's own logits for the same tokens."""
     import torch
 
-    from whisper_npu import model_store
-    from whisper_npu.backends import onnx_export
+    from whisper_npu.compilers.onnxruntime import export as onnx_export
+    from whisper_npu.model import store as model_store
 
     model, _ = model_store.load_hf(tiny_model_dir)
     tokens = [50258, 50259, 50359, 50363, 1000, 2000]
     enc = torch.randn(1, 1500, model.config.d_model, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         want = model(encoder_outputs=(enc,), decoder_input_ids=torch.tensor([tokens])).logits.numpy()
-    emb_t, emb_p = onnx_export.embedding_tables(model)
+    emb_t, emb_p = specs.embedding_tables(model)
     emb = (emb_t[tokens] + emb_p[: len(tokens)])[None]
     got = onnx_export.run_torch(onnx_export.npu_module(model, "decoder"), (emb, enc.numpy()))
     np.testing.assert_allclose(got, want, atol=1e-4)
@@ -355,8 +363,8 @@ def test_decoder_layout_equals_hf_decoding(tiny_model_dir):
      "keep_float": ["attention_matmuls", "first_conv"]},
 ])
 def test_onnxruntime_backend_stage(ort_over, tmp_path, toolchain, tiny_model_dir, calib_root):
-    from whisper_npu.backends import EMBED_POSITIONS, EMBED_TOKENS, artifact
-    from whisper_npu.backends.ort_runtime import OrtDecoderSession, load_ort_backend
+    from whisper_npu.artifacts import EMBED_POSITIONS, EMBED_TOKENS, artifact
+    from whisper_npu.runtimes.onnxruntime import OrtDecoderSession, load_ort_backend
 
     params = write_params(tmp_path, backend="onnxruntime", onnxruntime=ort_over)
     for component in ("encoder", "decoder"):
@@ -409,15 +417,15 @@ def test_onnxruntime_backend_stage(ort_over, tmp_path, toolchain, tiny_model_dir
 
 def test_ort_decoder_session_matches_full_run(tmp_path, tiny_model_dir):
     """step() with the prompt then one token == one run over the whole sequence (fp32 export)."""
-    from whisper_npu import model_store
-    from whisper_npu.backends import onnx_export
-    from whisper_npu.backends.ort_runtime import OrtDecoderSession
+    from whisper_npu.compilers.onnxruntime import export as onnx_export
+    from whisper_npu.model import store as model_store
+    from whisper_npu.runtimes.onnxruntime import OrtDecoderSession
     from whisper_npu.specs import decoder_spec
 
     model, _ = model_store.load_hf(tiny_model_dir)
     module = onnx_export.npu_module(model, "decoder")
     path = onnx_export.export_onnx(module, decoder_spec(model.config), tmp_path / "d.onnx", 17)
-    emb_t, emb_p = onnx_export.embedding_tables(model)
+    emb_t, emb_p = specs.embedding_tables(model)
     session = OrtDecoderSession(path, emb_t, emb_p)
     enc = np.random.default_rng(0).standard_normal((1, 1500, 64)).astype(np.float32)
     session.reset(enc)
@@ -431,8 +439,9 @@ def test_ort_decoder_session_matches_full_run(tmp_path, tiny_model_dir):
 
 
 def test_keep_float_groups(tmp_path, tiny_model_dir):
-    from whisper_npu import model_store
-    from whisper_npu.backends import onnx_export, ort_int8
+    from whisper_npu.compilers.onnxruntime import export as onnx_export
+    from whisper_npu.compilers.onnxruntime import quantize as ort_int8
+    from whisper_npu.model import store as model_store
     from whisper_npu.specs import component_spec
 
     model, _ = model_store.load_hf(tiny_model_dir)
@@ -447,8 +456,9 @@ def test_keep_float_groups(tmp_path, tiny_model_dir):
 
 
 def test_smoothing_keeps_the_float_function(tiny_model_dir):
-    from whisper_npu import model_store
-    from whisper_npu.backends import onnx_export, smoothing
+    from whisper_npu.compilers.onnxruntime import export as onnx_export
+    from whisper_npu.compilers.onnxruntime import smoothing
+    from whisper_npu.model import store as model_store
 
     model, _ = model_store.load_hf(tiny_model_dir)
     rng = np.random.default_rng(2)
@@ -469,8 +479,7 @@ def test_dvc_yaml_compile_block():
     block = stages["compile"]
     assert set(block["foreach"]) == {"encoder", "decoder"}
     deps = "\n".join(block["do"]["deps"])
-    for dep in ("stages/compile.py", "whisper_npu/backends/qbcompiler.py", "whisper_npu/backends/ort_int8.py", "build/toolchain.json", "models/reference",
-                "calibration/${key}"):
+    for dep in ("stages/compile.py", "${pkg}/compilers", "build/toolchain.json", "${reference}", "calibration/${key}"):
         assert dep in deps
     assert block["do"]["params"] == ["compile"]
 

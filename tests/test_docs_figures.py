@@ -1,11 +1,10 @@
 """Every figure has a script: the numbers the docs quote about the ONNX Runtime INT8 options are ones a bench
-script printed into BENCHMARKS.md (the README section, backends/ort_int8.py's docstring, params.yaml's comments)."""
+script printed into BENCHMARKS.md (the README section, compilers/onnxruntime/quantize.py docstring, params.yaml's comments)."""
 from __future__ import annotations
 
 import re
 
 import pytest
-
 from conftest import ROOT
 
 NUMBER = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.])")
@@ -21,7 +20,7 @@ def readme_section(title: str) -> str:
 def ort_int8_docstring() -> str:
     import ast
 
-    return ast.get_docstring(ast.parse((ROOT / "whisper_npu" / "backends" / "ort_int8.py").read_text()))
+    return ast.get_docstring(ast.parse((ROOT / "whisper_npu" / "compilers" / "onnxruntime" / "quantize.py").read_text()))
 
 
 def params_onnxruntime_comments() -> str:
@@ -31,7 +30,7 @@ def params_onnxruntime_comments() -> str:
 
 
 SOURCES = {"README ONNX Runtime section": lambda: readme_section("The ONNX Runtime INT8 backend and its options"),
-           "backends/ort_int8.py docstring": ort_int8_docstring,
+           "compilers/onnxruntime/quantize.py docstring": ort_int8_docstring,
            "params.yaml compile.onnxruntime comments": params_onnxruntime_comments}
 SETTINGS = {"99.999", "0.5"}  # option values (percentile, smooth_quant_alpha), not measurements
 

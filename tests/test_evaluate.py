@@ -1,4 +1,5 @@
-"""Evaluate stage: the decode loop, scoring, the budget, the metrics/plots files and `dvc plots show`."""
+"""Evaluation: the decode loop, the transcription stages, scoring, the budget, the metrics/plots files and
+`dvc plots show`."""
 from __future__ import annotations
 
 import json
@@ -10,14 +11,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import params_with, section
 
-from stages import evaluate as ev
-from whisper_npu import audio as A
-from whisper_npu import metrics as M
-from whisper_npu.decode import DecodeConfig, DecodeError, greedy_decode, repeated_tail
-from whisper_npu.io import StageError
-from whisper_npu.params import EvaluateParams
-from whisper_npu.seeds import lang_rng
+from stages import score as score_stage
+from stages import transcribe_compiled, transcribe_fp32
+from whisper_npu.audio import clips as A
+from whisper_npu.core.errors import StageError
+from whisper_npu.core.seeds import lang_rng
+from whisper_npu.decoding.greedy import (
+    DecodeConfig,
+    DecodeError,
+    greedy_decode,
+    repeated_tail,
+)
+from whisper_npu.eval import metrics as M
+from whisper_npu.eval import transcripts
+from whisper_npu.eval.score import score
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +48,11 @@ def tiny_whisper(seed: int = 0, d_model: int = 16, decoder_layers: int = 1, **ge
     """A tiny random Whisper whose greedy outputs vary (init_std 0.5), with a Whisper-like generation config
     (``generation``: tiny_generation_config's arguments)."""
     import torch
-    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperForConditionalGeneration,
+    )
 
     torch.manual_seed(seed)
     cfg = WhisperConfig(vocab_size=V, d_model=d_model, encoder_layers=1, decoder_layers=decoder_layers,
@@ -109,7 +122,7 @@ def test_loop_matches_hf_generate(tiny_model, language, task, seed):
     """Timestamps masked on both sides (HF gets them as extra suppress_tokens): the random model emits
     timestamp tokens, and HF generate reads some of those as segment ends and decodes the window again,
     which is not a greedy loop any more."""
-    from whisper_npu.backends.torch_ref import TorchBackend
+    from whisper_npu.runtimes.torch_ref import TorchBackend
 
     backend = TorchBackend(tiny_model)
     feats = features(seed)
@@ -213,7 +226,7 @@ def test_wer_cer_on_known_strings():
 
 
 def test_units_follow_the_language_table():
-    from whisper_npu import languages as langs
+    from whisper_npu.core import languages as langs
 
     for code, lang in langs.LANGUAGES.items():
         assert M.unit(code) == ("cer" if lang.cer else "wer")
@@ -320,7 +333,7 @@ def test_verdict_logic_on_constructed_intervals():
 def test_constructed_runs_give_each_verdict():
     """score() end to end on constructed decode records: one language clearly within budget, one clearly
     over, one that straddles it."""
-    p = EvaluateParams(max_wer_increase=0.10, bootstrap_samples=500, min_verdict_clips=10)
+    p = section("score", max_wer_increase=0.10, bootstrap_samples=500, min_verdict_clips=10)
     ref = "one two three four five six seven eight nine ten"
     clips, records = [], []
     plan = {"de_de": [0] * 30,                      # compiled identical: pass
@@ -334,14 +347,14 @@ def test_constructed_runs_give_each_verdict():
             for system, text in (("fp32", ref), ("compiled", hyp)):
                 records.append({"system": system, "id": cid, "task": "transcribe", "lang": lang, "text": text,
                                 "tokens": [len(text)], "stop": "eot", "seconds": 0.1})
-    m = M.score(records, clips, p, seed=0)
+    m = score(records, clips, p, seed=0)
     assert {k: e["verdict"] for k, e in m["languages"].items()} == \
         {"de_de": "pass", "fr_fr": "fail", "it_it": "inconclusive"}
     assert m["budget"]["verdict"] == "fail" and m["budget"]["fail"] == "fr_fr"
     assert m["budget"]["counts"]["real"] == {"pass": 1, "fail": 1, "inconclusive": 1, "unscored": 0,
                                              "not_checked": 0}
     assert m["languages"]["fr_fr"]["compiled"]["substitutions"] == 150
-    assert M.score(records, clips, p, seed=0) == m       # seeded: the same metrics twice
+    assert score(records, clips, p, seed=0) == m       # seeded: the same metrics twice
 
 
 # ------------------------------------------------------------------------------------------- metrics files
@@ -363,12 +376,12 @@ def synthetic_run():
     return clips, records
 
 
-PARAMS = EvaluateParams(min_verdict_clips=1, bootstrap_samples=200)
+PARAMS = section("score", min_verdict_clips=1, bootstrap_samples=200)
 
 
 def test_metrics_shape_and_values():
     clips, records = synthetic_run()
-    m = M.score(records, clips, PARAMS, seed=0)
+    m = score(records, clips, PARAMS, seed=0)
     de, ja = m["languages"]["de_de"], m["languages"]["ja_jp"]
     assert de["unit"] == "wer" and ja["unit"] == "cer" and de["speech"] == "synthetic"
     assert de["fp32"]["wer"] == 0.0 and de["compiled"]["wer"] == pytest.approx(0.25)
@@ -393,24 +406,24 @@ def test_metrics_shape_and_values():
     assert "error_rate" not in json.dumps(m["overall"])
     # Everything dvc metrics can show is plain JSON.
     json.dumps(m)
-    msg = ev.budget_failure(m)
-    assert "ja_jp +0.333" in msg and "95 % CI" in msg and "evaluate.strict" in msg and "de_de" not in msg
+    msg = score_stage.budget_failure(m)
+    assert "ja_jp +0.333" in msg and "95 % CI" in msg and "score.strict" in msg and "de_de" not in msg
 
 
 def test_metrics_without_a_compiled_run():
     clips, records = synthetic_run()
-    m = M.score([r for r in records if r["system"] == "fp32"], clips, PARAMS, seed=0, compiled_run=False)
+    m = score([r for r in records if r["system"] == "fp32"], clips, PARAMS, seed=0, compiled_run=False)
     assert m["budget"]["verdict"] == "not_checked"
     assert {e["verdict"] for e in m["languages"].values()} == {"not_checked"}
     assert m["languages"]["de_de"]["compiled"] is None and m["languages"]["de_de"]["fp32"]["wer"] == 0.0
-    wer_rows, _ = ev.plot_rows(m)
+    wer_rows, _ = score_stage.plot_rows(m)
     assert wer_rows[0] == {"language": "de_de", "unit": "wer", "fp32": 0.0, "compiled": None}
-    assert ev.budget_failure(m) is None
+    assert score_stage.budget_failure(m) is None
 
 
 def test_plot_rows_shape():
     clips, records = synthetic_run()
-    wer_rows, bleu_rows = ev.plot_rows(M.score(records, clips, PARAMS, 0))
+    wer_rows, bleu_rows = score_stage.plot_rows(score(records, clips, PARAMS, 0))
     assert [r["language"] for r in wer_rows] == ["de_de", "ja_jp"]
     assert set(wer_rows[0]) == {"language", "unit", "fp32", "compiled"}
     assert all(isinstance(r["fp32"], float) and isinstance(r["compiled"], float) for r in wer_rows + bleu_rows)
@@ -419,11 +432,28 @@ def test_plot_rows_shape():
 
 def test_transcripts_are_sorted_and_carry_references():
     clips, records = synthetic_run()
-    rows = ev.transcript_rows(list(reversed(records)), clips)
+    rows = transcripts.merged(list(reversed(records)), clips)
     assert [(r["lang"], r["id"], r["task"], r["system"]) for r in rows] == \
         sorted((r["lang"], r["id"], r["task"], r["system"]) for r in rows)
     assert all("seconds" not in r for r in rows)
     assert {r["reference"] for r in rows if r["id"] == "de_1" and r["task"] == "translate"} == {clips[0].text_en}
+
+
+def test_transcript_files_round_trip_what_scoring_needs(tmp_path):
+    """A transcription stage's file carries every fact scoring reads (references, durations, sources,
+    diacritics); its timings live in their own file. Reading both back scores exactly like the originals."""
+    clips, records = synthetic_run()
+    for system in ("fp32", "compiled"):
+        recs = [r for r in records if r["system"] == system]
+        transcripts.write(tmp_path / f"{system}.jsonl", recs, clips)
+        transcripts.write_timings(tmp_path / f"{system}.timing.json", recs)
+        assert "seconds" not in (tmp_path / f"{system}.jsonl").read_text()
+    back, back_clips = [], None
+    for system in ("fp32", "compiled"):
+        recs, back_clips = transcripts.read(tmp_path / f"{system}.jsonl", tmp_path / f"{system}.timing.json")
+        back += recs
+    assert [c.tasks() for c in back_clips] == [c.tasks() for c in sorted(clips, key=lambda c: (c.lang, c.id))]
+    assert score(back, back_clips, PARAMS, 0) == score(records, clips, PARAMS, 0)
 
 
 # ------------------------------------------------------------------------------------------- stage main
@@ -440,6 +470,9 @@ class BrokenBackend:
     def __init__(self):
         self.encoder = lambda feats: np.zeros((1, 1500, 16), np.float32)
         self.decoder = ScriptedSession([5])
+
+    def close(self) -> None:
+        pass
 
 
 def write_audio(root: Path, langs_: list[str], n_eval: int = 1) -> None:
@@ -459,20 +492,23 @@ def write_audio(root: Path, langs_: list[str], n_eval: int = 1) -> None:
 
 @pytest.fixture
 def stage_run(tmp_path, tiny_model, monkeypatch):
-    """main() on tmp_path with the tiny model as fp32 and a broken 'compiled' model; references set to the
-    fp32 output, so fp32 scores 0 and the compiled model is over budget."""
+    """The three evaluation stages' mains on tmp_path: transcribe_fp32 with the tiny model, transcribe_compiled with a
+    broken 'compiled' model, score. References are set to the fp32 output, so fp32 scores 0 and the compiled model
+    is over budget."""
     import yaml
     from transformers import WhisperFeatureExtractor
 
-    from whisper_npu.backends import torch_ref
-    from whisper_npu.audio import npu_features, read_wav
+    from whisper_npu.audio.features import npu_features
+    from whisper_npu.audio.prepare import read_wav
+    from whisper_npu.runtimes import torch_ref
 
     # The tiny model knows de and ja only.
     tiny_model.generation_config.lang_to_id = {"<|de|>": DE, "<|ja|>": JA}
     processor = types.SimpleNamespace(feature_extractor=WhisperFeatureExtractor(), tokenizer=StubTokenizer())
     write_audio(tmp_path / "audio", ["de_de", "ja_jp"])
     fp32 = torch_ref.TorchBackend(tiny_model)
-    cfg = ev.decode_config(tiny_model, ev.load_params(ROOT / "params.yaml").evaluate)
+    cfg = DecodeConfig.from_params(tiny_model.generation_config, tiny_model.config,
+                                   section("transcribe", max_new_tokens=96))
     for lang in ("de_de", "ja_jp"):
         manifest = tmp_path / "audio" / lang / "manifest.jsonl"
         rows = [json.loads(x) for x in manifest.read_text().splitlines()]
@@ -483,28 +519,46 @@ def stage_run(tmp_path, tiny_model, monkeypatch):
                                                              cfg.prompt(wl, "transcribe"), cfg)[0])
         manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     monkeypatch.setattr(torch_ref, "load_torch_backend", lambda model_dir: (fp32, processor))
-    monkeypatch.setattr(ev, "load_compiled", lambda enc, dec, config: BrokenBackend())
-    monkeypatch.setattr(ev, "compiled_backend_name", lambda enc, dec: "onnxruntime")
+    monkeypatch.setattr(transcribe_compiled, "load_compiled", lambda enc, dec, config: BrokenBackend())
+    monkeypatch.setattr(transcribe_compiled, "compiled_backend_name", lambda enc, dec: "onnxruntime")
+    monkeypatch.setattr(transcribe_compiled, "load_configs",
+                        lambda model_dir: (tiny_model.config, tiny_model.generation_config))
+    monkeypatch.setattr(transcribe_compiled, "load_processor", lambda model_dir: processor)
     for d in ("enc", "dec", "model/hf"):
         (tmp_path / d).mkdir(parents=True)
     (tmp_path / "enc" / "m.onnx").write_bytes(b"x" * 10)
     (tmp_path / "dec" / "embed_tokens.npy").write_bytes(b"x" * 6)
     (tmp_path / "dec" / "provenance.json").write_text("{}")
     (tmp_path / "model" / "hf" / "model.safetensors").write_bytes(b"x" * 40)
+    params = tmp_path / "params.yaml"
+    # one clip per language: let a single clip decide, to reach a fail verdict
+    params.write_text(yaml.safe_dump(params_with({"languages": ["de_de", "ja_jp"], "transcribe": {"max_new_tokens": 96},
+                                                  "score": {"min_verdict_clips": 1}})))
+    work = tmp_path / "work"
+    common = ["--params", str(params), "--model", str(tmp_path / "model")]
+    for lang in ("de_de", "ja_jp"):
+        transcribe_fp32.main(common + ["--lang", lang, "--audio", str(tmp_path / "audio" / lang),
+                                       "--out", str(work / "fp32" / f"{lang}.jsonl"),
+                                       "--timing", str(work / "fp32" / f"{lang}.timing.json")])
 
-    def run(strict: bool):
-        params = yaml.safe_load((ROOT / "params.yaml").read_text())
-        params["languages"] = ["de_de", "ja_jp"]
-        # one clip per language: let a single clip decide, to reach a fail verdict
-        params["evaluate"].update(strict=strict, min_verdict_clips=1, max_new_tokens=96)
-        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    def compiled() -> None:
+        transcribe_compiled.main(common + ["--encoder", str(tmp_path / "enc"), "--decoder", str(tmp_path / "dec"),
+                                           "--audio", str(tmp_path / "audio"), "--out", str(work / "compiled"),
+                                           "--timing", str(work / "compiled.timing.json")])
+
+    def run(strict: bool) -> Path:
+        data = yaml.safe_load(params.read_text())
+        data["score"]["strict"] = strict
+        params.write_text(yaml.safe_dump(data))
+        if not (work / "compiled").exists():
+            compiled()
         out = tmp_path / "out"
-        ev.main(["--params", str(tmp_path / "params.yaml"), "--model", str(tmp_path / "model"),
-                 "--encoder", str(tmp_path / "enc"), "--decoder", str(tmp_path / "dec"),
-                 "--audio", str(tmp_path / "audio"), "--metrics", str(out / "metrics.json"),
-                 "--wer-plot", str(out / "wer.json"), "--bleu-plot", str(out / "bleu.json"),
-                 "--transcripts", str(out / "transcripts.jsonl")])
+        score_stage.main(["--params", str(params), "--fp32", str(work / "fp32"), "--compiled", str(work / "compiled"),
+                          "--compiled-timing", str(work / "compiled.timing.json"),
+                          "--metrics", str(out / "metrics.json"), "--wer-plot", str(out / "wer.json"),
+                          "--bleu-plot", str(out / "bleu.json"), "--transcripts", str(out / "transcripts.jsonl")])
         return out
+    run.work = work
     return run
 
 
@@ -520,23 +574,29 @@ def test_main_reports_budget_failure_without_failing(stage_run):
     assert m["sizes"] == {"fp32_bytes": 40, "compiled_model_bytes": 10, "embedding_table_bytes": 6,
                           "compiled_bytes": 16, "compression": 2.5}
     assert m["normalizer"] == {"en": M.ENGLISH_NORMALIZER, "other": M.BASIC_NORMALIZER}
+    assert m["languages"]["de_de"]["fp32"]["rtf"] > 0   # from the timing files
     rows = [json.loads(x) for x in (out / "transcripts.jsonl").read_text().splitlines()]
     # Only evaluation clips (ids ..._0001), never the calibration clip (..._0000); both tasks, both systems.
     assert {r["id"] for r in rows} == {"de_de_0001", "ja_jp_0001"}
     assert len(rows) == 2 * 2 * 2
+    assert set(rows[0]) == set(transcripts.TRANSCRIPT_KEYS)
     wer = json.loads((out / "wer.json").read_text())
     assert [r["language"] for r in wer] == ["de_de", "ja_jp"] and wer[0]["fp32"] == 0.0
+    # the stage transcripts hold no wall-clock figure: they are reproducible
+    for f in (stage_run.work / "fp32" / "de_de.jsonl", stage_run.work / "compiled" / "de_de.jsonl"):
+        assert "seconds" not in f.read_text()
 
 
 def test_main_scores_fp32_when_the_compiled_model_cannot_run_here(stage_run, monkeypatch):
-    """The contract with the backends: load_compiled raising CompiledNotRunnable (a stand-in for .mxq files on
-    a host without Mobilint's runtime) is recorded, fp32 is still scored, no budget is checked, exit 0."""
-    from whisper_npu.backends import CompiledNotRunnable
+    """The contract with the runtimes: load_compiled raising CompiledNotRunnable (a stand-in for .mxq files on
+    a host without Mobilint's runtime) is recorded in run.json, fp32 is still scored, no budget is checked."""
+    from whisper_npu.artifacts import CompiledNotRunnable
 
     def not_runnable(enc, dec, config):
         raise CompiledNotRunnable("compiled/decoder: mobilint runtime (maccel) is not installed")
-    monkeypatch.setattr(ev, "load_compiled", not_runnable)
+    monkeypatch.setattr(transcribe_compiled, "load_compiled", not_runnable)
     out = stage_run(strict=True)   # strict: even so no failure, nothing was checked
+    assert sorted(p.name for p in (stage_run.work / "compiled").iterdir()) == ["run.json"]
     m = json.loads((out / "metrics.json").read_text())
     assert m["compiled_run"] == {"status": "not_run",
                                  "reason": "compiled/decoder: mobilint runtime (maccel) is not installed"}
@@ -547,7 +607,7 @@ def test_main_scores_fp32_when_the_compiled_model_cannot_run_here(stage_run, mon
     assert [r["compiled"] for r in wer] == [None, None] and [r["fp32"] for r in wer] == [0.0, 0.0]
     rows = [json.loads(x) for x in (out / "transcripts.jsonl").read_text().splitlines()]
     assert {r["system"] for r in rows} == {"fp32"}
-    from whisper_npu.report import table
+    from whisper_npu.eval.report import table
     assert "not run: compiled/decoder" in table(m)
 
 
@@ -575,16 +635,18 @@ def test_compiled_backend_from_provenance(tmp_path):
     for d in ("enc", "dec"):
         (tmp_path / d).mkdir()
         (tmp_path / d / "provenance.json").write_text(json.dumps({"backend": "onnxruntime"}))
-    assert ev.compiled_backend_name(tmp_path / "enc", tmp_path / "dec") == "onnxruntime"
+    from whisper_npu.artifacts import compiled_backend_name
+
+    assert compiled_backend_name(tmp_path / "enc", tmp_path / "dec") == "onnxruntime"
     (tmp_path / "dec" / "provenance.json").write_text(json.dumps({"backend": "qbcompiler"}))
     with pytest.raises(StageError, match="different backends"):
-        ev.compiled_backend_name(tmp_path / "enc", tmp_path / "dec")
+        compiled_backend_name(tmp_path / "enc", tmp_path / "dec")
 
 
 # ------------------------------------------------------------------------------------------- MXQ backend
 
 def test_mxq_backend_refuses_clearly_without_the_runtime(tmp_path, monkeypatch):
-    from whisper_npu.backends import mxq_runtime
+    from whisper_npu.runtimes.mobilint import runtime as mxq_runtime
 
     for name in mxq_runtime.RUNTIME_MODULES:
         monkeypatch.setitem(sys.modules, name, None)  # import fails even where the runtime exists
@@ -596,8 +658,10 @@ def test_mxq_backend_refuses_clearly_without_the_runtime(tmp_path, monkeypatch):
     for d in ("enc", "dec"):
         (tmp_path / d).mkdir()
         (tmp_path / d / "provenance.json").write_text(json.dumps({"backend": "qbcompiler"}))
+    from whisper_npu.runtimes.registry import load_compiled
+
     with pytest.raises(StageError, match="Mobilint's runtime"):
-        ev.load_compiled(tmp_path / "enc", tmp_path / "dec", None)
+        load_compiled(tmp_path / "enc", tmp_path / "dec", None)
 
 
 # The .mxq runner's call protocol is tested against the real qbruntime/maccel wheels and a stand-in built
@@ -615,8 +679,8 @@ def test_loop_matches_hf_generate_on_real_whisper(reference_model_dir, tmp_path)
     import librosa
     import torch
 
-    from whisper_npu.backends.torch_ref import load_torch_backend
-    from whisper_npu.audio import npu_features
+    from whisper_npu.audio.features import npu_features
+    from whisper_npu.runtimes.torch_ref import load_torch_backend
 
     backend, processor = load_torch_backend(reference_model_dir)
     model = backend.model
@@ -640,8 +704,8 @@ def test_loop_matches_hf_generate_on_real_whisper(reference_model_dir, tmp_path)
 
 def write_metric_fixture(repo: Path) -> dict:
     clips, records = synthetic_run()
-    m = M.score(records, clips, PARAMS, 0)
-    wer_rows, bleu_rows = ev.plot_rows(m)
+    m = score(records, clips, PARAMS, 0)
+    wer_rows, bleu_rows = score_stage.plot_rows(m)
     (repo / "metrics").mkdir(exist_ok=True)
     (repo / "plots").mkdir(exist_ok=True)
     (repo / "metrics" / "evaluate.json").write_text(json.dumps(m))
@@ -668,8 +732,8 @@ def test_dvc_metrics_and_plots_render(project):
     assert "de_de" in html and "compiled" in html
     # the compiled model not run here: compiled is null in every row, and the plots still render
     clips, records = synthetic_run()
-    m = M.score([r for r in records if r["system"] == "fp32"], clips, PARAMS, 0, compiled_run=False)
-    wer_rows, bleu_rows = ev.plot_rows(m)
+    m = score([r for r in records if r["system"] == "fp32"], clips, PARAMS, 0, compiled_run=False)
+    wer_rows, bleu_rows = score_stage.plot_rows(m)
     (repo / "plots" / "wer.json").write_text(json.dumps(wer_rows))
     (repo / "plots" / "bleu.json").write_text(json.dumps(bleu_rows))
     run(["dvc", "plots", "show", "-o", "report-not-run"], repo)
@@ -678,7 +742,7 @@ def test_dvc_metrics_and_plots_render(project):
 
 @pytest.mark.slow
 def test_pipeline_end_to_end_with_a_tiny_model(project, tiny_model_dir, tmp_path):
-    """`dvc repro evaluate` from nothing (de_de synthetic, en_us real speech from the Asterisk packages fetched
+    """`dvc repro score` from nothing (de_de synthetic, en_us real speech from the Asterisk packages fetched
     by the audio stage, the tiny random model as a local folder), then `dvc metrics show` and `dvc plots show`.
     Numbers from a random model are meaningless; the test checks that every stage connects, the real-speech
     source reaches the metrics, and the metrics/plots are where DVC looks for them."""
@@ -694,9 +758,10 @@ def test_pipeline_end_to_end_with_a_tiny_model(project, tiny_model_dir, tmp_path
     params["labels"].update(max_new_tokens=8)
     params["calibration"].update(samples_per_language=2, max_new_tokens=8)
     params["compile"].update(numerics_samples=1)
-    params["evaluate"].update(max_new_tokens=8, bootstrap_samples=100, min_verdict_clips=3)
+    params["transcribe"].update(max_new_tokens=8)
+    params["score"].update(bootstrap_samples=100, min_verdict_clips=3)
     repo = project(params)
-    run(["dvc", "repro", "evaluate"], repo, timeout=1800)
+    run(["dvc", "repro", "score"], repo, timeout=1800)
     m = json.loads((repo / "metrics" / "evaluate.json").read_text())
     assert set(m["languages"]) == {"de_de", "en_us"} and m["backends"]["compiled"].startswith("onnxruntime")
     de, en = m["languages"]["de_de"], m["languages"]["en_us"]
@@ -715,14 +780,14 @@ def test_pipeline_end_to_end_with_a_tiny_model(project, tiny_model_dir, tmp_path
     run(["dvc", "plots", "show", "-o", "report"], repo)
     html = (repo / "report" / "index.html").read_text()
     assert "WER or CER per language" in html and "en_us" in html
-    assert "evaluate" not in json.loads(run(["dvc", "status", "--json"], repo).stdout or "{}")
+    assert "score" not in json.loads(run(["dvc", "status", "--json"], repo).stdout or "{}")
 
 
 def test_report_table_lists_every_language_the_summaries_and_the_verdicts():
-    from whisper_npu.report import table
+    from whisper_npu.eval.report import table
 
     clips, records = synthetic_run()
-    metrics = M.score(records, clips, PARAMS, 0)
+    metrics = score(records, clips, PARAMS, 0)
     metrics["backends"] = {"fp32": "torch", "compiled": "onnxruntime-dynamic"}
     text = table(metrics)
     for lang in metrics["languages"]:

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import default_params, run, section
 
 from stages import label as label_stage
 from stages import labels as labels_stage
 from whisper_npu import labeler as L
-from whisper_npu.audio import write_wav
-from whisper_npu.io import StageError, read_json, read_jsonl, write_jsonl
-from whisper_npu.model_store import OPENAI_CKPT
-from whisper_npu.seeds import clip_seed
-
-from conftest import default_params, run
+from whisper_npu.audio.prepare import write_wav
+from whisper_npu.core.errors import StageError
+from whisper_npu.core.files import read_json, read_jsonl, write_jsonl
+from whisper_npu.core.seeds import clip_seed
+from whisper_npu.model.store import OPENAI_CKPT
 
 SR = 16000
 
@@ -216,8 +216,9 @@ def test_load_labeler_choices(model_dir: Path, tmp_path: Path, monkeypatch) -> N
     with pytest.raises(StageError, match="not 'reference', an openai-whisper model name"):
         L.load_labeler("whisper-huge-v9", None)
     # a named model that is not cached and cannot be downloaded: one line, what to do
-    import whisper
     import urllib.error
+
+    import whisper
 
     def offline(*a, **k):
         raise urllib.error.URLError("Temporary failure in name resolution")
@@ -375,18 +376,17 @@ def test_dvc_labels_add_and_remove_language(project) -> None:
 def test_reference_whisper_base_labels_spanish_synth(reference_model_dir: Path, tmp_path: Path) -> None:
     """Real weights: whisper-base (the offline reference) through openai-whisper labels espeak Spanish."""
     from stages import audio as audio_stage
-    from whisper_npu import sources
-    from whisper_npu.params import AudioParams
+    from whisper_npu.sources import loader
 
-    p = AudioParams(source="synth", clips=1, eval_clips=0)
-    kept, skipped, ids = audio_stage.build("es_419", p, 0, sources.get_clips("es_419", p, 0))
+    p = section("audio", source="synth", clips=1, eval_clips=0)
+    kept, skipped, ids = audio_stage.build("es_419", p, 0, loader.get_clips("es_419", p, 0).clips)
     audio_stage.write(tmp_path / "es_419", kept, skipped, ids)
     lab = L.load_labeler("reference", reference_model_dir)
     assert lab.name == "reference:whisper-base"
     rows = label_stage.label_rows(lab, "es_419", tmp_path / "es_419", read_jsonl(tmp_path / "es_419" / "manifest.jsonl"),
                                   beam_size=1, seed=0, logprob_fallback=False)
-    # whisper-base on espeak-ng speech is rough (~0.2-0.4 CER, shared/notes/offline-whisper-facts.md §2)
-    from whisper_npu.metrics import edit_distance, normalize
+    # whisper-base on espeak-ng speech is rough (~0.2-0.4 CER, docs/offline-weights.md)
+    from whisper_npu.eval.metrics import edit_distance, normalize
     ref, hyp = normalize(kept[0].row["text"], "es_419"), normalize(rows[0]["transcription"], "es_419")
     cer = edit_distance(ref, hyp) / max(1, len(ref))
     assert cer < 0.5, rows
@@ -434,11 +434,10 @@ def test_whisper_base_labels_equal_transcribe_on_synthetic_speech_with_fallbacks
     """espeak-ng Russian with the log-prob fallback on (the tutorial's setting): fallbacks fire, and the text
     still equals transcribe()'s (same per-clip seeds, same draws)."""
     from stages import audio as audio_stage
-    from whisper_npu import sources
-    from whisper_npu.params import AudioParams
+    from whisper_npu.sources import loader
 
-    p = AudioParams(source="synth", clips=3, eval_clips=0)
-    kept, _, _ = audio_stage.build("ru_ru", p, 0, sources.get_clips("ru_ru", p, 0))
+    p = section("audio", source="synth", clips=3, eval_clips=0)
+    kept, _, _ = audio_stage.build("ru_ru", p, 0, loader.get_clips("ru_ru", p, 0).clips)
     batch = [(c.samples, clip_seed(0, c.row["id"])) for c in kept]
     lab = L.load_labeler("reference", reference_model_dir)
     got, want, stats = _equal_to_transcribe(lab, batch, "ru", True, best_of=1, sample_len=48,

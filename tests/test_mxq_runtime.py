@@ -11,10 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from runtime_surface import surface
 
-from whisper_npu.backends import CompiledNotRunnable, load_compiled, mxq_runtime
-from whisper_npu.backends.qbcompiler import compiled_scheme
-from whisper_npu.backends.runtime_surface import surface
+from whisper_npu import specs
+from whisper_npu.artifacts import CompiledNotRunnable
+from whisper_npu.runtimes.mobilint import runtime as mxq_runtime
+from whisper_npu.runtimes.mobilint.runtime import compiled_scheme
+from whisper_npu.runtimes.registry import load_compiled
 
 STANDIN = Path(__file__).parent / "standin_qbruntime"
 qbruntime = pytest.importorskip("qbruntime")
@@ -108,8 +111,7 @@ def test_standin_method_set_is_the_real_one(standin_rt):
 def _compiled(tmp_path: Path, tiny_model_dir: Path, schemes=("global4", "single"),
               target: str = "aries-rb") -> tuple[Path, Path]:
     """compiled/encoder + compiled/decoder as the stand-in compiler leaves them (stand-in .mxq = JSON)."""
-    from whisper_npu.backends import onnx_export
-    from whisper_npu.model_store import load_hf
+    from whisper_npu.model.store import load_hf
 
     model, _ = load_hf(tiny_model_dir)
     dirs = []
@@ -122,7 +124,7 @@ def _compiled(tmp_path: Path, tiny_model_dir: Path, schemes=("global4", "single"
         (d / "provenance.json").write_text(json.dumps({
             "backend": "qbcompiler", "resolved": {"calls": {"mxq_compile": calls}}}))
         dirs.append(d)
-    tokens, positions = onnx_export.embedding_tables(model)
+    tokens, positions = specs.embedding_tables(model)
     np.save(dirs[1] / "embed_tokens.npy", tokens)
     np.save(dirs[1] / "embed_positions.npy", positions)
     return dirs[0], dirs[1]
@@ -130,7 +132,7 @@ def _compiled(tmp_path: Path, tiny_model_dir: Path, schemes=("global4", "single"
 
 def test_real_qbruntime_without_npu_is_not_runnable(tmp_path, tiny_model_dir):
     """On this machine the real qbruntime imports but finds no NPU: a clear CompiledNotRunnable."""
-    from whisper_npu.model_store import load_hf
+    from whisper_npu.model.store import load_hf
 
     enc, dec = _compiled(tmp_path, tiny_model_dir)
     with pytest.raises(CompiledNotRunnable, match="qbruntime v?1.5.0 is installed but finds no NPU"):
@@ -138,7 +140,7 @@ def test_real_qbruntime_without_npu_is_not_runnable(tmp_path, tiny_model_dir):
 
 
 def test_real_maccel_without_npu_is_not_runnable(monkeypatch, tmp_path, tiny_model_dir):
-    from whisper_npu.model_store import load_hf
+    from whisper_npu.model.store import load_hf
 
     monkeypatch.setattr(mxq_runtime, "RUNTIME_MODULES", ("maccel",))
     enc, dec = _compiled(tmp_path, tiny_model_dir)
@@ -147,7 +149,7 @@ def test_real_maccel_without_npu_is_not_runnable(monkeypatch, tmp_path, tiny_mod
 
 
 def test_no_runtime_is_not_runnable(monkeypatch, tmp_path, tiny_model_dir):
-    from whisper_npu.model_store import load_hf
+    from whisper_npu.model.store import load_hf
 
     monkeypatch.setattr(mxq_runtime, "RUNTIME_MODULES", ("no_such_runtime_module",))
     enc, dec = _compiled(tmp_path, tiny_model_dir)
@@ -169,8 +171,8 @@ def test_scheme_comes_from_the_recorded_calls(tmp_path, tiny_model_dir):
 def test_runner_end_to_end_matches_fp32(standin_rt, monkeypatch, tmp_path, tiny_model_dir, schemes, target):
     """The runner through the stand-in runtime (fp32 reference inside) decodes exactly as the torch
     reference: embeddings, cache_size bookkeeping, core modes from the recorded scheme, output reshape."""
-    from whisper_npu.backends.torch_ref import load_torch_backend
-    from whisper_npu.decode import DecodeConfig, greedy_decode
+    from whisper_npu.decoding.greedy import DecodeConfig, greedy_decode
+    from whisper_npu.runtimes.torch_ref import load_torch_backend
 
     monkeypatch.setenv("STANDIN_QBRUNTIME_NPU", "1")
     monkeypatch.setenv("STANDIN_QBRUNTIME_REFERENCE", str(tiny_model_dir))
@@ -204,7 +206,7 @@ def test_regulus_core_modes(standin_rt):
 
 def test_standin_refuses_a_core_mode_the_mxq_lacks(standin_rt, monkeypatch, tmp_path, tiny_model_dir):
     """What reading a missing provenance key did: the default (global4) instead of the compiled scheme."""
-    from whisper_npu.model_store import load_hf
+    from whisper_npu.model.store import load_hf
 
     monkeypatch.setenv("STANDIN_QBRUNTIME_NPU", "1")
     monkeypatch.setenv("STANDIN_QBRUNTIME_REFERENCE", str(tiny_model_dir))
@@ -215,7 +217,7 @@ def test_standin_refuses_a_core_mode_the_mxq_lacks(standin_rt, monkeypatch, tmp_
 
 def test_decoder_refuses_more_tokens_than_the_npu_cache(standin_rt, monkeypatch, tmp_path, tiny_model_dir):
     """The cache capacity comes from the runtime's get_input_buffer_info()[0].max_cache_size."""
-    from whisper_npu.model_store import load_hf
+    from whisper_npu.model.store import load_hf
 
     monkeypatch.setenv("STANDIN_QBRUNTIME_NPU", "1")
     monkeypatch.setenv("STANDIN_QBRUNTIME_REFERENCE", str(tiny_model_dir))

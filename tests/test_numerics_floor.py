@@ -18,7 +18,6 @@ import json
 
 import pytest
 
-
 MEASURED = {"encoder_cosine_min": 0.995752, "decoder_cosine_min": 0.99974, "decoder_top1": 1.0}
 FLOORS = {"encoder_cosine_min": 0.98, "decoder_cosine_min": 0.98, "decoder_top1": 0.8}
 

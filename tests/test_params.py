@@ -1,4 +1,4 @@
-"""params.yaml loads into typed dataclasses; every kind of bad value fails before any work, naming the key."""
+"""params.yaml loads into typed, frozen sections; every kind of bad value fails before any work, naming the key."""
 from __future__ import annotations
 
 import copy
@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
-from whisper_npu.params import Params, ParamsError, load_params, parse_params
+from whisper_npu.params.base import ParamsError
+from whisper_npu.params.full import Params, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,24 +38,21 @@ def test_default_params_load():
     assert p.calibration.translate_ratio == 0.2
 
 
-def test_every_default_key_is_in_params_yaml():
-    """params.yaml on main spells out every key, so DVC tracks each one and users see every knob."""
-    import dataclasses
-
-    def keys(obj, prefix=""):
-        for f in dataclasses.fields(obj):
-            v = getattr(obj, f.name)
-            if dataclasses.is_dataclass(v):
-                yield from keys(v, f"{prefix}{f.name}.")
-            else:
-                yield f"{prefix}{f.name}"
-
+def test_params_yaml_is_the_one_place_defaults_are_written():
+    """Every key of the schema is required (no default in code; audio.per_language entries are overrides whose
+    unset keys mean "the audio value"), so params.yaml spells out every knob and DVC tracks each one."""
+    def optional(model, path=""):
+        for name, f in model.model_fields.items():
+            ann = f.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                yield from optional(ann, f"{path}{name}.")
+            elif not f.is_required():
+                yield f"{path}{name}"
+    assert list(optional(Params)) == []
     data = base()
-    for key in keys(Params()):
-        node = data
-        for part in key.split("."):
-            assert part in node, f"params.yaml lacks {key}"
-            node = node[part]
+    del data["calibration"]["translate_ratio"]
+    with pytest.raises(ParamsError, match=r"params.yaml: calibration.translate_ratio: missing; params.yaml must set it"):
+        parse_params(data, "params.yaml")
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -64,7 +63,7 @@ def test_every_default_key_is_in_params_yaml():
     ("seed", "zero", r"seed = 'zero': must be an integer"),
     ("audio.clips", 2.5, r"audio.clips = 2.5: must be an integer"),
     ("audio.clips", True, r"audio.clips = True: must be an integer"),
-    ("evaluate.strict", "yes", r"evaluate.strict = 'yes': must be true or false"),
+    ("score.strict", "yes", r"score.strict = 'yes': must be true or false"),
     ("calibration.translate_ratio", "0.2", r"calibration.translate_ratio = '0.2': must be a number"),
     ("languages", "en_us", r"languages = 'en_us': must be a list"),
     ("model", "whisper-base", r"model = 'whisper-base': must be a mapping"),
@@ -74,7 +73,7 @@ def test_every_default_key_is_in_params_yaml():
     ("calibration.translate_ratio", 1.5, r"calibration.translate_ratio = 1.5: must be <= 1"),
     ("calibration.translate_ratio", -0.1, r"calibration.translate_ratio = -0.1: must be >= 0"),
     ("audio.max_skipped_fraction", 2, r"audio.max_skipped_fraction = 2.0: must be <= 1"),
-    ("evaluate.max_new_tokens", 1000, r"evaluate.max_new_tokens = 1000: must be <= 440"),
+    ("transcribe.max_new_tokens", 1000, r"transcribe.max_new_tokens = 1000: must be <= 440"),
     # unknown choices
     ("compile.backend", "tensorrt", r"compile.backend = 'tensorrt': must be one of auto, qbcompiler, onnxruntime"),
     ("audio.source", "youtube", r"audio.source = 'youtube': must be one of synth, fleurs, local"),
@@ -145,6 +144,8 @@ def test_params_are_frozen():
     p = load_params(ROOT / "params.yaml")
     with pytest.raises(Exception):
         p.seed = 3  # type: ignore[misc]
+    with pytest.raises(Exception):
+        p.audio.clips = 3  # type: ignore[misc]
 
 
 def test_presets_are_valid_and_become_overrides():
@@ -197,7 +198,7 @@ def test_default_profile_uses_real_speech_with_30_evaluation_clips():
             assert a.eval_clips >= 30 and a.selection == "seeded"
         else:
             assert (a.source, a.clips, a.eval_clips) == ("synth", 8, 2)
-    assert p.evaluate.max_new_tokens == 220
+    assert p.transcribe.max_new_tokens == 220
 
 
 def test_per_language_entry_overrides_only_its_keys():
@@ -209,14 +210,8 @@ def test_per_language_entry_overrides_only_its_keys():
     assert (de.source, de.clips, de.eval_clips, de.selection) == ("synth", 12, 2, "first")
     en = p.audio.for_lang("en_us")
     assert (en.source, en.clips, en.eval_clips) == ("local", 8, 2)     # null: the audio default
-    assert p.audio.for_lang("ko_kr") == dataclasses_replace(p.audio, per_language={})
+    assert p.audio.for_lang("ko_kr") == p.audio.model_copy(update={"per_language": {}})
     assert en.per_language == {}
-
-
-def dataclasses_replace(obj, **kw):
-    import dataclasses
-
-    return dataclasses.replace(obj, **kw)
 
 
 @pytest.mark.parametrize("entry, message", [
@@ -248,21 +243,16 @@ def test_per_language_entry_for_an_unlisted_language_is_not_checked_against_coun
     assert parse_params(data).audio.for_lang("de_de").clips == 8
 
 
-def test_dataclass_defaults_are_the_params_yaml_values():
-    """A section built in code (tests, bench) behaves as params.yaml's offline default profile. The one
-    exception on purpose: audio.per_language, the default profile's real-speech overrides, is empty by default
-    (no language gets another source unless params say so)."""
-    import dataclasses
+@pytest.mark.parametrize("section", ["model", "audio", "labels", "calibration", "compile", "transcribe", "score"])
+def test_a_stage_reads_its_section_alone_with_the_same_checks(section):
+    """What a stage gets from Section.of equals the whole file's section, and a bad value in it fails the same way
+    there (the stage checks its sections; the toolchain stage checks the whole file)."""
+    from whisper_npu.params.base import as_raw
 
-    def differences(loaded, path: str) -> list[str]:
-        out = []
-        default = type(loaded)()
-        for f in dataclasses.fields(loaded):
-            value, key = getattr(loaded, f.name), f"{path}{f.name}"
-            if dataclasses.is_dataclass(value):
-                out += differences(value, key + ".")
-            elif value != getattr(default, f.name) and key != "audio.per_language":
-                out.append(f"{key}: default {getattr(default, f.name)!r}, params.yaml {value!r}")
-        return out
-
-    assert differences(load_params(ROOT / "params.yaml"), "") == []
+    whole = load_params(ROOT / "params.yaml")
+    cls = type(getattr(whole, section))
+    assert cls.of(as_raw(base())) == getattr(whole, section)
+    data = base()
+    data[section]["no_such_key"] = 1
+    with pytest.raises(ParamsError, match=rf"params.yaml: {section}.no_such_key: unknown key; allowed in {section}: "):
+        cls.of(as_raw(data))

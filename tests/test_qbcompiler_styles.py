@@ -9,14 +9,23 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT, default_params, section
+from test_compile import (  # noqa: F401
+    CALIB_FILE,
+    N_CALIB,
+    _expected_entries,
+    calib_root,
+    compile_argv,
+    run_main,
+    standin,
+    toolchain,
+    write_params,
+)
 
-from test_compile import (CALIB_FILE, N_CALIB, _expected_entries, calib_root, compile_argv, run_main,  # noqa: F401
-                          standin, toolchain, write_params)
-from whisper_npu.backends import qbcompiler
-from whisper_npu.io import StageError
-from whisper_npu.params import QB_CONFIG_SECTIONS, ParamsError, QbcompilerParams, parse_params
-
-from conftest import ROOT, default_params
+from whisper_npu.compilers.mobilint import plan as qbcompiler
+from whisper_npu.core.errors import StageError
+from whisper_npu.params.base import ParamsError
+from whisper_npu.params.full import parse_params
 
 SHAPE = (1, 80, 3000)
 ET = {"norm_conv": {"apply": True, "learn": True}, "qk": {"apply": True}, "ud": {"apply": True, "learn": True},
@@ -25,6 +34,11 @@ ET = {"norm_conv": {"apply": True, "learn": True}, "qk": {"apply": True}, "ud": 
       "optimize_ffn": {"apply": True, "ch_per_ffn": -1}}
 BIT = {"transformer": {"mixed_precision": {"activation": {"apply": True}}}}
 HESSIAN = {"apply": True, "attributes": {"actOrder": True, "blockSize": 128, "percDamp": 0.01}}
+
+
+def qb_params(**changes):
+    """``compile.qbcompiler`` as params.yaml sets it, with ``changes``."""
+    return section("compile", qbcompiler=changes).qbcompiler
 
 
 def latest_params() -> dict:
@@ -44,10 +58,6 @@ def _applied(args: list[str], apply_overrides) -> dict:
         shutil.copy(ROOT / "params.yaml", path)
         apply_overrides(str(path), [a for a in args if a != "-S"])
         return yaml.safe_load(path.read_text())
-
-
-def test_config_sections_agree():
-    assert set(qbcompiler.CONFIG_SECTIONS) == set(QB_CONFIG_SECTIONS)
 
 
 def test_latest_preset_is_the_newest_tutorial_compile():
@@ -117,16 +127,16 @@ def test_params_refuse_unsupported_combinations(over, key):
     ("1.x", "1.0.1", {"decoder_scheme": "all"}, r"decoder_scheme = all: needs qbcompiler >= 1\.0\.2"),
 ])
 def test_plan_refuses_what_the_compiler_lacks(api, version, over, match):
-    qb = QbcompilerParams(**over)
+    qb = qb_params(**over)
     with pytest.raises(StageError, match=match):
         qbcompiler.plan_calls(api, "decoder", qb, gpu=True, input_features_shape=SHAPE, version=version)
 
 
 def test_0_12_plan_is_the_seed_exactly():
     """The seed tutorial's calls (bc59d82), with every new key at its default."""
-    enc = qbcompiler.plan_calls("0.12", "encoder", QbcompilerParams(), gpu=True, input_features_shape=SHAPE,
+    enc = qbcompiler.plan_calls("0.12", "encoder", qb_params(), gpu=True, input_features_shape=SHAPE,
                                 version="0.12.0.0")
-    dec = qbcompiler.plan_calls("0.12", "decoder", QbcompilerParams(), gpu=True, input_features_shape=SHAPE,
+    dec = qbcompiler.plan_calls("0.12", "decoder", qb_params(), gpu=True, input_features_shape=SHAPE,
                                 version="0.12.0.0")
     assert enc == {"api": "0.12", "mblt_compile": {"target": "encoder", "device": "cpu", "backend": "hf"},
                    "mxq_compile": {"device": "cuda", "inference_scheme": "global4"}, "llm_config": None,

@@ -19,14 +19,23 @@ import numpy as np
 import pytest
 import soundfile as sf
 import yaml
+from conftest import (
+    ROOT,
+    VENV_BIN,
+    assert_status_clean,
+    copy_project,
+    default_params,
+    lock_hashes,
+    make_project,
+    run,
+    section,
+)
+from test_audio import make_corpus, tone, wav_bytes
 
 from stages import audio as audio_stage
-from whisper_npu import sources
-from whisper_npu.io import StageError, read_jsonl
-from whisper_npu.params import AudioParams, LocalAudioParams
-
-from conftest import ROOT, VENV_BIN, assert_status_clean, copy_project, default_params, lock_hashes, make_project, run
-from test_audio import make_corpus, tone, wav_bytes
+from whisper_npu.core.errors import StageError
+from whisper_npu.core.files import read_jsonl
+from whisper_npu.sources import loader
 
 SR = 16000
 OUTPUT_DIRS = ("build", "models", "data", "calibration", "compiled", "metrics", "plots")
@@ -157,21 +166,24 @@ def test_a_nan_clip_that_gets_past_the_audio_stage_never_becomes_a_calibration_s
 # ------------------------------------------------------------------------------------------- 2. bad params
 
 BAD_PARAMS = {
-    # case: (edit of small_params(), text that must be in the error line)
+    # case: (edit of small_params(), text that must be in the error line, whether the audio stage reads it)
     "out-of-range": (lambda p: p["calibration"].update(translate_ratio=1.5),
-                     "calibration.translate_ratio = 1.5: must be <= 1"),
-    "unknown-key": (lambda p: p["audio"].update(clip=3), "audio.clip: unknown key"),
-    "wrong-type": (lambda p: p.update(seed="zero"), "seed = 'zero': must be an integer"),
-    "unknown-language": (lambda p: p.update(languages=["de_de", "xx_yy"]), "languages[1] = 'xx_yy'"),
+                     "calibration.translate_ratio = 1.5: must be <= 1", False),
+    "unknown-key": (lambda p: p["audio"].update(clip=3), "audio.clip: unknown key", True),
+    "wrong-type": (lambda p: p.update(seed="zero"), "seed = 'zero': must be an integer", True),
+    "unknown-language": (lambda p: p.update(languages=["de_de", "xx_yy"]), "languages[1] = 'xx_yy'", False),
     "more-samples-than-clips": (lambda p: p["calibration"].update(samples_per_language=3),
-                                "calibration.samples_per_language = 3: must be <= audio.clips - audio.eval_clips = 2"),
-    "not-yaml": (None, "not valid YAML: line 3, column 6"),
+                                "calibration.samples_per_language = 3: must be <= audio.clips - audio.eval_clips = 2",
+                                False),
+    "not-yaml": (None, "not valid YAML: line 3, column 6", True),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_PARAMS))
 def test_bad_params_stop_the_stage_with_one_line_naming_the_key(case: str, tmp_path: Path) -> None:
-    edit, message = BAD_PARAMS[case]
+    """The toolchain stage (the first of every `dvc repro`) checks the whole file, cross-section rules included; a
+    stage run by hand checks the sections it reads. Either way: one line naming the file and the key, no output."""
+    edit, message, audio_reads_it = BAD_PARAMS[case]
     path = tmp_path / "params.yaml"
     if edit is None:
         path.write_text("seed: 0\nlanguages: [de_de\naudio: {clips: 3}\n")
@@ -179,33 +191,59 @@ def test_bad_params_stop_the_stage_with_one_line_naming_the_key(case: str, tmp_p
         params = small_params()
         edit(params)
         write_params(path, params)
+    proc = stage_cli("toolchain", ["--params", str(path), "--out", str(tmp_path / "build" / "toolchain.json")])
+    assert_one_line_error(proc, str(path), message)
+    assert not (tmp_path / "build").exists()
     out = tmp_path / "out" / "de_de"
     proc = stage_cli("audio", ["--params", str(path), "--lang", "de_de", "--out", str(out)])
-    assert_one_line_error(proc, str(path), message)
+    if audio_reads_it:
+        assert_one_line_error(proc, str(path), message)
+    else:
+        assert proc.returncode == 0, proc.stderr   # not the audio stage's section: toolchain's check stops repro
+        shutil.rmtree(out.parent)
     assert not out.parent.exists()  # refused before any work
 
 
 @pytest.mark.slow
 def test_every_stage_checks_params_before_any_work(tmp_path: Path) -> None:
-    """Each stage command of dvc.yaml (first foreach item), run in a fresh project copy without any inputs and
-    an invalid params.yaml, fails on the params with one line, not on a missing input."""
+    """Each stage command of dvc.yaml (first foreach item), run in a fresh project copy without any inputs and with
+    a bad value in a params key it reads (the first its dvc.yaml entry lists; the toolchain stage reads them all),
+    fails on the params with one line, not on a missing input."""
     repo = make_project(tmp_path / "proj")
-    (repo / "params.yaml").write_text(yaml.safe_dump({**default_params(), "seed": -1}))
-    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
-    for body in stages.values():
-        cmd = body["do"]["cmd"] if "foreach" in body else body["cmd"]
+    spec = yaml.safe_load((repo / "dvc.yaml").read_text())
+    subst = {k: v for entry in spec.get("vars", []) for k, v in entry.items()}
+    checked = []
+    for name, body in spec["stages"].items():
+        stage = body.get("do", body)
+        cmd = stage["cmd"]
         if isinstance(body.get("foreach"), dict):  # compile: ${key} and ${item.<field>} of the first entry
             key, fields = next(iter(body["foreach"].items()))
             cmd = cmd.replace("${key}", key)
             for k, v in fields.items():
                 cmd = cmd.replace(f"${{item.{k}}}", v)
-        cmd = cmd.replace("${item}", "de_de")  # audio, label: over ${languages}
+        cmd = cmd.replace("${item}", "de_de")  # per-language stages: over ${languages}
+        for k, v in subst.items():
+            cmd = cmd.replace(f"${{{k}}}", v)
         if "--params" not in cmd:
-            continue  # toolchain reads no params
+            continue  # mobilint_model reads no params
+        key = (stage.get("params") or ["seed"])[0]
+        params = default_params()
+        if key == "seed":
+            params["seed"], message = -1, "params.yaml: seed = -1: must be >= 0"
+        elif key == "languages":
+            params["languages"], message = [], "params.yaml: languages = []: at least one language"
+        elif "." in key:
+            section, field = key.split(".")
+            params[section][field], message = 0, f"params.yaml: {key} = 0: must be >= 1"
+        else:
+            params[key]["no_such_key"], message = 1, f"params.yaml: {key}.no_such_key: unknown key"
+        (repo / "params.yaml").write_text(yaml.safe_dump(params))
         argv = cmd.split()
         assert argv[:2] == ["python", "-m"], cmd
         proc = stage_cli(argv[2].split(".", 1)[1], argv[3:], cwd=repo)
-        assert_one_line_error(proc, "params.yaml: seed = -1: must be >= 0")
+        assert_one_line_error(proc, message)
+        checked.append(name)
+    assert len(checked) == len(spec["stages"]) - 1, checked
     assert not [f for d in OUTPUT_DIRS if (repo / d).exists() for f in (repo / d).rglob("*")]
 
 
@@ -416,7 +454,7 @@ def _finish(proc: subprocess.Popen) -> None:
 
 
 def test_stage_start_removes_temporaries_of_dead_processes_only(tmp_path: Path) -> None:
-    from whisper_npu.io import atomic_output
+    from whisper_npu.core.files import atomic_output
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
@@ -530,7 +568,7 @@ def test_clip_names_with_spaces_unicode_and_one_stem(tmp_path: Path) -> None:
     for k, name in enumerate(names):
         sf.write(str(folder / name), tone(1.0 + 0.1 * k, freq=200 + 30 * k), SR)
     (folder / "my clip 1.txt").write_text("안녕하세요", encoding="utf-8")
-    p = AudioParams(source="local", clips=len(names), eval_clips=1, local=LocalAudioParams(dir=str(root)))
+    p = section("audio", source="local", clips=len(names), eval_clips=1, local={"dir": str(root)})
     params = small_params(source="local", clips=len(names), local={"dir": str(root)})
     params["languages"] = ["ko_kr"]
     write_params(tmp_path / "params.yaml", params)
@@ -546,4 +584,4 @@ def test_clip_names_with_spaces_unicode_and_one_stem(tmp_path: Path) -> None:
 
     (folder / "a.txt").write_text("annyeong", encoding="utf-8")
     with pytest.raises(StageError, match=r"ko_kr/a\.txt matches a\.flac and a\.wav; rename"):
-        sources.get_clips("ko_kr", p, 0)
+        loader.get_clips("ko_kr", p, 0).clips

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import VENV_BIN, assert_status_clean, run
 
 pytestmark = pytest.mark.slow

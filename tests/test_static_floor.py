@@ -18,7 +18,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import ENGLISH_EVAL_CLIPS, default_params, make_project, run
 from test_accuracy_floor import floor_failures
 
@@ -41,7 +40,7 @@ def static_english_run(tmp_path_factory, reference_model_dir: Path) -> Path:
     p["calibration"]["samples_per_language"] = STATIC_CALIB_CLIPS
     p["compile"]["onnxruntime"].update(STATIC)
     repo = make_project(tmp_path_factory.mktemp("english-static") / "proj", p)
-    run(["dvc", "repro", "evaluate"], repo, timeout=3600)
+    run(["dvc", "repro", "score"], repo, timeout=3600)
     return repo
 
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import default_params
 
 from stages import compile as compile_stage
-from whisper_npu import calibration
-from whisper_npu.params import ParamsError, parse_params
-
-from conftest import default_params
+from whisper_npu.calibration import lists as calibration
+from whisper_npu.params.base import ParamsError
+from whisper_npu.params.full import parse_params
 
 STATIC = {"mode": "static", "smooth_quant": True, "calibrate_method": "minmax", "keep_float": ["lm_head"],
           "high_precision": ["fc2"], "calibration_samples": 3}
@@ -132,8 +132,9 @@ def test_static_graph_is_int8_with_16bit_where_asked(setup, tiny_model_dir):
 
 
 def test_node_patterns(tmp_path, tiny_model_dir):
-    from whisper_npu import model_store
-    from whisper_npu.backends import onnx_export, ort_int8
+    from whisper_npu.compilers.onnxruntime import export as onnx_export
+    from whisper_npu.compilers.onnxruntime import quantize as ort_int8
+    from whisper_npu.model import store as model_store
     from whisper_npu.specs import component_spec
 
     model, _ = model_store.load_hf(tiny_model_dir)

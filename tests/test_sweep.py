@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from bench import sweep_queue, sweep_table
-from whisper_npu.params import parse_params
+from whisper_npu.params.full import parse_params
 from whisper_npu.preset import merge
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def test_table_from_the_recorded_sweep(recorded):
     table = sweep_table.rows(exps)
     assert {r["experiment"] for r in table} == set(exps)
     for r in table:
-        # every number is the evaluate stage's own, for that experiment and language
+        # every number is the score stage's own, for that experiment and language
         ev = exps[r["experiment"]]["metrics"][sweep_table.EVALUATE]["data"]["languages"][r["language"]]
         assert (r["fp32"], r["compiled"], r["delta"]) == (ev["fp32"]["wer"], ev["compiled"]["wer"], ev["delta"]["wer"])
         assert r["low"] <= r["delta"] <= r["high"]

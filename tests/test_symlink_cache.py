@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import make_project, run, tiny_params
 
 STANDIN = Path(__file__).parent / "standin_qbcompiler"

@@ -11,12 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import default_params, section
 
 from stages import audio as stage
-from whisper_npu import sources
-from whisper_npu.io import sha256_tree
-from whisper_npu.params import AudioParams
-from conftest import default_params
+from whisper_npu.core.files import sha256_tree
+from whisper_npu.sources import loader
 
 BUSY_SECONDS = 900  # an upper bound; the processes are stopped as soon as the builds are done
 BUSY_LOOP = f"import time\nend = time.monotonic() + {BUSY_SECONDS}\nwhile time.monotonic() < end: pass\n"
@@ -30,13 +29,13 @@ def busy_processes(n: int) -> list[subprocess.Popen]:
 def test_all_languages_synth_twice_under_load_is_byte_identical(tmp_path: Path) -> None:
     languages = default_params()["languages"]
     assert len(languages) == 17
-    params = AudioParams(source="synth", clips=8, eval_clips=2)
+    params = section("audio", source="synth", clips=8, eval_clips=2)
     busy = busy_processes(2 * (os.cpu_count() or 2))  # more runnable processes than cores: espeak-ng waits
     try:
         trees = []
         for run in range(2):
             for lang in languages:
-                kept, skipped, ids = stage.build(lang, params, 3, sources.get_clips(lang, params, 3))
+                kept, skipped, ids = stage.build(lang, params, 3, loader.get_clips(lang, params, 3).clips)
                 assert not skipped, (lang, skipped)
                 stage.write(tmp_path / f"run{run}" / lang, kept, skipped, ids)
             trees.append({lang: sha256_tree(tmp_path / f"run{run}" / lang) for lang in languages})

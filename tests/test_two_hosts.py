@@ -1,16 +1,15 @@
 """Compile host vs NPU host through the real `dvc` CLI: two clones, one local remote.
 
 * compile host: the STAND-IN compiler (tests/standin_qbcompiler, NOT the real qbcompiler) on PYTHONPATH and
-  the real ``qbruntime`` 1.5.0 installed but no NPU (this machine): ``dvc repro`` exits 0, evaluate scores
-  fp32 and records the compiled system as not run (with the reason), the budget ``not_checked``; the .mxq
-  files and Mobilint's model folder are pushed.
+  the real ``qbruntime`` 1.5.0 installed but no NPU (this machine): ``dvc repro`` exits 0, the compiled
+  transcription records the compiled system as not run (with the reason), score scores fp32 and sets the budget
+  ``not_checked``; the .mxq files and Mobilint's model folder are pushed.
 * NPU host: a fresh clone, no compiler, the STAND-IN runtime (tests/standin_qbruntime: the real qbruntime's
-  method set, the fp32 reference inside) as ``qbruntime`` with an "NPU": ``dvc pull`` then the one
-  documented command ``dvc repro --force --single-item evaluate`` evaluates the pulled .mxq files without
-  recompiling (``toolchain`` is always_changed and the compiler is absent there, so a plain ``dvc repro``
-  would try to recompile).
+  method set, the fp32 reference inside) as ``qbruntime`` with an "NPU": ``dvc pull`` then the documented
+  commands transcribe the pulled .mxq files and score them without recompiling, reusing the pulled fp32
+  transcripts.
 
-Relies on the evaluate stage's contract for CompiledNotRunnable (``compiled_run`` in metrics, budget
+Relies on the compiled transcription's contract for CompiledNotRunnable (``compiled_run`` in metrics, budget
 ``verdict`` ``not_checked``, never pass).
 """
 from __future__ import annotations
@@ -20,13 +19,13 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import make_project, run, tiny_params
 
 pytestmark = pytest.mark.slow
 
 TESTS = Path(__file__).parent
-NPU_HOST_COMMAND = ["dvc", "repro", "--force", "--single-item", "evaluate"]
+NPU_HOST_COMMANDS = (["dvc", "repro", "--force", "--single-item", "transcribe_compiled"],
+                     ["dvc", "repro", "--single-item", "score"])
 
 
 def _mxq_files(repo: Path) -> dict[str, bytes]:
@@ -62,8 +61,9 @@ def test_compile_host_then_npu_host(tmp_path, tiny_model_dir):
     npu_env = {"PYTHONPATH": f"{npu}{os.pathsep}{TESTS / 'standin_qbruntime'}", "STANDIN_QBRUNTIME_NPU": "1",
                "STANDIN_QBRUNTIME_REFERENCE": str(npu / "models" / "reference")}
     run(["dvc", "pull"], npu, env=npu_env)
-    out = run(NPU_HOST_COMMAND, npu, env=npu_env, timeout=2400)
-    assert "compile@" not in out.stdout, "nothing recompiles on the NPU host"
+    for command in NPU_HOST_COMMANDS:
+        out = run(command, npu, env=npu_env, timeout=2400)
+        assert "compile@" not in out.stdout and "transcribe_fp32" not in out.stdout, "nothing but the NPU side reruns"
     assert _mxq_files(npu) == mxq
     metrics = json.loads((npu / "metrics" / "evaluate.json").read_text())
     assert metrics["compiled_run"] == {"status": "run", "reason": None}

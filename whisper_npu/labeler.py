@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from whisper_npu.io import StageError
-from whisper_npu.model_store import MODEL_JSON, OPENAI_CKPT
+from whisper_npu.core.errors import StageError
+from whisper_npu.model.store import MODEL_JSON, OPENAI_CKPT
 
 log = logging.getLogger(__name__)
 

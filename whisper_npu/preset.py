@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from whisper_npu.params import ParamsError, parse_params
+from whisper_npu.params.base import ParamsError
+from whisper_npu.params.full import parse_params
 
 _PLAIN = re.compile(r"^[A-Za-z0-9_./:+-]+$")
 

@@ -1,7 +1,10 @@
-"""The encoder/decoder I/O contracts, written once as data (shared/notes/mobilint-qbcompiler.md §4).
+"""The encoder/decoder I/O contracts, written once as data, and the one host-side computation they imply.
 
-Calibration writes files that match these specs, compile exports models with these inputs and outputs,
-evaluate runs them. Widths and lengths come from the model config, never from literals.
+Calibration writes files that match these specs, compile builds models with these inputs and outputs, the
+runtimes run them. Widths and lengths come from the model config, never from literals. The decoder's input is
+token + position embeddings computed outside the NPU (:func:`embed`, from the tables :func:`embedding_tables`
+takes out of the model): calibration, the ONNX Runtime decoder and Mobilint's runtime all use this one function.
+Sources: docs/mobilint.md (the tutorial's scripts and Mobilint's runtime).
 """
 from __future__ import annotations
 
@@ -93,3 +96,22 @@ def component_spec(component: str, config: Any) -> ComponentSpec:
     if component == "decoder":
         return decoder_spec(config)
     raise ValueError(f"unknown component {component!r}: encoder or decoder")
+
+
+# ---------------------------------------------------------------------------------------------- host-side embedding
+
+def embedding_tables(model: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(token table ``[V, d]``, position table ``[max_target_positions, d]``) float32 of a HF Whisper model: what
+    the NPU runtime adds on the CPU (the compiled decoder starts after them)."""
+    dec = model.model.decoder
+    return (dec.embed_tokens.weight.detach().float().numpy().copy(),
+            dec.embed_positions.weight.detach().float().numpy().copy())
+
+
+def embed(tokens: np.ndarray, positions: np.ndarray, ids: Any, past: int = 0, scale: float = 1.0) -> np.ndarray:
+    """``[1, L, d]`` float32 decoder input for token ``ids`` at positions ``past .. past+L-1``: token row (times
+    ``scale``; 1 for every Whisper checkpoint) plus position row, exactly what the HF decoder adds before its first
+    layer (float32 additions: the same bits as torch's)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    rows = tokens[ids] if scale == 1.0 else tokens[ids] * np.float32(scale)
+    return np.ascontiguousarray((rows + positions[past:past + len(ids)])[None], dtype=np.float32)

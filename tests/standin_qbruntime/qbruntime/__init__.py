@@ -111,10 +111,10 @@ def _reference(component: str) -> Any:
     if not root:
         raise QbRuntimeError("stand-in qbruntime: set STANDIN_QBRUNTIME_REFERENCE to the reference model store")
     if root not in _REFERENCE:
-        from whisper_npu.model_store import load_hf
+        from whisper_npu.model.store import load_hf
 
         _REFERENCE[root] = load_hf(Path(root))[0]
-    from whisper_npu.backends import onnx_export
+    from whisper_npu.compilers.onnxruntime import export as onnx_export
 
     return onnx_export.npu_module(_REFERENCE[root], component)
 

@@ -1,0 +1,254 @@
+"""The qbcompiler calls as plain data: which call style the installed compiler offers (feature detection) and the
+keyword arguments each of the two calls gets for a component and ``compile.qbcompiler`` params. No compiler import
+here beyond inspecting one (see the package docstring for the styles)."""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import importlib.util
+import inspect
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from whisper_npu.core.errors import StageError
+from whisper_npu.npu import REGULUS
+
+if TYPE_CHECKING:
+    from whisper_npu.params.compile import QbcompilerParams
+
+MODULE_NAMES = ("qbcompiler", "qubee")   # the package was renamed qubee -> qbcompiler in 2026-01
+INSTALL_HINT = ("qbcompiler is not installed (it is not on PyPI): download the wheel for your platform from "
+                "Mobilint's download center (https://dl.mobilint.com, login; ARIES -> qb Compiler) and run "
+                "`pip install qbcompiler-<version>-<platform>.whl` in this environment, or run the pipeline in "
+                "the mobilint/qbcompiler Docker image (e.g. mobilint/qbcompiler:1.0-cpu-ubuntu22.04); "
+                "or set compile.backend to onnxruntime (or auto)")
+KNOWN_APIS = ("0.11", "0.12", "1.0", "1.x", "1.2", "1.3")
+OBJECT_STYLES = ("1.x", "1.2", "1.3")      # qbcompiler.configs objects
+TARGET_STYLES = ("1.2", "1.3")             # target_device argument
+SUPPORTED = "qbcompiler/qubee 0.11, 0.12, 1.0 and 1.x (1.0.1+: config objects; 1.2+: target_device; 1.3: model_part)"
+PARSER_PATCH_LINE = 538   # qubee 0.11.0.1 model_dict/parser/parser.py (tutorial v0.11.0.1)
+REGULUS_LLM_LENGTH = 1024   # newest public STT compile (f3f9d540): REGULUS max_sequence/cache length
+# params section -> (qbcompiler.configs class, mxq_compile keyword); docs REF/MQ "*_config objects"
+CONFIG_SECTIONS = {
+    "calibration": "CalibrationConfig", "bit": "BitConfig", "equivalent_transformation": "EquivalentTransformationConfig",
+    "hessian_quant": "HessianQuantConfig", "search_weight_scale": "SearchWeightScaleConfig",
+    "resource_management": "ResourceManagementConfig", "layer_bias_correction": "LayerBiasCorrectionConfig",
+    "bias_correction": "BiasCorrectionConfig",
+}
+
+
+@dataclass(frozen=True)
+class Installed:
+    module: str     # import name: qbcompiler or qubee
+    version: str
+    api: str        # call style, one of KNOWN_APIS
+
+
+def is_importable() -> bool:
+    return any(importlib.util.find_spec(m) is not None for m in MODULE_NAMES)
+
+
+def _version(module: Any, name: str) -> str:
+    v = getattr(module, "__version__", None)
+    if v:
+        return str(v)
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return "unknown"
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    out = []
+    for part in version.split("+")[0].split("."):
+        digits = "".join(c for c in part if c.isdigit()) if part[:1].isdigit() else ""
+        if not digits:
+            break
+        out.append(int(digits))
+    return tuple(out)
+
+
+def _check_known(version: str) -> tuple[int, ...]:
+    v = version_tuple(version)
+    if len(v) < 2 or not (0, 11) <= v[:2] < (2, 0):
+        raise StageError(f"qbcompiler {version}: unknown API version; this pipeline supports {SUPPORTED}. "
+                         "Install one of those, or extend whisper_npu/compilers/mobilint/plan.py")
+    return v
+
+
+def api_of(version: str) -> str:
+    """The call style of a compiler known only by its version (no module to inspect)."""
+    v = _check_known(version)
+    if v[:2] in ((0, 11), (0, 12)):
+        return f"{v[0]}.{v[1]}"
+    if v[:3] == (1, 0, 0) or v[:2] == (1, 0) and len(v) == 2:
+        return "1.0"
+    if v[:2] >= (1, 3):
+        return "1.3"
+    return "1.2" if v[:2] >= (1, 2) else "1.x"
+
+
+def _takes(fn: Any, name: str, default: bool) -> bool:
+    """Whether ``fn`` has a parameter ``name``; ``default`` when its signature cannot tell (``**kwargs``)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return default
+    if name in params:
+        return True
+    return default if any(p.kind is p.VAR_KEYWORD for p in params.values()) else False
+
+
+def call_style(module: Any, name: str, version: str) -> str:
+    """The call style the installed compiler offers (feature detection; see the module docstring)."""
+    v = _check_known(version)
+    for fn in ("mblt_compile", "mxq_compile"):
+        if not callable(getattr(module, fn, None)):
+            raise StageError(f"{name} {version}: has no {fn}(); this pipeline supports {SUPPORTED}")
+    if _takes(module.mxq_compile, "target_device", v[:2] >= (1, 2)):
+        return "1.3" if _takes(module.mblt_compile, "model_part", v[:2] >= (1, 3)) else "1.2"
+    try:
+        if hasattr(importlib.import_module(f"{name}.configs"), "LlmConfig"):
+            return "1.x"
+    except ImportError:
+        pass
+    if callable(getattr(module, "get_llm_config", None)):
+        return {(0, 11): "0.11", (0, 12): "0.12"}.get(v[:2], "1.0")
+    raise StageError(f"{name} {version}: neither {name}.configs.LlmConfig nor get_llm_config(); "
+                     f"this pipeline supports {SUPPORTED}")
+
+
+def find_installed() -> Installed | None:
+    """The installed compiler (qbcompiler first, then the pre-rename qubee), or None."""
+    for name in MODULE_NAMES:
+        if importlib.util.find_spec(name) is None:
+            continue
+        module = importlib.import_module(name)
+        version = _version(module, name)
+        return Installed(name, version, call_style(module, name, version))
+    return None
+
+
+def require() -> Installed:
+    found = find_installed()
+    if found is None:
+        raise StageError(f"compile.backend = qbcompiler: {INSTALL_HINT}")
+    return found
+
+
+# ------------------------------------------------------------------------------------------- the plan
+
+KEY = "compile.qbcompiler"
+
+
+def _device(api: str, wanted: str, gpu: bool) -> str:
+    """The device name this style uses: cuda up to 1.0.0, gpu from 1.0.1 (explicit cuda/gpu mapped across)."""
+    accel = "gpu" if api in OBJECT_STYLES else "cuda"
+    if wanted == "auto":
+        return accel if gpu else "cpu"
+    return "cpu" if wanted == "cpu" else accel
+
+
+def _has_all(api: str, version: str) -> bool:
+    v = version_tuple(version)
+    return api in OBJECT_STYLES and (not v or v >= (1, 0, 2))   # docs CHANGELOG: `all` from 1.0.2
+
+
+def _scheme(api: str, version: str, component: str, wanted: str, target: str) -> str | None:
+    key = f"{KEY}.{component}_scheme"
+    if target in REGULUS:
+        if wanted not in ("auto", "single"):   # also refused at params check
+            raise StageError(f"{key} = {wanted}: REGULUS ({KEY}.target_device = {target}) runs only single")
+        return "single"
+    if wanted == "auto":
+        if _has_all(api, version):
+            return "all"
+        if api == "0.11" and component == "decoder":
+            return None   # the 0.11 tutorial passed no inference_scheme to the decoder's mxq_compile
+        return "global4" if component == "encoder" else "single"
+    if wanted == "all" and not _has_all(api, version):
+        raise StageError(f"{key} = all: needs qbcompiler >= 1.0.2 (installed {version or api}, call style "
+                         f"{api}); use auto, single, multi, global4 or global8")
+    return wanted
+
+
+def _check_target(api: str, version: str, target: str) -> None:
+    key = f"{KEY}.target_device"
+    if target != "aries-rb" and api not in TARGET_STYLES:
+        raise StageError(f"{key} = {target}: the installed qbcompiler {version or api} (call style {api}) takes "
+                         "no target_device and compiles for ARIES only; REGULUS needs qbcompiler >= 1.2")
+    v = version_tuple(version)
+    if target == "regulus-rb-usb" and v and v[:2] < (1, 3):
+        raise StageError(f"{key} = regulus-rb-usb: documented from qbcompiler 1.3 (installed {version})")
+
+
+def _llm(api: str, qb: QbcompilerParams, target: str) -> dict:
+    full = qb.llm_full_seq_calibration
+    seq, cache = qb.llm_max_sequence_length, qb.llm_max_cache_length
+    if target in REGULUS:
+        seq, cache = seq or REGULUS_LLM_LENGTH, cache or REGULUS_LLM_LENGTH
+    if api in OBJECT_STYLES:
+        desc: dict[str, Any] = {"factory": "LlmConfig", "use_full_seq_length": full}
+        if seq:
+            desc["max_sequence_length"] = seq
+        if cache:
+            desc["max_cache_length"] = cache
+        return desc
+    if seq or cache:
+        raise StageError(f"{KEY}.llm_max_sequence_length / llm_max_cache_length: get_llm_config "
+                         f"(call style {api}) takes no lengths; set them to 0 or install qbcompiler >= 1.0.1")
+    if api == "0.11":
+        return {"factory": "get_llm_config", "kwargs": {"use_full_seq_len_calib": full}}
+    return {"factory": "get_llm_config", "kwargs": {"llm_config_apply": True, "use_full_seq_length": full}}
+
+
+def _configs(api: str, component: str, qb: QbcompilerParams) -> dict:
+    data = qb.encoder_configs if component == "encoder" else qb.decoder_configs
+    if data and api not in OBJECT_STYLES:
+        raise StageError(f"{KEY}.{component}_configs: config objects need qbcompiler.configs (1.0.1+); the "
+                         f"installed compiler has call style {api}. Remove the key or upgrade the compiler")
+    return {section: data[section] for section in sorted(data)}
+
+
+def plan_calls(api: str, component: str, qb: QbcompilerParams, *, gpu: bool,
+               input_features_shape: tuple[int, ...], version: str = "") -> dict:
+    """The keyword arguments of the two compiler calls as plain data (without model and paths).
+
+    ``llm_config`` (decoder only) is described as data: ``{"factory": "get_llm_config", "kwargs": ...}`` or
+    ``{"factory": "LlmConfig", "use_full_seq_length": ..., ["max_sequence_length", "max_cache_length"]}``;
+    ``configs`` maps params sections (``calibration``, ``bit``, ...) to the data of their config objects;
+    ``feed_dict`` maps input names to shapes. ``version`` refines version-documented firsts (``all``).
+    """
+    if api not in KNOWN_APIS:
+        raise StageError(f"qbcompiler API {api!r}: unknown")
+    target = qb.target_device
+    _check_target(api, version, target)
+    mblt: dict[str, Any] = {}
+    if api == "1.3":
+        mblt.update(backend="torch", model_part=component, target_device=target)
+        if component == "decoder":
+            if qb.decoder_part_options:
+                mblt["model_part_options"] = dict(qb.decoder_part_options)
+            if qb.decoder_dynamic_axes:
+                mblt["dynamic_axes"] = dict(qb.decoder_dynamic_axes)
+    else:
+        mblt.update(target=component, device=qb.mblt_device if qb.mblt_device == "cpu"
+                    else _device(api, qb.mblt_device, True))
+        backend = qb.encoder_mblt_backend if component == "encoder" else "hf"
+        if backend == "auto":
+            backend = "torch" if api == "1.0" or (api == "1.x" and version_tuple(version)[:2] == (1, 0)) else "hf"
+        mblt["backend"] = backend
+        if api in TARGET_STYLES:
+            mblt["target_device"] = target
+    if component == "encoder" and api in OBJECT_STYLES:
+        mblt["feed_dict"] = {"input_features": list(input_features_shape)}
+    mxq: dict[str, Any] = {"device": _device(api, qb.device, gpu)}
+    if api in TARGET_STYLES:
+        mxq["target_device"] = target
+    scheme = _scheme(api, version, component, qb.encoder_scheme if component == "encoder" else qb.decoder_scheme,
+                     target)
+    if scheme is not None:
+        mxq["inference_scheme"] = scheme
+    llm = _llm(api, qb, target) if component == "decoder" else None
+    return {"api": api, "mblt_compile": mblt, "mxq_compile": mxq, "llm_config": llm,
+            "configs": _configs(api, component, qb), "save_config": qb.save_config and api == "1.3"}

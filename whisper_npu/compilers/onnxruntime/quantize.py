@@ -1,0 +1,205 @@
+"""INT8 quantization of the exported ONNX models with ONNX Runtime: dynamic, and NPU-like static.
+
+* ``dynamic``: int8 weights per channel, activation scales computed at run time (DynamicQuantizeLinear);
+  never reads the calibration sets.
+* ``static``: QDQ, weights int8 per channel, activations int8 (or uint8) with static per-tensor scales
+  calibrated from the calibration sets; nothing is quantized at run time. What keeps it accurate:
+  SmoothQuant-style smoothing before export (smoothing.py), minmax / percentile / entropy ranges, and
+  ``high_precision``: named node groups whose activations are 16-bit (weights still int8), as Mobilint's
+  mixed precision does (its vision-transformer preset: 16-bit activations for "output and ffn").
+  ``keep_float`` leaves nodes in float instead (counted in provenance as ``linear_layers_float``).
+
+Why 16-bit for ``fc2`` and the attention matmuls, INPUTS AND OUTPUTS: ORT's QDQ quantizer quantizes a
+MatMul's output as well (before the bias Add and the residual). fc2 in layer 3 of whisper-base's encoder
+writes values up to ~460 into the residual stream next to values ~1: one int8 per-tensor scale for that
+output wipes out the small ones. The attention logits
+(QK^T output) and probabilities (AV input) need the finer grid too.
+
+What the variants do on whisper-base, with WER on real speech, is measured by ``python -m bench.static_int8``
+(docs/onnxruntime-int8.md, BENCHMARKS.md).
+
+Memory: the static calibrator gets the samples ONE AT A TIME (``CalibStridedMinMax = 1`` makes
+quantize_static call ``collect_data`` per sample; MinMax merges ranges and the histogram collectors of
+percentile/entropy merge histograms across calls), so peak memory is one sample's intermediates, whatever
+the set size (ORT otherwise holds every intermediate of every sample: gigabytes for a few whisper-small clips,
+docs/onnxruntime-int8.md).
+"""
+from __future__ import annotations
+
+import fnmatch
+import logging
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# Symbolic groups of nodes (compile.onnxruntime.keep_float / high_precision). An entry starting with "/" is
+# an fnmatch pattern over ONNX node names instead, e.g. "/encoder/layers.5/fc2/*" (names as the exporter
+# writes them: /encoder/layers.N/fc1/MatMul, /decoder/layers.N/encoder_attn/k_proj/MatMul, ...).
+NODE_GROUPS = ("attention_matmuls", "first_conv", "convs", "lm_head", "fc2", "fc1", "out_proj")
+LINEAR_OPS = ("MatMul", "Gemm", "Conv")
+
+
+class ListReader:
+    """CalibrationDataReader over a list of samples loaded lazily, with the ``__len__``/``set_range``
+    that quantize_static's strided calibration needs."""
+
+    def __init__(self, names: Sequence[str], load: Callable[[int], tuple[np.ndarray, ...]], n: int):
+        self.names, self.load, self.n = list(names), load, n
+        self.start, self.end, self.pos = 0, n, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.start, self.end, self.pos = start_index, min(end_index, self.n), start_index
+
+    def get_next(self) -> dict | None:
+        if self.pos >= self.end:
+            return None
+        arrays = self.load(self.pos)
+        self.pos += 1
+        return dict(zip(self.names, arrays))
+
+    def rewind(self) -> None:
+        self.set_range(0, self.n)
+
+
+def _consts(graph) -> set[str]:
+    """Initializers and Constant-node outputs (e.g. a transposed weight): what counts as a weight."""
+    return {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+
+
+def check_groups(entries: Sequence[str], key: str = "keep_float") -> None:
+    unknown = sorted(e for e in set(entries) - set(NODE_GROUPS) if not e.startswith("/"))
+    if unknown:
+        raise ValueError(f"unknown {key} group {unknown[0]!r}; allowed: {', '.join(NODE_GROUPS)}, "
+                         "or a node-name pattern starting with '/'")
+
+
+def keep_float_nodes(model_path: str | Path, groups: Sequence[str]) -> list[str]:
+    """Names of the nodes in ``groups`` (NODE_GROUPS, or "/..." node-name patterns) in the ONNX graph
+    at ``model_path``."""
+    check_groups(groups)
+    graph = _load_graph(model_path)
+    consts = _consts(graph)
+    outputs = {o.name for o in graph.output}
+    names: list[str] = []
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    patterns = [g for g in groups if g.startswith("/")]
+    for n in graph.node:
+        if any(fnmatch.fnmatchcase(n.name, pat) for pat in patterns):
+            names.append(n.name)
+        if n.op_type == "MatMul":
+            if "attention_matmuls" in groups and not any(i in consts for i in n.input):
+                names.append(n.name)
+            elif "lm_head" in groups and any(o in outputs for o in n.output):
+                names.append(n.name)
+            elif any(g in groups and f"/{g}/" in n.name for g in ("fc1", "fc2", "out_proj")):
+                names.append(n.name)
+    if "convs" in groups:
+        names += [n.name for n in convs]
+    elif "first_conv" in groups and convs:
+        names.append(convs[0].name)
+    return sorted(set(names))
+
+
+def linear_layers(model_path: str | Path) -> list[str]:
+    """Names of the linear layers (MatMul / Gemm / Conv with a weight input) of the graph at ``model_path``."""
+    graph = _load_graph(model_path)
+    consts = _consts(graph)
+    return sorted(n.name for n in graph.node if n.op_type in LINEAR_OPS and any(i in consts for i in n.input))
+
+
+def activation_tensors(model_path: str | Path, nodes: Sequence[str]) -> list[str]:
+    """The non-weight inputs and the outputs of ``nodes`` (what a 16-bit activation override applies to:
+    ORT's QDQ quantizer quantizes a MatMul's output too, before the bias Add and the residual)."""
+    graph = _load_graph(model_path)
+    consts, wanted = _consts(graph), set(nodes)
+    return sorted({t for n in graph.node if n.name in wanted for t in (*n.input, *n.output) if t and t not in consts})
+
+
+def _calibrate_method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+    return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+            "entropy": CalibrationMethod.Entropy}[name]
+
+
+def preprocess(fp32_path: Path, out_path: Path) -> Path:
+    """ORT's pre-processing (symbolic shape inference) before quantization, WITHOUT its graph optimization:
+    that fuses MatMul+Add into Gemm (with Reshapes), so ``op_types: [MatMul]`` would silently skip most
+    linear layers, and renames the nodes ``keep_float`` and ``nodes_to_exclude`` refer to."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    quant_pre_process(str(fp32_path), str(out_path), skip_optimization=True)
+    return out_path
+
+
+def quantize(fp32_path: str | Path, out_path: str | Path, *, mode: str, per_channel: bool, op_types: Sequence[str],
+             nodes_to_exclude: Sequence[str] = (), keep_float: Sequence[str] = (),
+             calibrate_method: str = "minmax", percentile: float = 99.999, activation_type: str = "int8",
+             high_precision: Sequence[str] = (), reader: ListReader | None = None) -> dict:
+    """Quantize ``fp32_path`` to ``out_path``; returns what was done (for provenance).
+
+    ``mode``: ``dynamic`` (int8 weights, activation scales at run time, no calibration data) or
+    ``static`` (QDQ: weights int8, activations ``activation_type`` with static per-tensor ranges from
+    ``reader``; the inputs of the ``high_precision`` nodes get 16-bit activations, weights staying int8).
+    """
+    from onnxruntime.quantization import (
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    check_groups(high_precision, "high_precision")
+    with tempfile.TemporaryDirectory(prefix="whisper-npu-quant-") as tmp:
+        pre = preprocess(fp32_path, Path(tmp) / "pre.onnx")
+        excluded = sorted(set(nodes_to_exclude) | set(keep_float_nodes(pre, keep_float)))
+        linear = linear_layers(pre)
+        graph_nodes = {n.name: n.op_type for n in _load_graph(pre).node}
+        float_linear = [n for n in linear if n in excluded or graph_nodes[n] not in op_types]
+        done = {"mode": mode, "per_channel": per_channel, "op_types": list(op_types),
+                "nodes_kept_float": len(excluded), "linear_layers": len(linear),
+                "linear_layers_float": len(float_linear)}
+        if mode == "dynamic":
+            quantize_dynamic(str(pre), str(out_path), op_types_to_quantize=list(op_types), per_channel=per_channel,
+                             weight_type=QuantType.QInt8, nodes_to_exclude=excluded)
+        elif mode == "static":
+            if reader is None or len(reader) == 0:
+                raise ValueError("static quantization needs calibration samples")
+            act = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[activation_type]
+            act16 = QuantType.QInt16 if activation_type == "int8" else QuantType.QUInt16
+            hp_nodes = [n for n in keep_float_nodes(pre, high_precision) if n not in excluded]
+            hp_inputs = activation_tensors(pre, hp_nodes)
+            extra: dict = {"CalibStridedMinMax": 1}   # one sample per collect_data call: bounded memory
+            if hp_inputs:
+                extra["TensorQuantOverrides"] = {t: [{"quant_type": act16}] for t in hp_inputs}
+                extra["UseQDQContribOps"] = True   # 16-bit Q/DQ at the exported opset (no bump to 21)
+            if calibrate_method == "percentile":
+                extra["CalibPercentile"] = percentile
+            reader.rewind()
+            quantize_static(str(pre), str(out_path), reader, quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=list(op_types), per_channel=per_channel,
+                            activation_type=act, weight_type=QuantType.QInt8,
+                            calibrate_method=_calibrate_method(calibrate_method), nodes_to_exclude=excluded,
+                            extra_options=extra)
+            done.update(calibrate_method=calibrate_method, calibration_samples=len(reader),
+                        activation_type=activation_type, nodes_16bit_activations=len(hp_nodes))
+            if calibrate_method == "percentile":
+                done["percentile"] = percentile
+        else:
+            raise ValueError(f"unknown quantization mode {mode!r}")
+    if not out_path.is_file() or out_path.stat().st_size == 0:
+        raise RuntimeError(f"{out_path}: the quantizer wrote nothing")
+    log.info("quantized %s (%s): %.1f MB, %d of %d linear layers in float", out_path.name, mode,
+             out_path.stat().st_size / 1e6, len(float_linear), len(linear))
+    return done
+
+
+def _load_graph(path: str | Path):
+    import onnx
+    return onnx.load(str(path), load_external_data=False).graph
