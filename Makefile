@@ -40,7 +40,7 @@ browser:  ## headless Chromium, which the plots tests open dvc's pages in
 
 demo: setup  ## run the pipeline (dvc repro) on params.yaml, then print the per-language accuracy table
 	dvc repro
-	$(PY) -m whisper_npu.report metrics/evaluate.json
+	$(PY) -m whisper_npu.eval.report metrics/evaluate.json
 
 test: setup browser  ## the whole test suite, slow end-to-end tests included (not the `long` ones)
 	$(PY) -m pytest -m "not long"

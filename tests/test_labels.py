@@ -385,7 +385,7 @@ def test_reference_whisper_base_labels_spanish_synth(reference_model_dir: Path, 
     assert lab.name == "reference:whisper-base"
     rows = label_stage.label_rows(lab, "es_419", tmp_path / "es_419", read_jsonl(tmp_path / "es_419" / "manifest.jsonl"),
                                   beam_size=1, seed=0, logprob_fallback=False)
-    # whisper-base on espeak-ng speech is rough (~0.2-0.4 CER, docs/offline-weights.md)
+    # whisper-base on espeak-ng speech is rough (~0.2-0.4 CER, docs/offline-data.md)
     from whisper_npu.eval.metrics import edit_distance, normalize
     ref, hyp = normalize(kept[0].row["text"], "es_419"), normalize(rows[0]["transcription"], "es_419")
     cer = edit_distance(ref, hyp) / max(1, len(ref))

@@ -24,7 +24,7 @@ from whisper_npu.model import store as model_store
 from whisper_npu.model.writer import write_store
 
 ENGLISH = "Today the weather is nice and we are going to the park."
-# What converted whisper-base says for that espeak-ng clip (shared/notes/offline-whisper-facts.md §1).
+# What converted whisper-base says for that espeak-ng clip (measured when the converter was written, docs/offline-data.md).
 BASE_ENGLISH = "Today but wherever is ice, and we are going to the park."
 
 # --------------------------------------------------------------------------- a synthetic CT2 Whisper

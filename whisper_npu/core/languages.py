@@ -22,7 +22,7 @@ class Language:
 _TABLE = [
     Language("ar_eg", "ar", "Arabic", "ar"),
     # cmn reads Han characters as English-spelled pinyin; the synthetic corpus keeps a pinyin line for
-    # this voice (docs/offline-weights.md).
+    # this voice (docs/offline-data.md).
     Language("cmn_hans_cn", "zh", "Chinese (Mandarin)", "cmn-latn-pinyin", cer=True),
     Language("de_de", "de", "German", "de"),
     Language("el_gr", "el", "Greek", "el"),

@@ -11,7 +11,7 @@ The loop reproduces Hugging Face ``generate`` in its greedy, no-fallback, no-tim
   ``max_target_positions`` (the positional table has no row beyond it, on the NPU as in torch).
 
 On top of that, a **repetition guard** (HF greedy has none): Whisper without temperature fallback can loop
-("bien bien bien ...", docs/offline-weights.md). After each token, if the generated tail is
+("bien bien bien ...", docs/offline-data.md). After each token, if the generated tail is
 one n-gram (``1 <= n <= repeat_max_ngram``) repeated ``repeat_times`` times in a row, decoding stops and the
 ``repeat_times - 1`` extra copies are dropped, so a loop costs one copy's worth of insertions instead of a
 run to ``max_new_tokens``. ``repeat_times = 0`` turns the guard off (exact HF behaviour).

@@ -1,8 +1,10 @@
-"""Print the evaluate stage's metrics as one short table (what `make demo` shows at the end).
+"""Print the score stage's metrics as tables (what `make demo` shows at the end).
 
-    python -m whisper_npu.report [metrics/evaluate.json]
+    python -m whisper_npu.eval.report [metrics/evaluate.json]              # every column, per language
+    python -m whisper_npu.eval.report metrics/evaluate.json --headline      # the README's table
+    python -m whisper_npu.eval.report metrics/evaluate.json --update README.md   # rewrite the README's table
 
-`dvc metrics show` lists every key as a column; this is the per-language view a person reads first.
+`dvc metrics show` lists every key as a column; these are the per-language views a person reads first.
 """
 from __future__ import annotations
 
@@ -40,15 +42,7 @@ def table(metrics: dict) -> str:
                     f"{_num(m['delta'].get(u))} | {_ci(m['ci95'].get('transcribe'))} | {m['verdict']} | "
                     f"{sdi(fp)} | {sdi(co)} | {_stops(fp)} | {_stops(co or None)} | "
                     f"{_num(fp.get('bleu'), 1)} | {_num(co.get('bleu'), 1)} |")
-    out = ["\n".join(rows), ""]
-    lines = ["| unit | speech | languages | clips | fp32 mean | compiled mean | delta | verdicts |",
-             "|---|---|---|---|---|---|---|---|"]
-    for u, groups in metrics.get("summary", {}).items():
-        for speech, g in groups.items():
-            verdicts = ", ".join(f"{k} {v}" for k, v in sorted(g["verdicts"].items()))
-            lines.append(f"| {u} | {speech} | {len(g['languages'].split(','))} | {g['clips']} | {_num(g['fp32'])} | "
-                         f"{_num(g.get('compiled'))} | {_num(g.get('delta'))} | {verdicts} |")
-    out.append("\n".join(lines))
+    out = ["\n".join(rows), "", "\n".join(_summary(metrics))]
     b = metrics["budget"]
     counts = "; ".join(f"{speech}: " + ", ".join(f"{n} {v}" for v, n in c.items() if n)
                        for speech, c in b["counts"].items() if any(c.values()))
@@ -61,11 +55,66 @@ def table(metrics: dict) -> str:
     return "\n".join(out)
 
 
+def _summary(metrics: dict) -> list[str]:
+    lines = ["| unit | speech | languages | clips | fp32 mean | compiled mean | delta | verdicts |",
+             "|---|---|---|---|---|---|---|---|"]
+    for u, groups in metrics.get("summary", {}).items():
+        for speech, g in groups.items():
+            verdicts = ", ".join(f"{k} {v}" for k, v in sorted(g["verdicts"].items()))
+            lines.append(f"| {u} | {speech} | {len(g['languages'].split(','))} | {g['clips']} | {_num(g['fp32'])} | "
+                         f"{_num(g.get('compiled'))} | {_num(g.get('delta'))} | {verdicts} |")
+    return lines
+
+
+def headline(metrics: dict) -> str:
+    """The README's table: per language the error rates, the delta with its interval and the verdict; then the
+    summaries (WER and CER apart, real and synthetic apart) and which systems were compared."""
+    rows = ["| language | speech | clips | unit | fp32 | compiled | delta [95 % CI] | verdict |",
+            "|---|---|---|---|---|---|---|---|"]
+    for lang, m in sorted(metrics["languages"].items()):
+        u, fp, co = m["unit"], m["fp32"], m.get("compiled") or {}
+        delta = _num(m["delta"].get(u))
+        ci = m["ci95"].get("transcribe")
+        rows.append(f"| {lang} | {m['speech']} | {m['scored_clips']} | {u} | {_num(fp.get(u))} | {_num(co.get(u))} | "
+                    f"{delta}{f' [{_ci(ci)}]' if ci else ''} | {m['verdict']} |")
+    backends = metrics.get("backends", {})
+    b = metrics["budget"]
+    return "\n".join(rows + [""] + _summary(metrics) + [
+        "", f"fp32 = {backends.get('fp32')}, compiled = {backends.get('compiled')}; budget: compiled minus fp32 <= "
+            f"{b['max_wer_increase']} per language (95 % paired bootstrap interval), verdict {b['verdict']}"])
+
+
+BEGIN, END = "<!-- results: python -m whisper_npu.eval.report metrics/evaluate.json --update README.md -->", \
+    "<!-- /results -->"
+
+
+def update(path: Path, metrics: dict) -> None:
+    """Rewrite the block between the markers in ``path`` with :func:`headline`."""
+    text = path.read_text(encoding="utf-8")
+    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    path.write_text(text[:start] + "\n" + headline(metrics) + "\n" + text[end:], encoding="utf-8")
+
+
+def block(path: Path) -> str:
+    """The table block of ``path`` as :func:`update` writes it (for the test that keeps it current)."""
+    text = path.read_text(encoding="utf-8")
+    return text[text.index(BEGIN) + len(BEGIN):text.index(END)].strip("\n")
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    path = Path(args[0] if args else "metrics/evaluate.json")
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("metrics", type=Path, nargs="?", default=Path("metrics/evaluate.json"))
+    parser.add_argument("--headline", action="store_true", help="the README's compact table")
+    parser.add_argument("--update", type=Path, help="rewrite the results block of this Markdown file")
+    args = parser.parse_args(argv)
     try:
-        print(table(read_json(path)))
+        metrics = read_json(args.metrics)
+        if args.update:
+            update(args.update, metrics)
+        else:
+            print(headline(metrics) if args.headline else table(metrics))
     except StageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -1,6 +1,6 @@
 """CTranslate2 Whisper files (model.bin + config.json + tokenizer.json) to a Hugging Face Whisper folder.
 
-The binary layout (CTranslate2 binary version 6, ``WhisperSpec``; docs/offline-weights.md)::
+The binary layout (CTranslate2 binary version 6, ``WhisperSpec``; docs/offline-data.md)::
 
     u32 version; str spec; u32 revision; u32 nvars
     nvars x {str name; u8 rank; u32 dims[rank]; u8 dtype; u32 nbytes; bytes data}

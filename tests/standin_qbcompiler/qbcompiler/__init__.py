@@ -2,8 +2,8 @@
 
 Tests put ``tests/standin_qbcompiler`` first on ``sys.path`` so ``import qbcompiler`` finds this module.
 Per version it pretends to be, it offers the functions, signatures and config classes that Mobilint's
-compiler docs (v1.3, shared/notes/qbcompiler-docs.md) and, for versions the docs do not cover, the
-tutorial's call sites (shared/notes/mobilint-qbcompiler.md §2-3, mobilint-current.md §1) show:
+compiler docs (v1.3, docs/mobilint.md lists them) and, for versions the docs do not cover, the
+tutorial's call sites (mblt-sdk-tutorial at the commits docs/mobilint.md names) show:
 
 =========  ===============================================================================================
 version    surface
