@@ -158,24 +158,39 @@ def reference_model_dir() -> Path:
     return build_cached_reference("whisper-base")
 
 
-def make_tiny_model(dest: Path, reference: Path, seed: int = 0) -> Path:
-    """A tiny random-weight multilingual Whisper (d_model 64, 2+2 layers, 4 heads) in the store layout,
-    with the real vocabulary, tokenizer and generation config of ``reference``. Same seed, same bytes."""
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def whisper_tokenizer_json() -> tuple[dict, str]:
+    """Whisper's multilingual tokenizer.json (checked in: tests/fixtures/whisper-base-ct2/), parsed and as text."""
+    import json
+    import lzma
+
+    text = lzma.decompress((FIXTURES / "whisper-base-ct2" / "tokenizer.json.xz").read_bytes()).decode("utf-8")
+    return json.loads(text), text
+
+
+def make_tiny_model(dest: Path, seed: int = 0) -> Path:
+    """A tiny random-weight multilingual Whisper (d_model 64, 2+2 layers, 4 heads) in the store layout, with
+    Whisper's real vocabulary, tokenizer and generation config (from the checked-in fixture, through the model
+    stage's own converter functions). Same seed, same bytes; no download."""
     import json
 
     import torch
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
+    from whisper_npu.model import ct2
     from whisper_npu.model.writer import write_store
 
-    ref_hf = reference / "hf"
-    config = json.loads((ref_hf / "config.json").read_text())
-    config.update(d_model=64, encoder_layers=2, decoder_layers=2, num_hidden_layers=2, encoder_attention_heads=4,
-                  decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256)
-    generation = json.loads((ref_hf / "generation_config.json").read_text())
+    tok, tok_text = whisper_tokenizer_json()
+    ct2_config = json.loads((FIXTURES / "whisper-base-ct2" / "config.json").read_text())
+    dims = {"vocab_size": 51865, "num_mel_bins": 80, "max_source_positions": 1500, "max_target_positions": 448,
+            "d_model": 64, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
+            "decoder_attention_heads": 4, "encoder_ffn_dim": 256, "decoder_ffn_dim": 256}
+    config = ct2.hf_config_dict(dims, tok)
+    generation = ct2.generation_config_dict(dims, tok, ct2_config)
     generation["alignment_heads"] = [[1, 0], [1, 1]]
-    tokenizer_files = {n: (ref_hf / n).read_text(encoding="utf-8") for n in
-                       ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")}
+    tokenizer_files = {**ct2.slow_tokenizer_files(tok), "tokenizer.json": tok_text}
     torch.manual_seed(seed)
     model = WhisperForConditionalGeneration(WhisperConfig(**{k: v for k, v in config.items() if k != "architectures"}))
     state = {k: v.detach() for k, v in model.state_dict().items()}
@@ -185,9 +200,9 @@ def make_tiny_model(dest: Path, reference: Path, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, reference_model_dir: Path) -> Path:
+def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random multilingual Whisper in the full store layout (hf/, openai-whisper.pt, model.json)."""
-    return make_tiny_model(tmp_path_factory.mktemp("tiny_model") / "reference", reference_model_dir)
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_model") / "reference")
 
 
 # ------------------------------------------------------------------------------ the tiny profile

@@ -51,7 +51,7 @@ def test_where_things_live_names_every_registered_module():
 
 def test_nothing_points_outside_the_repository():
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    hits = [f for f in files if not f.endswith((".lock", ".json", ".svg")) and (ROOT / f).is_file()
+    hits = [f for f in files if not f.endswith((".lock", ".json", ".svg")) and f != "tests/test_docs.py" and (ROOT / f).is_file()
             and re.search(r"shared/notes|\.\./shared", (ROOT / f).read_text(errors="replace"))]
     assert hits == [], hits
 
