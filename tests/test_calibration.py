@@ -159,7 +159,8 @@ def test_features_are_npu_layout(store):
     feats = npu_features(fe, audio)
     hf = fe(audio, sampling_rate=16000, return_tensors="np").input_features
     specs.encoder_spec(model_config(store)).inputs[0].check(feats)
-    assert feats.flags.c_contiguous and np.array_equal(feats[0], hf[0].T)
+    # our own CPU-independent log-mel (audio/features.py), not transformers' bytes: the same values to float32 noise
+    assert feats.flags.c_contiguous and np.allclose(feats[0], hf[0].T, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------- tokens

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 import subprocess
 from importlib import resources
@@ -38,6 +39,16 @@ def load_corpus() -> dict[str, list[dict]]:
     return by_lang
 
 
+# espeak-ng 1.51 draws the breath noise of voices with a `breath` line (the f2 variant, among the ones used here) from
+# the process-wide, never-seeded glibc rand(). Its output setup builds a libpcaudio device even with --stdout, and
+# libpcaudio probes PulseAudio: with no $XDG_RUNTIME_DIR and no ~/.config/pulse/<machine-id>-runtime link, libpulse
+# makes /tmp/pulse-XXXXXXXXXXXX with 12 rand() calls per name tried (one more try for each such folder an earlier run
+# left), which shifts the noise: a machine's first clip depended on $HOME, $TMPDIR and the machine's history. Naming
+# an unusable server keeps libpulse from looking up a runtime folder at all (no rand(), nothing written to $HOME);
+# the bytes are those of a machine where that folder already existed, where libpulse calls no rand() either.
+ESPEAK_ENV = {"PULSE_SERVER": "unix:/dev/null"}
+
+
 def espeak(text: str, voice: str, rate: int, pitch: int) -> bytes:
     """Speak ``text`` with espeak-ng and return its WAV bytes (22.05 kHz mono)."""
     exe = shutil.which("espeak-ng")
@@ -48,7 +59,8 @@ def espeak(text: str, voice: str, rate: int, pitch: int) -> bytes:
     # every build), which cuts a final multi-byte character ("。") into invalid UTF-8 that the reader then
     # completes from whatever memory follows the text: the clip would depend on the build and on memory.
     proc = subprocess.run([exe, "-v", voice, "-s", str(rate), "-p", str(pitch), "--stdout", "--", text],
-                          stdin=subprocess.DEVNULL, capture_output=True, check=False)
+                          stdin=subprocess.DEVNULL, capture_output=True, check=False,
+                          env={**os.environ, **ESPEAK_ENV})
     if proc.returncode != 0 or len(proc.stdout) <= 44:
         err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
         raise StageError(f"espeak-ng -v {voice}: failed (exit {proc.returncode}): {err[0] if err else 'no audio'}")
