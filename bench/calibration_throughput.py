@@ -4,8 +4,8 @@ Both sides make the encoder AND the decoder calibration sets from the same clips
 the same process, timed in alternating order (baseline first on even repeats, project first on odd ones).
 Model loading is outside the timings on both sides; writing the ``.npy`` files is inside.
 
-* **tutorial** (:func:`tutorial_calibration`, shared/notes/mobilint-qbcompiler.md §2.3): one clip at a time,
-  features (encoder set), the encoder for the saved states, ``generate(features, task="transcribe")`` and
+* **tutorial** (:func:`tutorial_calibration`, the tutorial's calibration script, docs/tutorial.md): one clip
+  at a time, features (encoder set), the encoder for the saved states, ``generate(features, task="transcribe")`` and
   ``generate(features, task="translate")`` (each runs the encoder again), both decoded to text, a random
   80/20 pick, ``tokenizer.normalize`` (the English normalizer), re-tokenized with the slow tokenizer's
   prefix, embeddings.
@@ -20,7 +20,6 @@ separate the method from the cap. The tables report generated tokens per clip fo
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import random
@@ -33,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import Table, print_tables, command, median, reference_model, synth_audio, timed
+from bench.common import ROOT, Table, command, median, print_tables, reference_model, synth_audio, timed
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +58,8 @@ def tutorial_calibration(model: Any, processor: Any, clips: Sequence[Any], out_d
     """
     import torch
 
-    from whisper_npu import audio as A
-    from whisper_npu import calibration as cal
+    from whisper_npu.audio import prepare as A
+    from whisper_npu.calibration import sequences as cal
 
     rng = random.Random(seed)
     tok = processor.tokenizer
@@ -118,7 +117,7 @@ def project_calibration(model: Any, processor: Any, clips: Sequence[Any], out_di
     """The calibrate_encoder and calibrate_decoder stages' cores on ``clips`` (generated text, as the default)."""
     from stages import calibrate_decoder as dec_stage
     from stages import calibrate_encoder as enc_stage
-    from whisper_npu import calibration as cal
+    from whisper_npu.calibration import sequences as cal
 
     enc_stage.build_encoder_set(list(clips), processor.feature_extractor, model.config, out_dir / "encoder")
     tasks = cal.task_mix(clips, cp.translate_ratio, seed)
@@ -136,13 +135,13 @@ def bound_parts(model: Any, processor: Any, clips: Sequence[Any], cp: Any, seed:
     import torch
 
     from stages import calibrate_decoder as dec_stage
-    from whisper_npu import audio as A
-    from whisper_npu import calibration as cal
+    from whisper_npu.audio.features import npu_features
+    from whisper_npu.calibration import sequences as cal
 
     samples = dec_stage.plan_samples(clips, cal.task_mix(clips, cp.translate_ratio, seed), "generated")
     feats_s, encoder_s, generate_s = 0.0, [], 0.0
     for batch in dec_stage.batches(samples, cp.batch_size):
-        feats, seconds = timed(lambda: [A.npu_features(processor.feature_extractor, dec_stage._audio(s))
+        feats, seconds = timed(lambda: [npu_features(processor.feature_extractor, dec_stage._audio(s))
                                         for s in batch])
         feats_s += seconds
         states = []
@@ -240,20 +239,21 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
 
     import torch
 
-    from whisper_npu import audio as A
+    from whisper_npu.audio.clips import read_clips
     from whisper_npu.model.store import load_hf
-    from whisper_npu.params import load_params
+    from whisper_npu.params.base import read
+    from whisper_npu.params.calibration import CalibrationParams
 
     torch.set_num_threads(args.threads)
-    cp = load_params(Path(__file__).resolve().parents[1] / "params.yaml").calibration
-    cp = dataclasses.replace(cp, **{k: v for k, v in (("batch_size", args.batch_size),
-                                                       ("max_new_tokens", args.max_new_tokens)) if v})
+    cp = CalibrationParams.of(read(ROOT / "params.yaml"))
+    cp = cp.model_copy(update={k: v for k, v in (("batch_size", args.batch_size),
+                                                 ("max_new_tokens", args.max_new_tokens)) if v})
     per_lang = -(-args.clips // len(args.languages))
     with tempfile.TemporaryDirectory(prefix="bench-calib-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         audio = synth_audio(workdir, args.languages, per_lang)
-        clips = A.read_clips(audio, args.languages, "calibration", per_lang)[: args.clips]
+        clips = read_clips(audio, args.languages, "calibration", per_lang)[: args.clips]
         model, processor = load_hf(reference_model(args.model, workdir))
         results = measure(model, processor, clips, cp, args.repeats, workdir, args.baseline_max_new_tokens)
     name = "whisper-base" if args.model == "base" else "tiny random Whisper, code path only"

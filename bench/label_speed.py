@@ -4,7 +4,7 @@ loading included), alternating, medians of repeats.
 
     python -m bench.label_speed                     # 8 real English + 8 synthetic German clips, 3 repeats
     python -m bench.label_speed --clips 16 --repeats 5
-    python -m bench.label_speed --quick             # 2 clips, 1 repeat: checks the code path
+    python -m bench.label_speed --quick             # tiny random Whisper, 2 synthetic clips, 1 repeat: code path only
 
 Real speech: Debian's Asterisk prompts (``asterisk-core-sounds-en-wav`` 1.6.1-1, fetched with ``apt-get
 download`` into the whisper-npu cache, sha256 pinned), 8 kHz resampled to 16 kHz. Synthetic: espeak-ng
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -38,11 +39,12 @@ class AptUnavailable(RuntimeError):
 def asterisk_english(n: int, min_seconds: float = 2.0, max_seconds: float = 30.0,
                      cache: Path | None = None) -> list[tuple[str, np.ndarray]]:
     """The first ``n`` (by name) real English prompts of ``min_seconds`` to ``max_seconds``, 16 kHz mono float32,
-    from the pinned package the pipeline's ``asterisk`` source reads (whisper_npu/asterisk.py fetches, checks its
-    sha256 and unpacks it). Raises :class:`AptUnavailable` when the package is not cached and apt-get is missing."""
-    from whisper_npu.sources import asterisk
-    from whisper_npu.audio import decode, to_mono_16k
+    from the pinned package the pipeline's ``asterisk`` source reads (whisper_npu/sources/asterisk.py fetches, checks
+    its sha256 and unpacks it). Raises :class:`AptUnavailable` when the package is not cached and apt-get is
+    missing."""
+    from whisper_npu.audio.prepare import decode, to_mono_16k
     from whisper_npu.model.pypi_weights import cache_root
+    from whisper_npu.sources import asterisk
 
     cache = cache or cache_root() / "debs"
     wav = asterisk.prompt_set("en_us").wav
@@ -70,7 +72,7 @@ def asterisk_english(n: int, min_seconds: float = 2.0, max_seconds: float = 30.0
 
 def write_audio_dir(folder: Path, lang: str, clips: Sequence[tuple[str, np.ndarray]]) -> Path:
     """Clips as the audio stage writes them (wav + manifest, all in the calibration split)."""
-    from whisper_npu.audio import write_wav
+    from whisper_npu.audio.prepare import write_wav
     from whisper_npu.core.files import write_jsonl
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -94,23 +96,23 @@ def baseline(argv: Sequence[str]) -> None:
     for flag in ("--lang", "--audio", "--model", "--params", "--out"):
         p.add_argument(flag, required=True)
     args = p.parse_args(argv)
+    from whisper_npu.audio.prepare import read_wav
     from whisper_npu.core import languages as langs
-    from whisper_npu.audio import read_wav
     from whisper_npu.core.files import read_jsonl, write_jsonl
-    from whisper_npu.labeler import label_clip, load_labeler
     from whisper_npu.core.seeds import clip_seed
-    from whisper_npu.params import load_params
+    from whisper_npu.labeler import label_clip, load_labeler
+    from whisper_npu.params.base import read, seed_of
+    from whisper_npu.params.labels import LabelsParams
 
-    params = load_params(args.params)
-    lab = load_labeler(params.labels.labeler, Path(args.model))
+    raw = read(args.params)
+    lp, seed = LabelsParams.of(raw), seed_of(raw)
+    lab = load_labeler(lp.labeler, Path(args.model))
     loaded = time.perf_counter()
-    options = {"best_of": params.labels.best_of, "sample_len": params.labels.max_new_tokens,
-               "without_timestamps": params.labels.without_timestamps}
+    options = {"best_of": lp.best_of, "sample_len": lp.max_new_tokens, "without_timestamps": lp.without_timestamps}
     rows = []
     for m in sorted(read_jsonl(Path(args.audio) / "manifest.jsonl"), key=lambda r: r["id"]):
         text, translation = label_clip(lab, read_wav(Path(args.audio) / m["file"]), langs.get(args.lang).whisper,
-                                       params.labels.beam_size, clip_seed(params.seed, m["id"]),
-                                       params.labels.logprob_fallback, **options)
+                                       lp.beam_size, clip_seed(seed, m["id"]), lp.logprob_fallback, **options)
         rows.append({"id": m["id"], "transcription": text, "translation": translation})
     write_jsonl(Path(args.out), rows)
     print(json.dumps({"load_s": loaded - started, "label_s": time.perf_counter() - loaded}))
@@ -123,8 +125,8 @@ def components(model_dir: Path, audio_dir: Path, lang: str, batch_size: int, opt
     import torch
 
     from whisper_npu import labeler as L
+    from whisper_npu.audio.prepare import read_wav
     from whisper_npu.core import languages as langs
-    from whisper_npu.audio import read_wav
     from whisper_npu.core.files import read_jsonl
 
     lab = L.load_labeler("reference", model_dir)
@@ -163,12 +165,15 @@ def _timed_process(cmd: list[str]) -> tuple[float, subprocess.CompletedProcess]:
 STATS = re.compile(r"(\d+) encoder passes, (\d+) batched decodes, (\d+) fallback decodes")
 
 
-def compare(kind: str, lang: str, audio_dir: Path, model_dir: Path, work: Path, repeats: int) -> list:
+def compare(kind: str, lang: str, audio_dir: Path, model_dir: Path, work: Path, repeats: int,
+            max_new_tokens: int | None = None) -> list:
     from whisper_npu.core.files import read_jsonl
 
     params = default_params()
     params["languages"] = [lang]
     params["labels"]["splits"] = ["calibration"]
+    if max_new_tokens:
+        params["labels"]["max_new_tokens"] = max_new_tokens
     p = write_params(work / f"params-{kind}.yaml", params)
     common = ["--lang", lang, "--audio", str(audio_dir), "--model", str(model_dir), "--params", str(p)]
     stage_cmd = [sys.executable, "-m", "stages.label", *common, "--out", str(work / f"stage-{kind}.jsonl")]
@@ -209,41 +214,58 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
     ap.add_argument("--clips", type=int, default=8, help="clips per kind of speech")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--synthetic-lang", default="de_de")
-    ap.add_argument("--quick", action="store_true", help="2 clips, 1 repeat (code path only)")
+    ap.add_argument("--model", choices=("base", "tiny"), default="base",
+                    help="base: real whisper-base (PyPI wheels); tiny: random tiny Whisper (code path only)")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="labels.max_new_tokens (default: params.yaml)")
+    ap.add_argument("--no-real", action="store_true", help="synthetic speech only (no Asterisk prompts, no apt)")
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny random Whisper, 2 synthetic clips, 1 repeat, 8 tokens (code path only; no download)")
     ap.add_argument("--workdir", type=Path, default=None)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = ap.parse_args(argv)
     if args.quick:
-        args.clips, args.repeats = 2, 1
+        args.clips, args.repeats, args.model, args.no_real = 2, 1, "tiny", True
+        args.max_new_tokens = args.max_new_tokens or 8
     m = machine()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-labels-"))
     work.mkdir(parents=True, exist_ok=True)
-    model_dir = reference_model("base", work)
-    table = Table("Label stage vs openai-whisper transcribe() twice per clip",
+    model_dir = reference_model(args.model, work)
+    labels = default_params()["labels"]
+    if args.max_new_tokens:
+        labels["max_new_tokens"] = args.max_new_tokens
+    table = Table("Label stage vs openai-whisper transcribe() twice per clip"
+                  + ("" if args.model == "base" else " (tiny random Whisper, code path only)"),
                   ["speech", "clips (audio)", "fallback decodes", "label stage s", "transcribe() x2 s", "speedup",
                    "bound", "encoder s/clip", "batched greedy decode s", "start-up + load s", "same labels"],
-                  command=command("bench.label_speed", list(argv or [])))
+                  command=command("bench.label_speed", argv))
     kinds = []
-    try:
-        real = asterisk_english(args.clips)
-        kinds.append(("real (Asterisk en)", "en_us", write_audio_dir(work / "audio-real" / "en_us", "en_us", real)))
-    except AptUnavailable as e:
-        table.notes.append(f"real speech skipped: {e}")
+    if args.no_real:
+        table.notes.append("real speech skipped: --no-real" + (" (--quick)" if args.quick else ""))
+    else:
+        try:
+            real = asterisk_english(args.clips)
+            kinds.append(("real (Asterisk en)", "en_us",
+                          write_audio_dir(work / "audio-real" / "en_us", "en_us", real)))
+        except AptUnavailable as e:
+            table.notes.append(f"real speech skipped: {e}")
     synth_root = synth_audio(work, [args.synthetic_lang], args.clips, 1)
     synth_dir = work / "audio-synth" / args.synthetic_lang
+    from whisper_npu.audio.prepare import read_wav
     from whisper_npu.core.files import read_jsonl
+
     rows = [r for r in read_jsonl(synth_root / args.synthetic_lang / "manifest.jsonl") if r["split"] == "calibration"]
-    from whisper_npu.audio import read_wav
     write_audio_dir(synth_dir, args.synthetic_lang,
                     [(r["id"], read_wav(synth_root / args.synthetic_lang / r["file"])) for r in rows])
     kinds.append((f"synthetic (espeak-ng {args.synthetic_lang})", args.synthetic_lang, synth_dir))
     for kind, lang, audio_dir in kinds:
-        table.add(*compare(kind.split()[0], lang, audio_dir, model_dir, work, args.repeats))
+        table.add(*compare(kind.split()[0], lang, audio_dir, model_dir, work, args.repeats, args.max_new_tokens))
+    model_name = "whisper-base (the offline reference)" if args.model == "base" else "the tiny random Whisper"
     table.notes += [
-        f"Machine: {machine_line(m, __import__('os').getloadavg()[0])}",
-        "whisper-base (the offline reference) for both; params.yaml's labels options (greedy, best_of "
-        f"{default_params()['labels']['best_of']}, {default_params()['labels']['max_new_tokens']} tokens, "
-        f"without timestamps: {default_params()['labels']['without_timestamps']}, logprob_fallback: "
-        f"{default_params()['labels']['logprob_fallback']}), batch_size {default_params()['labels']['batch_size']}; "
+        f"Machine: {machine_line(m, os.getloadavg()[0])}",
+        f"{model_name} for both; params.yaml's labels options (greedy, best_of "
+        f"{labels['best_of']}, {labels['max_new_tokens']} tokens, "
+        f"without timestamps: {labels['without_timestamps']}, logprob_fallback: "
+        f"{labels['logprob_fallback']}), batch_size {labels['batch_size']}; "
         f"median of {args.repeats} alternating runs, each a fresh process (start-up and model load included).",
         "bound = transcribe() x2 time / (start-up + load + clips x encoder s/clip + batched greedy decode s): the "
         "stage with no fallback decode and no other cost; its parts measured in each repeat next to the two runs "

@@ -7,14 +7,14 @@ process; ``os.wait4`` returns that child's resource usage, whose ``ru_maxrss`` i
 stage process or any process it waited for (espeak-ng, ...). DVC itself is not in the figure. (A small launcher
 process starts each stage: Linux would otherwise carry this benchmark's own peak into the child's figure.)
 
-Per-language stages (audio@*, label@*) always see ``per_language`` clips; their row shows the largest
-instance. The stages that see every clip (calibrate_*, labels, compile@*, evaluate) are the ones that
-would grow if they held the whole set in memory.
+Per-language stages (audio@*, label@*, transcribe_fp32@*) always see ``per_language`` clips; their row shows the
+largest instance. The stages that see every clip (calibrate_*, labels, compile@*, transcribe_compiled, score) are
+the ones that would grow if they held the whole set in memory.
 
 ``--one-language``: each size is one language (en_us, Debian's Asterisk prompts: the synthetic corpus has 24
 sentences) with ``size`` calibration and ``size`` evaluation clips, so the
-label stage (both) and the evaluate stage (the evaluation clips) see more clips at each size: the check that
-their batching keeps memory flat (``labels.batch_size``, ``evaluate.batch_size``).
+label stage (both) and the transcription stages (the evaluation clips) see more clips at each size: the check that
+their batching keeps memory flat (``labels.batch_size``, ``transcribe.batch_size``).
 
 Sizes: the default (4 12 24, 4 per language) keeps ``make bench`` short on two cores; the issue's sizes are
 ``--sizes 20 80 320 --per-language 20`` (1, 4 and 16 languages; expect about an hour on two cores, most of
@@ -42,6 +42,8 @@ from bench.common import ROOT, Table, print_tables, command, default_params, ref
 log = logging.getLogger(__name__)
 
 MODULE = "bench.memory"
+# foreach-over-languages stages: one row per stage, its largest instance
+PER_LANGUAGE = ("audio", "label", "transcribe_fp32")
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,9 @@ def peak_rss(argv: Sequence[str], cwd: Path, env: dict, log_path: Path) -> tuple
 
 
 def size_params(store: Path, size: int, per_language: int, one_language: bool = False) -> dict:
-    """Default params with ``size`` calibration clips: ceil(size / per_language) languages of one evaluation clip
-    each, or (``one_language``) en_us (real speech) with ``size`` calibration and ``size`` evaluation clips."""
+    """Default params with ``size`` calibration clips: ceil(size / per_language) languages of synthetic speech with
+    one evaluation clip each, or (``one_language``) en_us (real speech) with ``size`` calibration and ``size``
+    evaluation clips."""
     p = default_params()
     p["model"].update(source="local", id=str(store / "hf"), name="whisper-base")
     if one_language:
@@ -109,7 +112,8 @@ def size_params(store: Path, size: int, per_language: int, one_language: bool = 
         raise SystemExit(f"--sizes {size}: needs {n_langs} languages of {per_language} clips; params.yaml lists "
                          f"{len(p['languages'])}; raise --per-language (at most 23 with the synth corpus)")
     p["languages"] = sorted(p["languages"])[:n_langs]
-    p["audio"].update(source="synth", clips=per_language + 1, eval_clips=1)
+    # synthetic speech everywhere: params.yaml's real-speech overrides (en_us, es_419, ...: 36 clips) left out
+    p["audio"].update(source="synth", clips=per_language + 1, eval_clips=1, per_language={})
     p["calibration"]["samples_per_language"] = per_language
     return p
 
@@ -140,7 +144,7 @@ def group(runs: Sequence[StageRun]) -> dict[str, tuple[float, float, int]]:
     out: dict[str, tuple[float, float, int]] = {}
     for r in runs:
         base, at, item = r.stage.partition("@")
-        key = f"{base}@*" if at and base in ("audio", "label") else r.stage
+        key = f"{base}@*" if at and base in PER_LANGUAGE else r.stage
         mb, s, n = out.get(key, (0.0, 0.0, 0))
         out[key] = (max(mb, r.peak_mb), s + r.seconds, n + 1)
     return out
@@ -163,29 +167,34 @@ def table(by_size: dict[int, list[StageRun]], per_language: int, cmd: str, model
             cells.append("—" if g is None else f"{g[0]:.0f} ({g[1]:.1f} s)" + (f" x{g[2]}" if g[2] > 1 else ""))
         lo, hi = grouped[sizes[0]].get(stage), grouped[sizes[-1]].get(stage)
         t.add(stage, *cells, f"{hi[0] / lo[0]:.2f}x" if lo and hi else None)
-    t.notes += [("one language (the first in sorted order from params.yaml), N calibration + N evaluation clips: "
-                 "label@* labels 2N clips, evaluate decodes N (both tasks)") if one_language else
-                (f"{per_language} calibration clips + 1 evaluation clip per language; languages taken in sorted "
-                 "order from params.yaml; per-language stages (audio@*, label@*) show their largest instance, "
-                 "`xN` = instances, time summed"),
+    t.notes += [("one language (en_us, real speech), N calibration + N evaluation clips: label@* labels 2N clips, "
+                 "transcribe_fp32@* and transcribe_compiled decode N") if one_language else
+                (f"{per_language} calibration clips + 1 evaluation clip per language (synthetic speech); languages "
+                 "taken in sorted order from params.yaml; per-language stages (audio@*, label@*, transcribe_fp32@*) "
+                 "show their largest instance, `xN` = instances, time summed"),
                 "peak RSS = ru_maxrss of the stage process (os.wait4 in a small launcher), run outside DVC with dvc.yaml's command"]
     return t
 
 
 def run(argv: Sequence[str] | None = None) -> list[Table]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[4, 12, 24], help="calibration clips in total")
-    p.add_argument("--per-language", type=int, default=4, help="calibration clips per language")
+    p.add_argument("--sizes", type=int, nargs="+", default=None,
+                   help="calibration clips in total (default: 4 12 24; --quick: 2 4)")
+    p.add_argument("--per-language", type=int, default=None,
+                   help="calibration clips per language (default: 4; --quick: 2)")
     p.add_argument("--stages", nargs="+", default=["*"], help="stage name patterns to report (all run)")
     p.add_argument("--model", choices=("base", "tiny"), default="base")
     p.add_argument("--workdir", type=Path, default=None, help="keep the projects here (default: a temp dir)")
     p.add_argument("--one-language", action="store_true",
                    help="each size: one language of SIZE calibration + SIZE evaluation clips")
-    p.add_argument("--quick", action="store_true", help="tiny model, sizes 2 4, 2 clips per language")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny model, sizes 2 4 (unless --sizes), 2 clips per language (unless --per-language)")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     if args.quick:
-        args.model, args.sizes, args.per_language = "tiny", [2, 4], 2
+        args.model = "tiny"
+    args.sizes = args.sizes or ([2, 4] if args.quick else [4, 12, 24])
+    args.per_language = args.per_language or (2 if args.quick else 4)
     c = test_helpers()
     by_size: dict[int, list[StageRun]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
@@ -195,7 +204,7 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
             params = size_params(store, size, args.per_language, args.one_language)
             if args.model == "tiny":
                 small = c.tiny_params(store / "hf")
-                params.update(labels=small["labels"], evaluate=small["evaluate"])
+                params.update(labels=small["labels"], transcribe=small["transcribe"])
                 params["calibration"].update(max_new_tokens=8)
                 params["compile"]["numerics_samples"] = 1
                 params["model"]["name"] = "whisper-tiny-random"

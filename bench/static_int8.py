@@ -1,6 +1,6 @@
 """ONNX Runtime INT8 variants of whisper-base on real speech: what each option does to accuracy.
 
-Real speech: Debian's Asterisk prompt recordings (shared/notes/real-speech.md; ``apt-get download
+Real speech: Debian's Asterisk prompt recordings (docs/offline-data.md; ``apt-get download
 asterisk-core-sounds-<l>-wav=1.6.1-1 asterisk-core-sounds-<l>=1.6.1-1`` and ``dpkg-deb -x`` every .deb into
 one folder, passed as ``--asterisk``). Per language the clips of 2-30 s with a transcript, sorted by name,
 are split into ``--eval`` evaluation clips (evenly spaced) and ``--calib`` calibration clips (evenly spaced
@@ -8,8 +8,9 @@ over the rest: disjoint from the evaluation clips), resampled 8 -> 16 kHz by the
 
 Everything else is the project's own code: calibration sets by the calibrate stages' cores (generated
 text), each variant compiled by the compile stage's ``run`` (export, smoothing, ORT quantization, numerics
-on held-out calibration entries), run by ort_runtime.py, decoded by decode.py, scored by metrics.py.
-fp32 is the evaluate stage's reference (torch, HF model).
+on held-out calibration entries), run by whisper_npu/runtimes/onnxruntime.py, decoded by whisper_npu/decoding/
+(the transcription stages' ``run_clips``), scored by whisper_npu/eval/metrics.py. fp32 is the transcribe_fp32
+stage's reference (torch, HF model).
 
 Per variant: encoder cosine and decoder logits cosine / top-1 vs torch fp32 (held-out calibration entries),
 the share of linear layers (MatMul/Gemm/Conv with a weight) left in float, encoder + decoder size, and per
@@ -19,6 +20,10 @@ scored with diacritics removed from both sides (both systems alike).
 
 The work folder caches audio, calibration sets, fp32 decodes and each compiled variant (keyed by its
 options), so adding a variant does not redo the others.
+
+``--quick`` checks the code path in a minute: the tiny random Whisper, synthetic speech (espeak-ng through the
+audio stage) instead of the Asterisk prompts (no ``--asterisk`` folder, no apt), 1 evaluation + 3 calibration clips,
+8 tokens, a temporary work folder; figures meaningless.
 """
 from __future__ import annotations
 
@@ -29,14 +34,14 @@ import json
 import logging
 import os
 import sys
-import unicodedata
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.common import Table, command, default_params, print_tables, reference_model, write_params
+from bench.common import ROOT, Table, command, default_params, print_tables, reference_model, synth_audio, write_params
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +94,7 @@ def prepare_audio(root: Path, suffixes: Sequence[str], n_eval: int, n_calib: int
     """``dest/<fleurs>/`` 16 kHz wavs and an audio-stage manifest (split calibration / evaluation)."""
     import soundfile as sf
 
-    from whisper_npu.audio import to_mono_16k
+    from whisper_npu.audio.prepare import to_mono_16k
 
     for suffix in suffixes:
         lang = ASTERISK[suffix][0]
@@ -126,17 +131,13 @@ def prepare_audio(root: Path, suffixes: Sequence[str], n_eval: int, n_calib: int
 
 # ---------------------------------------------------------------------------------------------- scoring
 
-def _plain(text: str) -> str:
-    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
-
-
 def clip_errors(refs: Sequence[str], hyps: Sequence[str], lang: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per clip (edits, reference words) with the project's normalizers (accents dropped for es_419)."""
+    """Per clip (edits, reference words) with the project's normalizers (accents dropped for es_419: its
+    Asterisk transcripts carry none, as the score stage compares them)."""
     from whisper_npu.eval import metrics as M
 
-    if lang == "es_419":
-        refs, hyps = [_plain(r) for r in refs], [_plain(h) for h in hyps]
-    counts = [M.error_count([r], [h], lang) for r, h in zip(refs, hyps)]
+    diacritics = lang != "es_419"
+    counts = [M.clip_errors(r, h, lang, diacritics) for r, h in zip(refs, hyps)]
     return np.array([c.edits for c in counts]), np.array([c.ref_units for c in counts])
 
 
@@ -156,13 +157,18 @@ def _key(overrides: dict) -> str:
     return hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def decode_all(backend: Any, clips: Sequence[Any], features: dict, cfg: Any, to_text: Any, cache: Path) -> list[str]:
-    from stages.evaluate import run_backend
+def decode_all(backend: Any, clips: Sequence[Any], features: dict, cfg: Any, to_text: Any, cache: Path,
+               batch_size: int) -> list[str]:
+    """The transcription of every clip, in ``clips``' order, through the transcription stages' loop
+    (``batch_size`` clips at a time, as ``transcribe.batch_size``); cached in ``cache``."""
+    from whisper_npu.core.languages import TRANSCRIBE
+    from whisper_npu.decoding.run import run_clips
 
     if cache.is_file():
         return json.loads(cache.read_text(encoding="utf-8"))
-    records = run_backend(cache.stem, backend, clips, lambda c: features[c.id], cfg, to_text)
-    texts = [r["text"] for r in records]
+    records = run_clips(cache.stem, backend, clips, lambda c: features[c.id], cfg, to_text, batch_size)
+    text = {r["id"]: r["text"] for r in records if r["task"] == TRANSCRIBE}
+    texts = [text[c.id] for c in clips]
     cache.write_text(json.dumps(texts, ensure_ascii=False), encoding="utf-8")
     return texts
 
@@ -175,10 +181,10 @@ def memory(args: Any, argv: Sequence[str], work: Path, audio: Path, langs: list[
     from stages import calibrate_decoder as dec_stage
     from stages import calibrate_encoder as enc_stage
     from stages import toolchain
-    from whisper_npu import audio as A
-    from whisper_npu import calibration as cal
+    from whisper_npu.audio.clips import read_clips
+    from whisper_npu.calibration import sequences as cal
     from whisper_npu.model.store import load_hf
-    from whisper_npu.params import load_params
+    from whisper_npu.params.full import load_params
 
     params = copy.deepcopy(base)
     params["calibration"].update(text_source="reference", translate_ratio=0.0)   # no English references here
@@ -186,7 +192,7 @@ def memory(args: Any, argv: Sequence[str], work: Path, audio: Path, langs: list[
     params["compile"]["onnxruntime"].update(VARIANTS[args.variants[0]])
     params["compile"]["onnxruntime"]["calibration_samples"] = args.quantizer_samples or len(langs) * args.calib
     pp = load_params(write_params(work / "params-memory.yaml", params))
-    clips = A.read_clips(audio, langs, "calibration", args.calib)
+    clips = read_clips(audio, langs, "calibration", args.calib)
     calib = work / "calibration" / f"memory-{len(langs)}x{args.calib}"
     if not (calib / "done").is_file():
         model, processor = load_hf(store)
@@ -198,9 +204,9 @@ def memory(args: Any, argv: Sequence[str], work: Path, audio: Path, langs: list[
         (calib / "done").write_text("")
         del model, processor
     if not (work / "toolchain.json").is_file():
-        toolchain.main(["--out", str(work / "toolchain.json")])
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    t = Table(f"Peak RSS of the compile stage, static INT8 ({args.variants[0]}), whisper-base, calibration set of "
+        toolchain.main(["--params", str(work / "params-memory.yaml"), "--out", str(work / "toolchain.json")])
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    t = Table(f"Peak RSS of the compile stage, static INT8 ({args.variants[0]}), {model_name(args)}, calibration set of "
               f"{args.calib} clips x {len(langs)} languages", ["component", "calibration samples",
               "peak RSS MB", "wall s"], command=command(MODULE, argv), digits=0)
     files = {"encoder": "encoder/whisper_encoder_cali.txt", "decoder": "decoder/whisper_decoder_calib.json"}
@@ -226,49 +232,79 @@ def memory(args: Any, argv: Sequence[str], work: Path, audio: Path, langs: list[
     return t
 
 
+def model_name(args: Any) -> str:
+    return "whisper-base" if args.model == "base" else "tiny random Whisper"
+
+
 def run(argv: Sequence[str] | None = None) -> list[Table]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--asterisk", type=Path, required=True, help="folder the Asterisk .debs were unpacked into")
+    p.add_argument("--asterisk", type=Path, default=None,
+                   help="folder the Asterisk .debs were unpacked into (required unless --quick)")
     p.add_argument("--languages", nargs="+", default=["en"], choices=list(ASTERISK))
     p.add_argument("--eval", type=int, default=30, help="evaluation clips per language")
     p.add_argument("--calib", type=int, default=16, help="calibration clips per language (disjoint)")
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS), metavar="V")
-    p.add_argument("--workdir", type=Path, required=True, help="cache folder (audio, calibration, compiled)")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="cache folder (audio, calibration, compiled); required unless --quick (a temp dir)")
+    p.add_argument("--model", choices=("base", "tiny"), default="base",
+                   help="base: real whisper-base (PyPI wheels); tiny: random tiny Whisper (code path only)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="decode cap (default: transcribe.max_new_tokens)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--no-wer", action="store_true", help="compile and report numerics only (no decoding)")
     p.add_argument("--quantizer-samples", type=int, default=None,
                    help="--memory: calibration samples fed to the quantizer (default: all)")
     p.add_argument("--memory", action="store_true", help="only the compile stage's peak RSS (static, the first "
                    "--variants entry), every --calib clip of every language fed to the quantizer")
+    p.add_argument("--quick", action="store_true", help="tiny model, synthetic speech (no --asterisk), 1 evaluation + "
+                   "3 calibration clips, 8 tokens, a temporary work folder (code path only)")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    if args.quick:
+        args.model, args.eval, args.calib = "tiny", 1, 3
+        args.max_new_tokens = args.max_new_tokens or 8
+    elif args.asterisk is None or args.workdir is None:
+        p.error("--asterisk and --workdir are required (unless --quick)")
+    if args.workdir is None:
+        with tempfile.TemporaryDirectory(prefix="bench-static-int8-") as tmp:
+            return _run(args, argv, Path(tmp))
+    return _run(args, argv, args.workdir)
 
+
+def _run(args: Any, argv: Sequence[str], workdir: Path) -> list[Table]:
     import torch
 
     from bench.compiled_models import calibration_sets, compile_mode
     from stages import toolchain
-    from stages.evaluate import decode_config
-    from whisper_npu import audio as A
     from whisper_npu.artifacts import artifact
+    from whisper_npu.audio.clips import Clip
+    from whisper_npu.audio.features import npu_features
+    from whisper_npu.audio.prepare import read_wav
+    from whisper_npu.core.files import read_json, read_jsonl
+    from whisper_npu.decoding.greedy import DecodeConfig, tokenizer_text
+    from whisper_npu.model.store import load_hf
+    from whisper_npu.params.full import load_params
     from whisper_npu.runtimes.onnxruntime import load_ort_backend
     from whisper_npu.runtimes.torch_ref import TorchBackend
-    from whisper_npu.decoding.greedy import tokenizer_text
-    from whisper_npu.core.files import read_json, read_jsonl
-    from whisper_npu.model.store import load_hf
-    from whisper_npu.params import load_params
 
     torch.set_num_threads(args.threads)
-    work = args.workdir.resolve()
+    work = workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     langs = [ASTERISK[s][0] for s in args.languages]
-    tag = f"{'-'.join(sorted(args.languages))}-e{args.eval}-c{args.calib}"
-    audio = prepare_audio(args.asterisk, args.languages, args.eval, args.calib,
-                          work / "audio" / f"e{args.eval}-c{args.calib}")
-    store = reference_model("base", work)
+    tag = f"{'-'.join(sorted(args.languages))}-e{args.eval}-c{args.calib}" + ("-quick" if args.quick else "")
+    if args.quick:   # synthetic speech with reference text, as the audio stage makes it
+        audio = synth_audio(work, langs, args.calib, args.eval)
+    else:
+        audio = prepare_audio(args.asterisk, args.languages, args.eval, args.calib,
+                              work / "audio" / f"e{args.eval}-c{args.calib}")
+    store = reference_model(args.model, work)
     base = default_params()
     base["languages"] = langs
-    base["compile"]["numerics_samples"] = 4
+    base["compile"]["numerics_samples"] = 1 if args.quick else 4
     base["compile"]["onnxruntime"]["calibration_samples"] = len(langs) * args.calib
+    if args.quick:
+        base["calibration"]["max_new_tokens"] = 8
+    if args.max_new_tokens:
+        base["transcribe"]["max_new_tokens"] = args.max_new_tokens
     if args.memory:
         return [memory(args, argv, work, audio, langs, base, store)]
     params = load_params(write_params(work / f"params-{tag}.yaml", base))
@@ -279,27 +315,30 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
         for r in read_jsonl(audio / lang / "manifest.jsonl"):
             path = audio / lang / r["file"]
             if r["split"] == "calibration":
-                calib_clips.append(A.Clip(r["id"], lang, path, r["duration"], r["text"]))
+                calib_clips.append(Clip(r["id"], lang, path, r["duration"], r["text"]))
             else:
-                eval_clips.append(A.Clip(r["id"], lang, path, r["duration"], r["text"], None))
+                eval_clips.append(Clip(r["id"], lang, path, r["duration"], r["text"], None))
     calib_dir = work / "calibration" / tag
     if not (calib_dir / "done").is_file():
         calibration_sets(model, processor, calib_clips, calib_dir, params)
         (calib_dir / "done").write_text("")
     calib = (calib_dir / "encoder" / "whisper_encoder_cali.txt", calib_dir / "decoder" / "whisper_decoder_calib.json")
     if not (work / "toolchain.json").is_file():
-        toolchain.main(["--out", str(work / "toolchain.json")])
+        toolchain.main(["--params", str(work / f"params-{tag}.yaml"), "--out", str(work / "toolchain.json")])
 
-    features = {c.id: A.npu_features(processor.feature_extractor, A.read_wav(c.audio)) for c in eval_clips}
-    cfg = decode_config(model, params.evaluate)
+    features = {c.id: npu_features(processor.feature_extractor, read_wav(c.audio)) for c in eval_clips}
+    cfg = DecodeConfig.from_params(model.generation_config, model.config, params.transcribe)
     to_text = tokenizer_text(processor.tokenizer)
+    batch = params.transcribe.batch_size
     (work / "decodes").mkdir(exist_ok=True)
     fp32 = None if args.no_wer else decode_all(TorchBackend(model), eval_clips, features, cfg, to_text,
-                                               work / "decodes" / f"fp32-{tag}.json")
+                                               work / "decodes" / f"fp32-{tag}.json", batch)
 
     by_lang = {lang: [i for i, c in enumerate(eval_clips) if c.lang == lang] for lang in sorted(langs)}
-    t = Table(f"ONNX Runtime INT8 variants of whisper-base on real speech (Asterisk prompts, "
-              f"{args.eval} evaluation clips per language, {args.calib} calibration clips per language)",
+    speech = "synthetic speech (espeak-ng" if args.quick else "real speech (Asterisk prompts"
+    t = Table(f"ONNX Runtime INT8 variants of {model_name(args)} on {speech}, "
+              f"{args.eval} evaluation clips per language, {args.calib} calibration clips per language)"
+              + (", code path only" if args.quick else ""),
               ["variant", "encoder cosine", "decoder cosine (top-1)", "linear layers in float", "size MB (enc + dec)",
                *[f"{lang} WER fp32 → compiled, delta [95 % CI]" for lang in by_lang]],
               command=command(MODULE, argv), digits=3)
@@ -317,7 +356,7 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
         else:
             backend = load_ort_backend(enc_dir, dec_dir, threads=args.threads)
             texts = decode_all(backend, eval_clips, features, cfg, to_text,
-                               work / "decodes" / f"{tag}-{_key(overrides)}.json")
+                               work / "decodes" / f"{tag}-{_key(overrides)}.json", batch)
         q = [read_json(d / "provenance.json")["quantization"] for d in (enc_dir, dec_dir)]
         n_lin, n_float = sum(x["linear_layers"] for x in q), sum(x["linear_layers_float"] for x in q)
         cells = []
@@ -336,9 +375,10 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
         t.add(name, f"{enc['cosine_mean']:.4f}", f"{dec['cosine_mean']:.4f} ({dec['top1_agreement']:.2f})",
               f"{n_float}/{n_lin} ({100 * n_float / n_lin:.0f} %)", f"{size[0]:.1f} + {size[1]:.1f}", *cells)
         log.info("%s: %s", name, t.rows[-1])
-    t.notes += [f"fp32: torch (HF whisper-base), the evaluate stage's reference; greedy, max_new_tokens "
-                f"{params.evaluate.max_new_tokens}",
-                "cosine: vs torch fp32 on 4 held-out calibration entries (compile stage numerics); decoder under "
+    t.notes += [f"fp32: torch (HF {model_name(args)}), the transcribe_fp32 stage's reference; greedy, max_new_tokens "
+                f"{params.transcribe.max_new_tokens}",
+                f"cosine: vs torch fp32 on {params.compile.numerics_samples} held-out calibration entries (compile "
+                "stage numerics); decoder under "
                 "teacher forcing, top-1 = share of positions with the fp32 argmax",
                 "a16: the named layers' input and output activations are 16-bit (weights int8), as Mobilint's "
                 "mixed precision; "

@@ -5,7 +5,8 @@ changed per experiment (not the full grid), run by DVC's own queue.
     nice -n 10 dvc queue start -j 1                 # then: dvc queue status; dvc exp show --json > sweep.json
     python -m bench.sweep_table sweep.json          # the table and the plot (bench/sweep_table.py)
 
-``--only NAME ...`` queues those experiments only, in that order; ``--dry-run`` prints the `dvc exp run` commands instead of running them; ``-S key=value`` adds an override to
+``--only NAME ...`` queues those experiments only, in that order; ``--dry-run`` prints the `dvc exp run` commands
+instead of running them (its quick mode: tests/test_bench_quick.py runs it); ``-S key=value`` adds an override to
 every experiment (e.g. ``-S audio.asterisk.cache=/abs/debs``: a queued experiment runs in a temporary copy of
 the repository, where a relative cache folder is empty).
 """

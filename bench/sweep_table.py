@@ -4,8 +4,11 @@
     python -m bench.sweep_table bench/sweep-exp-show.json --svg bench/sweep.svg
     python -m bench.sweep_table first.json second.json     # runs in several sessions: merged, later files win
 
+It reads JSON only, so it has no separate quick mode: tests/test_bench_quick.py runs it on the recorded sweep
+(bench/sweep-exp-show.json and bench/sweep-exp-show-2.json).
+
 Per experiment (named ``--prefix``*): the knob it changes from the baseline (``sweep-base``), and per language
-fp32 WER, compiled WER, compiled-minus-fp32 delta with the evaluate stage's 95 % paired-bootstrap interval, in
+fp32 WER, compiled WER, compiled-minus-fp32 delta with the score stage's 95 % paired-bootstrap interval, in
 WER points, plus the compile stages' held-out numerics (encoder / decoder cosine, min over the held-out
 entries). The SVG has one panel per knob: the delta per language with its interval against the knob's value.
 """

@@ -50,8 +50,13 @@ def test_parse_repro_sorts_stages_by_outcome_in_order():
 
 def test_stage_list_collapses_foreach_instances():
     assert incremental.stage_list([]) == "none"
-    assert incremental.stage_list(["audio@de_de", "compile@encoder", "compile@decoder", "evaluate"]) == \
-        "audio@de_de, compile@{encoder,decoder}, evaluate"
+    assert incremental.stage_list(["audio@de_de", "compile@encoder", "compile@decoder", "transcribe_fp32@en_us",
+                                   "transcribe_fp32@es_419", "transcribe_compiled", "score"]) == \
+        "audio@de_de, compile@{encoder,decoder}, transcribe_fp32@{en_us,es_419}, transcribe_compiled, score"
+    # adding a language reruns ten kinds of stage: all of them are listed
+    everything = ["audio@de_de", "label@de_de", "labels", "calibrate_encoder", "calibrate_decoder", "compile@encoder",
+                  "compile@decoder", "mobilint_model", "transcribe_fp32@de_de", "transcribe_compiled", "score"]
+    assert not incremental.stage_list(everything).endswith("...")
 
 
 def test_changes_each_modify_what_they_name():
@@ -66,13 +71,17 @@ def test_changes_each_modify_what_they_name():
         p = copy.deepcopy(params)
         ch.apply(p)
         changed.append((ch.name, p))
-    (n0, p0), (n1, p1), (n2, p2), (n3, p3) = changed
+    assert [ch.key for ch in incremental.changes(params, "de_de")] == list(incremental.CHANGES)
+    (n0, p0), (n1, p1), (n2, p2), (n3, p3), (n4, p4) = changed
     assert n0.startswith("compile.onnxruntime.per_channel")
     assert p0["compile"]["onnxruntime"]["per_channel"] is (not params["compile"]["onnxruntime"]["per_channel"])
     assert n1.startswith("calibration.translate_ratio")
     # the new ratio moves at least one clip's task, so the decoder set really changes
     assert n_translate(2, p1["calibration"]["translate_ratio"]) != n_translate(2, 0.2)
     assert p2["languages"] == ["en_us", "es_419", "de_de"] and p3["languages"] == ["en_us"]
+    assert n4.startswith("score.max_wer_increase")
+    assert p4["score"]["max_wer_increase"] > params["score"]["max_wer_increase"]
+    assert {k: v for k, v in p4.items() if k != "score"} == {k: v for k, v in params.items() if k != "score"}
     assert params == original
 
 
@@ -130,22 +139,32 @@ def test_peak_rss_is_the_childs_own_not_the_parents(tmp_path):
 
 def test_memory_table_groups_foreach_instances_and_shows_growth():
     runs = {4: [memory.StageRun("audio@de_de", 100, 1.0), memory.StageRun("audio@en_us", 120, 2.0),
-                memory.StageRun("calibrate_decoder", 800, 10.0)],
-            8: [memory.StageRun("audio@de_de", 110, 1.0), memory.StageRun("calibrate_decoder", 1600, 20.0)]}
+                memory.StageRun("calibrate_decoder", 800, 10.0), memory.StageRun("transcribe_fp32@de_de", 500, 3.0),
+                memory.StageRun("transcribe_fp32@en_us", 400, 3.0), memory.StageRun("transcribe_compiled", 600, 4.0)],
+            8: [memory.StageRun("audio@de_de", 110, 1.0), memory.StageRun("calibrate_decoder", 1600, 20.0),
+                memory.StageRun("transcribe_fp32@de_de", 500, 2.0), memory.StageRun("transcribe_compiled", 600, 5.0)]}
     md = memory.table(runs, 4, "python -m bench.memory", "m").markdown()
     assert "| audio@* | 120 (3.0 s) x2 | 110 (1.0 s) | 0.92x |" in md
     assert "| calibrate_decoder | 800 (10.0 s) | 1600 (20.0 s) | 2.00x |" in md
+    assert "| transcribe_fp32@* | 500 (6.0 s) x2 | 500 (2.0 s) | 1.00x |" in md
+    assert "| transcribe_compiled | 600 (4.0 s) | 600 (5.0 s) | 1.00x |" in md
 
 
 def test_memory_sizes_pick_enough_languages(tmp_path):
-    p = memory.size_params(tmp_path, 12, 4)
-    assert len(p["languages"]) == 3 and p["calibration"]["samples_per_language"] == 4
+    from whisper_npu.params.full import parse_params
+
+    p = memory.size_params(tmp_path, 24, 4)
+    assert len(p["languages"]) == 6 and p["calibration"]["samples_per_language"] == 4
     assert p["audio"]["clips"] - p["audio"]["eval_clips"] >= 4
+    # synthetic speech in every language: params.yaml's real-speech overrides (en_us, es_419: 36 clips) are gone
+    assert {"en_us", "es_419"} <= set(p["languages"]) and p["audio"]["per_language"] == {}
+    assert p["audio"]["source"] == "synth"
+    parse_params(p)
     with pytest.raises(SystemExit, match="languages"):
         memory.size_params(tmp_path, 10_000, 4)
 
 
-def test_memory_one_language_grows_the_label_and_evaluate_clips(tmp_path):
+def test_memory_one_language_grows_the_label_and_transcribe_clips(tmp_path):
     from pathlib import Path
 
     from whisper_npu.params.full import parse_params
@@ -157,3 +176,35 @@ def test_memory_one_language_grows_the_label_and_evaluate_clips(tmp_path):
         assert (lang["clips"] - lang["eval_clips"], lang["eval_clips"], lang["source"]) == (n, n, "asterisk")
         assert Path(p["audio"]["asterisk"]["cache"]).is_absolute()
         parse_params(p)    # a valid params file
+
+
+def test_static_int8_reads_unpacked_asterisk_prompts(tmp_path):
+    """The real-speech path that bench.static_int8 --quick skips (it speaks synthetic clips instead): transcripts
+    and wavs from an unpacked Asterisk folder, split into disjoint evaluation and calibration clips at 16 kHz."""
+    import gzip
+
+    import numpy as np
+    import soundfile as sf
+
+    from bench import static_int8
+    from whisper_npu.core.files import read_jsonl
+
+    root = tmp_path / "debs"
+    voice = root / "usr/share/asterisk/sounds" / static_int8.ASTERISK["en"][1]
+    (voice / "digits").mkdir(parents=True)
+    doc = root / "usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"
+    doc.parent.mkdir(parents=True)
+    names = ["agent-pass", "beep", "conf-full", "digits/1", "vm-goodbye"]
+    with gzip.open(doc, "wt", encoding="utf-8") as f:
+        f.write("; comment\n" + "".join(f"{n}: text of {n}\n" for n in names))
+    rng = np.random.default_rng(0)
+    for n in names:
+        seconds = 1.0 if n == "beep" else 2.5   # too short: left out
+        sf.write(str(voice / f"{n}.wav"), 0.1 * rng.standard_normal(int(8000 * seconds)), 8000, subtype="PCM_16")
+    assert [c[0] for c in static_int8.asterisk_clips(root, "en")] == names
+    audio = static_int8.prepare_audio(root, ["en"], 1, 2, tmp_path / "audio")
+    rows = read_jsonl(audio / "en_us" / "manifest.jsonl")
+    assert sorted(r["split"] for r in rows) == ["calibration", "calibration", "evaluation"]
+    assert len({r["id"] for r in rows}) == 3 and all(r["text"].startswith("text of ") for r in rows)
+    assert all("beep" not in r["id"] for r in rows)
+    assert {sf.info(str(audio / "en_us" / r["file"])).samplerate for r in rows} == {16000}
