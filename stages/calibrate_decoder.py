@@ -49,7 +49,8 @@ from whisper_npu.core.errors import StageError
 from whisper_npu.core.files import atomic_output, read_jsonl, write_json
 from whisper_npu.core.languages import TRANSCRIBE, TRANSLATE
 from whisper_npu.core.stage import run_stage
-from whisper_npu.params.base import languages_of, read, seed_of
+from whisper_npu.device import describe, log_device, resolve
+from whisper_npu.params.base import device_of, languages_of, read, seed_of
 from whisper_npu.params.calibration import CalibrationParams
 
 log = logging.getLogger(__name__)
@@ -185,7 +186,8 @@ def build_decoder_set(model: Any, processor: Any, samples: Sequence[Sample], out
                                  f"corrupt (rerun `dvc repro audio@{s.clip.lang}`)")
         # The encoder takes HF's [B, mels, frames]; the saved features are in the NPU's [B, frames, mels].
         with torch.inference_mode():
-            states = model.model.encoder(torch.from_numpy(feats.transpose(0, 2, 1).copy())).last_hidden_state
+            mels = torch.from_numpy(feats.transpose(0, 2, 1).copy()).to(model.device)
+            states = model.model.encoder(mels).last_hidden_state
         prefix = cal.prefix_ids(tokenizer, lang, task)
         generated = _generate(model, states, lang, task, max_new_tokens) if batch[0].text is None else None
         for j, s in enumerate(batch):
@@ -203,7 +205,7 @@ def build_decoder_set(model: Any, processor: Any, samples: Sequence[Sample], out
                 log.warning("%s: empty %s text; kept as the bare prefix", s.clip.id, s.task)
             folder = out_dir / s.folder
             folder.mkdir(parents=True, exist_ok=True)
-            np.save(folder / cal.ENCODER_STATES, np.ascontiguousarray(states[j:j + 1].to(torch.float32).numpy()))
+            np.save(folder / cal.ENCODER_STATES, np.ascontiguousarray(states[j:j + 1].to(torch.float32).cpu().numpy()))
             np.save(folder / cal.DECODER_STATES, specs.embed(*tables, ids))
             rows.append({
                 "clip_id": s.clip.id, **({} if s.fraction == 1.0 else {"audio_fraction": s.fraction}),
@@ -241,7 +243,8 @@ def write_decoder_set(model: Any, processor: Any, samples: Sequence[Sample], out
         raise StageError(f"decoder calibration: all {len(samples)} samples are shorter than calibration.min_tokens "
                          f"= {cp.min_tokens}; lower it or raise calibration.max_new_tokens")
     pairs = [(r["decoder_hidden_states"], r["encoder_hidden_states"]) for r in rows]
-    extra = {"text_source": cp.text_source, "translate_ratio": cp.translate_ratio, "seed": seed}
+    extra = {"text_source": cp.text_source, "translate_ratio": cp.translate_ratio, "seed": seed,
+             **describe(str(model.device))}   # the device, when not the CPU
     recipe = {"prefix_fractions": cp.prefix_fractions, "min_tokens": cp.min_tokens,
               "strip_final_eot": cp.strip_final_eot}
     if recipe != {"prefix_fractions": [1.0], "min_tokens": 0, "strip_final_eot": False}:
@@ -266,12 +269,14 @@ def main(argv: list[str] | None = None) -> None:
     from whisper_npu.model.store import load_hf
 
     raw = read(args.params)
-    seed, langs, cp = seed_of(raw), languages_of(raw), CalibrationParams.of(raw)
+    seed, langs, cp, device = seed_of(raw), languages_of(raw), CalibrationParams.of(raw), device_of(raw)
     clips = read_clips(args.audio, langs, "calibration", cp.samples_per_language)
     labels = read_labels(args.labels, langs) if cp.text_source == "labels" else None
     samples = plan_recipe(clips, cp, seed, labels)
     torch.manual_seed(seed)
     model, processor = load_hf(args.model)
+    model = model.to(resolve(device))
+    log_device("calibrate_decoder", str(model.device))
     log.info("decoder set: %d clips, %d translate, text from %s", len(samples),
              sum(s.task == TRANSLATE for s in samples), cp.text_source)
     skipped: list[dict] = []
@@ -281,8 +286,8 @@ def main(argv: list[str] | None = None) -> None:
         if skipped:
             log.info("skipped %d samples under calibration.min_tokens = %d", len(skipped), cp.min_tokens)
         with atomic_output(args.metrics) as mtmp:
-            write_json(mtmp, {**task_counts(rows), **({"skipped_short": len(skipped), "skipped": skipped}
-                                                       if cp.min_tokens else {})})
+            short = {"skipped_short": len(skipped), "skipped": skipped} if cp.min_tokens else {}
+            write_json(mtmp, {**task_counts(rows), **describe(str(model.device)), **short})
     log.info("wrote %d decoder calibration samples to %s", len(rows), args.out)
 
 

@@ -36,6 +36,7 @@ import numpy as np
 from whisper_npu.artifacts import EMBED_POSITIONS, EMBED_TOKENS, PROVENANCE
 from whisper_npu.calibration import sets as calib_sets
 from whisper_npu.compilers import registry as compilers
+from whisper_npu.core.errors import StageError
 from whisper_npu.core.files import atomic_output, read_json, sha256_tree, write_json
 from whisper_npu.core.stage import run_stage
 from whisper_npu.model import store as model_store
@@ -50,14 +51,14 @@ COMPONENTS = ("encoder", "decoder")
 
 # ------------------------------------------------------------------------------------------- core
 
-def compile_component(component: str, backend: str, cp: CompileParams, model: Any, info: dict, tools: dict,
-                      cs: calib_sets.CalibSet, out_dir: Path) -> dict[str, Any]:
+def compile_component(component: str, backend: str, cp: CompileParams, model: Any, model_dir: Path, info: dict,
+                      tools: dict, cs: calib_sets.CalibSet, out_dir: Path) -> dict[str, Any]:
     """Compile one component with ``backend`` into ``out_dir`` (which must exist): the backend's artifacts,
     the decoder's host-side embedding tables and provenance.json. Returns the numerics metric."""
     spec = component_spec(component, model.config)
     stem = f"{info['name']}_{component}"
     log.info("compile %s with %s: %d calibration entries", stem, backend, len(cs))
-    built = compilers.get(backend).build(model, component, spec, cs, cp, out_dir, stem)
+    built = compilers.get(backend).build(model, model_dir, component, spec, cs, cp, out_dir, stem)
     artifacts = dict(built.artifacts)
     if component == "decoder":
         tokens, positions = embedding_tables(model)
@@ -86,14 +87,20 @@ def run(component: str, params_path: Path, toolchain: Path, model_dir: Path, cal
     """The stage's I/O: read params, toolchain, model and calibration set; write ``out`` and the metric
     atomically (a failure leaves neither)."""
     cp = CompileParams.of(read(params_path))
-    backend = compilers.resolve(cp.backend)
-    tools = read_json(toolchain)
+    if cp.backend != "auto":
+        compilers.get(cp.backend).preflight(cp)   # a missing compiler fails before anything is read
+    tools = read_json(toolchain)   # the toolchain stage checked the compiler and resolved compile.backend: auto
+    backend = cp.backend if cp.backend != "auto" else tools.get("backend")
+    if backend not in compilers.COMPILERS:
+        raise StageError(f"{toolchain}: no compile backend recorded for compile.backend = auto (run "
+                         "`dvc repro toolchain`)")
+    compilers.get(backend).preflight(cp)   # cached: a compiler gone since the toolchain stage fails here
     info = model_store.model_info(model_dir)
     model, _ = model_store.load_hf(model_dir)
     cs = calib_sets.read_calib_set(component, calibration)
     with atomic_output(out) as tmp_out, atomic_output(metrics_path) as tmp_metrics:
         tmp_out.mkdir()
-        metrics = compile_component(component, backend, cp, model, info, tools, cs, tmp_out)
+        metrics = compile_component(component, backend, cp, model, model_dir, info, tools, cs, tmp_out)
         write_json(tmp_metrics, metrics)
     log.info("compiled %s -> %s", component, out)
 

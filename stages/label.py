@@ -24,14 +24,9 @@ from whisper_npu.core.errors import StageError
 from whisper_npu.core.files import atomic_output, read_jsonl, write_jsonl
 from whisper_npu.core.seeds import clip_seed
 from whisper_npu.core.stage import run_stage
-from whisper_npu.labeler import (
-    Labeler,
-    LabelStats,
-    check_language,
-    label_batch,
-    load_labeler,
-)
-from whisper_npu.params.base import read, seed_of
+from whisper_npu.device import describe, log_device, resolve
+from whisper_npu.labeler import Labeler, LabelStats, check_language, label_batch, load_labeler
+from whisper_npu.params.base import device_of, read, seed_of
 from whisper_npu.params.labels import LabelsParams
 
 log = logging.getLogger(__name__)
@@ -65,8 +60,9 @@ def label_rows(labeler: Labeler, lang: str, audio_dir: Path, manifest: list[dict
                     raise StageError(f"{audio_dir / m['file']}: cannot read ({e}); rerun the audio stage") from None
             labels = label_batch(labeler, clips, whisper_lang, beam_size, logprob_fallback, stats,
                                  **(decode_options or {}))
+            made_on = describe(labeler.device, labeler.fp16)   # nothing on the CPU
             rows += [{"id": m["id"], "lang": lang, "transcription": text, "translation": translation,
-                      "labeler": labeler.name} for m, (text, translation) in zip(batch, labels)]
+                      "labeler": labeler.name, **made_on} for m, (text, translation) in zip(batch, labels)]
             bar.update(len(batch))
     return rows
 
@@ -80,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     raw = read(args.params)
-    seed, labels = seed_of(raw), LabelsParams.of(raw)
+    seed, labels, device = seed_of(raw), LabelsParams.of(raw), device_of(raw)
     if args.lang not in langs.LANGUAGES:
         raise StageError(f"--lang {args.lang!r}: unknown language")
     manifest_path = args.audio / "manifest.jsonl"
@@ -89,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
         if m.get("lang") != args.lang:
             raise StageError(f"{manifest_path}: row {m.get('id')} is {m.get('lang')!r}, not {args.lang}")
     todo = select(manifest, labels.splits, manifest_path)
-    labeler = load_labeler(labels.labeler, args.model)
+    labeler = load_labeler(labels.labeler, args.model, resolve(device))
+    log_device(f"label@{args.lang}", labeler.device, labeler.fp16)
     log.info("label@%s: %d of %d clips (splits %s) with %s", args.lang, len(todo), len(manifest),
              ", ".join(labels.splits), labeler.name)
     decode_options = {"best_of": labels.best_of, "sample_len": labels.max_new_tokens,

@@ -22,8 +22,9 @@ from whisper_npu.core.files import atomic_output
 from whisper_npu.core.stage import run_stage
 from whisper_npu.decoding.greedy import DecodeConfig, tokenizer_text
 from whisper_npu.decoding.run import run_clips
+from whisper_npu.device import log_device, resolve
 from whisper_npu.eval import transcripts
-from whisper_npu.params.base import read, seed_of
+from whisper_npu.params.base import device_of, read, seed_of
 from whisper_npu.params.transcribe import TranscribeParams
 
 log = logging.getLogger(__name__)
@@ -31,12 +32,12 @@ log = logging.getLogger(__name__)
 FP32 = "fp32"
 
 
-def write_outputs(out: Path, timing: Path, records: list[dict], clips: list[Clip]) -> None:
-    """The transcripts and their timings, each atomically."""
+def write_outputs(out: Path, timing: Path, records: list[dict], clips: list[Clip], device: str = "cpu") -> None:
+    """The transcripts and their timings (with where they were measured), each atomically."""
     with atomic_output(out) as tmp:
         transcripts.write(tmp, records, clips)
     with atomic_output(timing) as tmp:
-        transcripts.write_timings(tmp, records)
+        transcripts.write_timings(tmp, records, device)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timing", type=Path, required=True, help="seconds per clip and task (JSON)")
     args = parser.parse_args(argv)
     raw = read(args.params)
-    seed, p = seed_of(raw), TranscribeParams.of(raw)
+    seed, p, device = seed_of(raw), TranscribeParams.of(raw), device_of(raw)
     clips = read_clips(args.audio.parent, [args.lang], "evaluation")
     log.info("transcribe_fp32@%s: %d evaluation clips", args.lang, len(clips))
 
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     from whisper_npu.runtimes.torch_ref import load_torch_backend
 
     torch.manual_seed(seed)  # greedy decoding draws nothing; set for any library that might
-    fp32, processor = load_torch_backend(args.model)
+    fp32, processor = load_torch_backend(args.model, resolve(device))
+    log_device(f"transcribe_fp32@{args.lang}", str(fp32.model.device))
 
     def features(clip: Clip):
         return npu_features(processor.feature_extractor, read_wav(clip.audio))
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = DecodeConfig.from_params(fp32.model.generation_config, fp32.model.config, p)
     records = run_clips(FP32, fp32, clips, features, cfg,
                         tokenizer_text(processor.tokenizer), p.batch_size)
-    write_outputs(args.out, args.timing, records, clips)
+    write_outputs(args.out, args.timing, records, clips, str(fp32.model.device))
 
 
 if __name__ == "__main__":

@@ -11,13 +11,7 @@ import pytest
 
 from tests.test_evaluate import JA, SOT, tiny_whisper
 from whisper_npu.audio.clips import Clip
-from whisper_npu.decoding.greedy import (
-    DecodeConfig,
-    DecodeError,
-    batched,
-    greedy_decode,
-    greedy_decode_batch,
-)
+from whisper_npu.decoding.greedy import DecodeConfig, DecodeError, batched, greedy_decode, greedy_decode_batch
 from whisper_npu.decoding.run import run_clips
 
 ROOT = Path(__file__).resolve().parents[1]

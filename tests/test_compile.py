@@ -15,6 +15,7 @@ from stages import compile as compile_stage
 from whisper_npu import specs
 from whisper_npu.calibration import lists as calibration
 from whisper_npu.calibration import sets as calib_sets
+from whisper_npu.compilers.mobilint import build as build_mod
 from whisper_npu.compilers.mobilint import plan as qbcompiler
 from whisper_npu.compilers.onnxruntime import build as ort
 from whisper_npu.core.errors import StageError
@@ -62,10 +63,10 @@ def calib_root(tmp_path_factory, tiny_model_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def toolchain(tmp_path_factory) -> Path:
-    from stages.toolchain import versions
+    from stages.toolchain import onnxruntime_record
 
     path = tmp_path_factory.mktemp("build") / "toolchain.json"
-    path.write_text(json.dumps(versions()))
+    path.write_text(json.dumps(onnxruntime_record()))
     return path
 
 
@@ -104,6 +105,9 @@ def standin(monkeypatch, tmp_path):
         monkeypatch.setenv("STANDIN_QBCOMPILER_LOG", str(log))
         monkeypatch.setenv("STANDIN_QBCOMPILER_BEHAVIOR", behavior)
         monkeypatch.syspath_prepend(str(path))
+
+
+        build_mod._PROBES.clear()
         for name in [m for m in sys.modules if m.split(".")[0] in qbcompiler.MODULE_NAMES]:
             monkeypatch.delitem(sys.modules, name)
         return lambda: [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
@@ -164,7 +168,7 @@ def test_plan_devices_and_explicit_schemes():
 
 
 @pytest.mark.parametrize("version,api", [("0.11.0.1", "0.11"), ("0.12.0.0", "0.12"), ("1.0.0", "1.0"),
-                                         ("1.0.1", "1.x"), ("1.1.0", "1.x"), ("1.2.1", "1.2"), ("1.3.2", "1.3"),
+                                         ("1.0.1", "1.x"), ("1.1.0", "1.1"), ("1.2.1", "1.2"), ("1.3.2", "1.3"),
                                          ("1.4.0", "1.3")])
 def test_api_of_known_versions(version, api):
     assert qbcompiler.api_of(version) == api
@@ -209,8 +213,10 @@ def test_standin_exact_calls(standin, version, component, tmp_path, toolchain, t
     expected_mblt = {"model": "WhisperForConditionalGeneration", "target": component, "device": "cpu",
                      "backend": "torch" if (version.startswith("1.0.") and component == "encoder") else "hf",
                      "mblt_save_path": mblt["mblt_save_path"]}
-    if api == "1.x" and component == "encoder":
+    if api in ("1.x", "1.1") and component == "encoder":
         expected_mblt["feed_dict"] = {"input_features": [1, 80, 3000]}
+    if api == "1.1":   # the per-NPU 1.1.x wheels name ARIES aries2
+        expected_mblt["target_device"] = "aries2"
     assert mblt == expected_mblt
     assert Path(mblt["mblt_save_path"]).is_absolute() and Path(mblt["mblt_save_path"]).name == f"{stem}.mblt"
     # mxq_compile: the .mblt, absolute calibration file listing exactly the non-held-out entries
@@ -218,11 +224,12 @@ def test_standin_exact_calls(standin, version, component, tmp_path, toolchain, t
     scheme = "all" if version == "1.1.0" else ("global4" if component == "encoder" else "single")
     expected_mxq = {"model": mblt["mblt_save_path"], "calib_data_path": mxq["calib_data_path"],
                     "save_path": mxq["save_path"], "device": "cpu", "inference_scheme": scheme,
-                    "calib_entries": _expected_entries(calib_root, component)}
+                    "calib_entries": _expected_entries(calib_root, component),
+                    **({"target_device": "aries2"} if api == "1.1" else {})}
     if component == "decoder":
         expected_mxq["llm_config"] = (
             {"factory": "LlmConfig", "apply": True, "attributes": {"calibration": {"use_full_seq_length": True}}}
-            if api == "1.x" else
+            if api in ("1.x", "1.1") else
             {"factory": "get_llm_config", "kwargs": {"llm_config_apply": True, "use_full_seq_length": True}})
     assert mxq == expected_mxq
     assert Path(mxq["calib_data_path"]).is_absolute() and Path(mxq["calib_data_path"]).name == \
@@ -269,7 +276,7 @@ def test_standin_unknown_version_fails(standin, tmp_path, toolchain, tiny_model_
 
 
 def test_explicit_qbcompiler_not_installed(monkeypatch, tmp_path, toolchain, tiny_model_dir, calib_root, capsys):
-    monkeypatch.setattr(qbcompiler, "is_importable", lambda: False)
+    build_mod._PROBES.clear()   # this interpreter has no qbcompiler (the stand-in is not on its path here)
     params = write_params(tmp_path, backend="qbcompiler")
     assert run_main(compile_argv("encoder", params, toolchain, tiny_model_dir, calib_root, tmp_path)) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -283,9 +290,7 @@ def _standin_0_11(tmp_path: Path, patched: bool) -> Path:
     root = tmp_path / "standin011"
     shutil.copytree(STANDIN, root, ignore=shutil.ignore_patterns("__pycache__"))
     parser = root / "qbcompiler" / "model_dict" / "parser"
-    parser.mkdir(parents=True)
-    for d in (root / "qbcompiler" / "model_dict", parser):
-        (d / "__init__.py").write_text("")
+    parser.mkdir(parents=True, exist_ok=True)
     line = "if False:" if patched else 'if self.backend == "hf":'
     (parser / "parser.py").write_text("\n" * 537 + f"        {line}\n            pass\n")
     return root

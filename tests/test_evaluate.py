@@ -18,12 +18,7 @@ from stages import transcribe_compiled, transcribe_fp32
 from whisper_npu.audio import clips as A
 from whisper_npu.core.errors import StageError
 from whisper_npu.core.seeds import lang_rng
-from whisper_npu.decoding.greedy import (
-    DecodeConfig,
-    DecodeError,
-    greedy_decode,
-    repeated_tail,
-)
+from whisper_npu.decoding.greedy import DecodeConfig, DecodeError, greedy_decode, repeated_tail
 from whisper_npu.eval import metrics as M
 from whisper_npu.eval import transcripts
 from whisper_npu.eval.score import score
@@ -48,11 +43,7 @@ def tiny_whisper(seed: int = 0, d_model: int = 16, decoder_layers: int = 1, **ge
     """A tiny random Whisper whose greedy outputs vary (init_std 0.5), with a Whisper-like generation config
     (``generation``: tiny_generation_config's arguments)."""
     import torch
-    from transformers import (
-        GenerationConfig,
-        WhisperConfig,
-        WhisperForConditionalGeneration,
-    )
+    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
 
     torch.manual_seed(seed)
     cfg = WhisperConfig(vocab_size=V, d_model=d_model, encoder_layers=1, decoder_layers=decoder_layers,
@@ -518,7 +509,7 @@ def stage_run(tmp_path, tiny_model, monkeypatch):
             r["text"] = StubTokenizer().decode(greedy_decode(fp32.decoder, fp32.encoder(feats),
                                                              cfg.prompt(wl, "transcribe"), cfg)[0])
         manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    monkeypatch.setattr(torch_ref, "load_torch_backend", lambda model_dir: (fp32, processor))
+    monkeypatch.setattr(torch_ref, "load_torch_backend", lambda model_dir, device="cpu": (fp32, processor))
     monkeypatch.setattr(transcribe_compiled, "load_compiled", lambda enc, dec, config: BrokenBackend())
     monkeypatch.setattr(transcribe_compiled, "compiled_backend_name", lambda enc, dec: "onnxruntime")
     monkeypatch.setattr(transcribe_compiled, "load_configs",

@@ -3,6 +3,7 @@ target devices, against the STAND-IN compiler (tests/standin_qbcompiler: built f
 signatures; NOT the real compiler), and the newest public STT compile as a preset."""
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 from pathlib import Path
@@ -119,7 +120,9 @@ def test_params_refuse_unsupported_combinations(over, key):
 
 @pytest.mark.parametrize("api,version,over,match", [
     ("0.12", "0.12.0.0", {"target_device": "regulus-rb"}, "target_device = regulus-rb: the installed qbcompiler"),
-    ("1.x", "1.1.0", {"target_device": "regulus-rb"}, "REGULUS needs qbcompiler >= 1.2"),
+    ("1.x", "1.0.2", {"target_device": "regulus-rb"}, "REGULUS needs qbcompiler >= 1.1"),
+    ("1.1", "1.1.2", {"target_device": "regulus-rb-usb"}, "knows only aries-rb, regulus-rb"),
+    ("1.2", "1.2.0", {"decoder_part_options": {"last_token_only": True}}, "decoder_part_options: needs qbcompiler >= 1.3"),
     ("1.2", "1.2.0", {"target_device": "regulus-rb-usb"}, "regulus-rb-usb: documented from qbcompiler 1.3"),
     ("0.12", "0.12.0.0", {"decoder_configs": {"hessian_quant": {"apply": True}}},
      "compile.qbcompiler.decoder_configs: config objects need qbcompiler.configs"),
@@ -140,7 +143,7 @@ def test_0_12_plan_is_the_seed_exactly():
                                 version="0.12.0.0")
     assert enc == {"api": "0.12", "mblt_compile": {"target": "encoder", "device": "cpu", "backend": "hf"},
                    "mxq_compile": {"device": "cuda", "inference_scheme": "global4"}, "llm_config": None,
-                   "configs": {}, "save_config": False}
+                   "configs": {}, "save_config": False, "load_for_part": False, "warnings": []}
     assert dec["mblt_compile"] == {"target": "decoder", "device": "cpu", "backend": "hf"}
     assert dec["mxq_compile"] == {"device": "cuda", "inference_scheme": "single"}
     assert dec["llm_config"] == {"factory": "get_llm_config",
@@ -164,7 +167,12 @@ def test_standin_1_3_latest_calls(standin, version, target, component, tmp_path,
     assert run_main(compile_argv(component, params, toolchain, tiny_model_dir, calib_root, tmp_path)) == 0
     out = tmp_path / "compiled" / component
     stem = f"whisper-tiny-random_{component}"
-    mblt, mxq = (c["kwargs"] for c in calls())
+    recorded = calls()
+    loads = [c["kwargs"] for c in recorded if c["fn"] == "load_for_part"]
+    mblt, mxq = (c["kwargs"] for c in recorded if c["fn"] in ("mblt_compile", "mxq_compile"))
+    # 1.4: the model comes from the compiler's own load_for_part (the newest tutorial), given the local folder
+    assert loads == ([{"model_id": str((tiny_model_dir / "hf").resolve()), "part": component,
+                       "dtype": "torch.float32", "device": "cpu"}] if version >= "1.4" else [])
     expected_mblt = {"model": "WhisperForConditionalGeneration", "backend": "torch", "model_part": component,
                      "target_device": target, "mblt_save_path": mblt["mblt_save_path"]}
     if component == "encoder":
@@ -173,6 +181,11 @@ def test_standin_1_3_latest_calls(standin, version, target, component, tmp_path,
         expected_mblt.update(model_part_options={"last_token_only": True},
                              dynamic_axes={"inputs_embeds": [1], "cache_position": [0]})
     assert mblt == expected_mblt
+    # the equivalent transformation wrote its rotations into the compiler's working directory: kept beside the
+    # artifact, listed in provenance, never left in the folder the stage ran from
+    rotations = f"spinWeight/{stem}/R2/layer_0.pth"
+    assert (out / f"{stem}.workdir" / rotations).is_file() and not Path("spinWeight").exists()
+    assert json.loads((out / "provenance.json").read_text())["resolved"]["workdir_files"] == [rotations]
     scheme = "single" if target == "regulus-rb" else "all"
     expected = {"model": mblt["mblt_save_path"], "calib_data_path": mxq["calib_data_path"],
                 "save_path": mxq["save_path"], "device": "cpu", "target_device": target, "inference_scheme": scheme,
@@ -230,14 +243,16 @@ def test_missing_config_class_names_the_key(standin, tmp_path, toolchain, tiny_m
 
 
 def test_feature_detection_not_version(standin, monkeypatch):
-    """A 1.1-numbered build whose mxq_compile takes target_device is driven in the target style."""
-    standin("1.1.0")
-    import inspect
+    """A 1.2-numbered build whose mxq_compile lacks target_device is driven in the 1.x style; a 1.1 build that takes
+    it gets the 1.1 target names; what decides is the probed surface."""
+    from whisper_npu.compilers.mobilint import sdk_side
 
+    standin("1.2.0")
     import qbcompiler as qb
     sig = inspect.signature(qb.mxq_compile)
+    assert qbcompiler.call_style(sdk_side.probe()["compiler"]).api == "1.2"
     monkeypatch.setattr(qb.mxq_compile, "__signature__", sig.replace(parameters=[
-        *sig.parameters.values(), inspect.Parameter("target_device", inspect.Parameter.KEYWORD_ONLY, default=None)]))
-    assert qbcompiler.call_style(qb, "qbcompiler", "1.1.0") == "1.2"
-    monkeypatch.setattr(qb.mxq_compile, "__signature__", sig)
-    assert qbcompiler.call_style(qb, "qbcompiler", "1.1.0") == "1.x"
+        p for p in sig.parameters.values() if p.name != "target_device"]))
+    assert qbcompiler.call_style(sdk_side.probe()["compiler"]).api == "1.x"
+    probe = {**sdk_side.probe()["compiler"], "version": "1.1.2", "mxq_compile": ["model", "target_device", "**"]}
+    assert qbcompiler.call_style(probe).api == "1.1"

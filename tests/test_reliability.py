@@ -315,7 +315,8 @@ def test_missing_tool_is_one_line_saying_what_to_do(tool: str, tmp_path: Path) -
         args = ["--component", "encoder", "--toolchain", str(tmp_path / "toolchain.json"), "--model",
                 str(tmp_path / "model"), "--calibration", str(tmp_path / "cal.txt"), "--out", str(out),
                 "--metrics", str(tmp_path / "metrics.json")]
-        needles = ("compile.backend = qbcompiler: qbcompiler is not installed", "pip install qbcompiler-",
+        needles = ("compile.backend = qbcompiler: compile.qbcompiler.python = '' (this interpreter) has no "
+                   "qbcompiler", "pip install qbcompiler-", "point compile.qbcompiler.python at",
                    "compile.backend to onnxruntime")
     else:
         params["audio"]["source"] = "fleurs"  # google/fleurs from the hub

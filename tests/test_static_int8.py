@@ -45,12 +45,12 @@ def write_calib(root: Path, config: dict, seed: int, n: int = 4) -> Path:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_model_dir):
-    from stages.toolchain import versions
+    from stages.toolchain import onnxruntime_record
 
     root = tmp_path_factory.mktemp("static_int8")
     config = json.loads((tiny_model_dir / "hf" / "config.json").read_text())
     toolchain = root / "toolchain.json"
-    toolchain.write_text(json.dumps(versions()))
+    toolchain.write_text(json.dumps(onnxruntime_record()))
     sets = {"a": write_calib(root / "calib_a", config, 0), "b": write_calib(root / "calib_b", config, 1)}
     return root, toolchain, sets
 

@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import ROOT, VENV_BIN
 
 from whisper_npu.decoding import longform
 from whisper_npu.decoding.greedy import DecodeConfig
-
-from conftest import ROOT, VENV_BIN
 
 SPEECH = Path(__file__).parent / "fixtures" / "speech" / "en_us"
 STANDIN_RT = Path(__file__).parent / "standin_qbruntime"

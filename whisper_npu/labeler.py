@@ -50,7 +50,8 @@ TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 @dataclass
 class Labeler:
-    """A loaded openai-whisper model and the name recorded in the labels."""
+    """A loaded openai-whisper model and the name recorded in the labels. On CUDA it runs in fp16, as
+    ``transcribe()`` does by default; on the CPU in fp32."""
     model: Any
     name: str
 
@@ -58,11 +59,19 @@ class Labeler:
     def multilingual(self) -> bool:
         return bool(self.model.is_multilingual)
 
+    @property
+    def device(self) -> str:
+        return str(self.model.device)
 
-def _load_path(path: Path) -> Any:
+    @property
+    def fp16(self) -> bool:
+        return self.model.device.type == "cuda"
+
+
+def _load_path(path: Path, device: str = "cpu") -> Any:
     import whisper
     try:
-        return whisper.load_model(str(path), device="cpu")
+        return whisper.load_model(str(path), device=device)
     except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as e:
         raise StageError(f"{path}: not a loadable openai-whisper checkpoint ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
@@ -79,8 +88,8 @@ def _reference_name(model_dir: Path) -> str:
     return f"reference:{name}" if name else "reference"
 
 
-def load_labeler(spec: str, model_dir: Path | None) -> Labeler:
-    """Load the model that ``labels.labeler`` names (see the module docstring)."""
+def load_labeler(spec: str, model_dir: Path | None, device: str = "cpu") -> Labeler:
+    """Load the model that ``labels.labeler`` names (see the module docstring) onto ``device`` (cpu, cuda:N)."""
     import whisper
 
     if spec == "reference":
@@ -89,10 +98,10 @@ def load_labeler(spec: str, model_dir: Path | None) -> Labeler:
         ckpt = Path(model_dir) / OPENAI_CKPT
         if not ckpt.is_file():
             raise StageError(f"{ckpt}: missing; run the model stage first (`dvc repro model`)")
-        return Labeler(_load_path(ckpt), _reference_name(Path(model_dir)))
+        return Labeler(_load_path(ckpt, device), _reference_name(Path(model_dir)))
     if spec in whisper.available_models():
         try:
-            model = whisper.load_model(spec, device="cpu")
+            model = whisper.load_model(spec, device=device)
         except (OSError, ConnectionError) as e:  # urllib's URLError is an OSError
             raise StageError(f"labels.labeler = {spec!r}: openai-whisper could not download it to ~/.cache/whisper "
                              f"({type(e).__name__}); connect to the network once or use labels.labeler: reference"
@@ -105,7 +114,7 @@ def load_labeler(spec: str, model_dir: Path | None) -> Labeler:
     if path.suffix == ".pt" or path.is_file():
         if not path.is_file():
             raise StageError(f"labels.labeler = {spec!r}: no such checkpoint file")
-        return Labeler(_load_path(path), path.name)
+        return Labeler(_load_path(path, device), path.name)
     raise StageError(f"labels.labeler = {spec!r}: not 'reference', an openai-whisper model name "
                      f"({', '.join(whisper.available_models())}) or a .pt checkpoint path")
 
@@ -118,10 +127,10 @@ def check_language(labeler: Labeler, whisper_lang: str, lang: str) -> None:
 
 
 def transcribe_options(whisper_lang: str, task: str, beam_size: int, logprob_fallback: bool = True,
-                       **decode_options: Any) -> dict[str, Any]:
+                       fp16: bool = False, **decode_options: Any) -> dict[str, Any]:
     """The keyword arguments of openai-whisper's ``transcribe()`` for one task: the tutorial's settings plus
-    ``decode_options`` (``best_of``, ``sample_len``, ``without_timestamps``, ...)."""
-    options: dict[str, Any] = {"language": whisper_lang, "task": task, "fp16": False, "temperature": TEMPERATURES,
+    ``decode_options`` (``best_of``, ``sample_len``, ``without_timestamps``, ...); fp16 on CUDA."""
+    options: dict[str, Any] = {"language": whisper_lang, "task": task, "fp16": fp16, "temperature": TEMPERATURES,
                                "verbose": None}
     if beam_size > 1:
         options["beam_size"] = beam_size  # openai-whisper drops it for the sampled (t > 0) fallbacks
@@ -140,7 +149,7 @@ def transcribe(labeler: Labeler, audio: np.ndarray, whisper_lang: str, task: str
     import torch
 
     torch.manual_seed(seed)
-    options = transcribe_options(whisper_lang, task, beam_size, logprob_fallback, **decode_options)
+    options = transcribe_options(whisper_lang, task, beam_size, logprob_fallback, labeler.fp16, **decode_options)
     with torch.inference_mode():
         result = labeler.model.transcribe(np.ascontiguousarray(audio, dtype=np.float32), **options)
     return str(result.get("text", "")).strip()
@@ -220,13 +229,13 @@ def _decode(model: Any, features: Any, options: Any, generators: Sequence[Any]) 
             probs = Categorical(logits=logits / self.temperature).probs
             n = task.n_group
             ended = tokens[:, -1] == self.eot
-            next_tokens = torch.full((tokens.shape[0],), self.eot, dtype=torch.long)
+            next_tokens = torch.full((tokens.shape[0],), self.eot, dtype=torch.long, device=tokens.device)
             for i, g in enumerate(self.generators):
                 rows = slice(i * n, (i + 1) * n)
                 if not bool(ended[rows].all()):
                     next_tokens[rows] = torch.multinomial(probs[rows], 1, True, generator=g)[:, 0]
             logprobs = torch.nn.functional.log_softmax(logits.float(), dim=-1)
-            current_logprobs = logprobs[torch.arange(logprobs.shape[0]), next_tokens]
+            current_logprobs = logprobs[torch.arange(logprobs.shape[0], device=logprobs.device), next_tokens]
             sum_logprobs += current_logprobs * (tokens[:, -1] != self.eot)
             next_tokens[tokens[:, -1] == self.eot] = self.eot
             tokens = torch.cat([tokens, next_tokens[:, None]], dim=-1)
@@ -261,7 +270,7 @@ def _drop_ended_loop(task: Any, audio_features: Any, tokens: Any) -> tuple[Any, 
     n_batch = tokens.shape[0]
     sum_logprobs = torch.zeros(n_batch, device=audio_features.device)
     no_speech_probs = [np.nan] * n_batch
-    active = torch.arange(n_batch)  # rows of `tokens` still decoding
+    active = torch.arange(n_batch, device=tokens.device)  # rows of `tokens` still decoding
     try:
         for i in range(task.sample_len):
             rows = tokens[active]
@@ -324,15 +333,16 @@ class _Precomputed:
                        [self._generator])[0]
 
 
-def _first_window(model: Any, audio: np.ndarray) -> tuple[Any, int]:
-    """(the log-mel segment ``transcribe()`` decodes first, the clip's mel frames), computed as it does."""
+def _first_window(model: Any, audio: np.ndarray, fp16: bool = False) -> tuple[Any, int]:
+    """(the log-mel segment ``transcribe()`` decodes first, the clip's mel frames), computed as it does (in fp16
+    when it decodes in fp16)."""
     import torch
     from whisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
 
     mel = log_mel_spectrogram(np.ascontiguousarray(audio, dtype=np.float32), model.dims.n_mels, padding=N_SAMPLES)
     content_frames = mel.shape[-1] - N_FRAMES
     segment = mel[:, :min(N_FRAMES, content_frames)]
-    return pad_or_trim(segment, N_FRAMES).to(model.device).to(torch.float32), content_frames
+    return pad_or_trim(segment, N_FRAMES).to(model.device).to(torch.float16 if fp16 else torch.float32), content_frames
 
 
 def label_batch(labeler: Labeler, clips: Sequence[tuple[np.ndarray, int]], whisper_lang: str, beam_size: int,
@@ -349,17 +359,18 @@ def label_batch(labeler: Labeler, clips: Sequence[tuple[np.ndarray, int]], whisp
     tasks = ("transcribe", "translate") if labeler.multilingual else ("transcribe",)
     out: dict[str, list[str]] = {}
     with torch.inference_mode():
-        windows = [_first_window(model, audio) for audio, _ in clips]
+        windows = [_first_window(model, audio, labeler.fp16) for audio, _ in clips]
         live = [i for i, (_, frames) in enumerate(windows) if frames > 0]
         features = model.encoder(torch.stack([windows[i][0] for i in live])) if live else None
         stats.encoder_passes += len(live)
         stats.items += len(clips) * len(tasks)
         for k, task in enumerate(tasks):
-            options = transcribe_options(whisper_lang, task, beam_size, logprob_fallback, **decode_options)
+            options = transcribe_options(whisper_lang, task, beam_size, logprob_fallback, labeler.fp16,
+                                         **decode_options)
             own, dec = _split_options(options)
             temperatures = own["temperature"]
             temperatures = [temperatures] if isinstance(temperatures, (int, float)) else list(temperatures)
-            gens = [torch.Generator().manual_seed(seed + k) for _, seed in clips]
+            gens = [torch.Generator(device=model.device).manual_seed(seed + k) for _, seed in clips]
             results: list[list] = [[] for _ in clips]
             pending = list(range(len(live)))  # positions in `live` / rows of `features`
             for t in temperatures:

@@ -104,8 +104,8 @@ def embedding_tables(model: Any) -> tuple[np.ndarray, np.ndarray]:
     """(token table ``[V, d]``, position table ``[max_target_positions, d]``) float32 of a HF Whisper model: what
     the NPU runtime adds on the CPU (the compiled decoder starts after them)."""
     dec = model.model.decoder
-    return (dec.embed_tokens.weight.detach().float().numpy().copy(),
-            dec.embed_positions.weight.detach().float().numpy().copy())
+    return (dec.embed_tokens.weight.detach().float().cpu().numpy().copy(),
+            dec.embed_positions.weight.detach().float().cpu().numpy().copy())
 
 
 def embed(tokens: np.ndarray, positions: np.ndarray, ids: Any, past: int = 0, scale: float = 1.0) -> np.ndarray:

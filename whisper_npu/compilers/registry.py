@@ -21,13 +21,3 @@ def get(name: str) -> Any:
     if name not in COMPILERS:
         raise StageError(f"compile.backend = {name!r}: must be auto, {' or '.join(COMPILERS)}")
     return importlib.import_module(f"whisper_npu.compilers.{COMPILERS[name]}.build")
-
-
-def resolve(choice: str) -> str:
-    """``auto`` -> qbcompiler when it imports here, else onnxruntime; an explicit compiler must be available."""
-    if choice == "auto":
-        return "qbcompiler" if get("qbcompiler").available() else "onnxruntime"
-    module = get(choice)
-    if not module.available():
-        raise StageError(f"compile.backend = {choice}: {module.INSTALL_HINT}")
-    return choice

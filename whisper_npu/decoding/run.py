@@ -10,12 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from whisper_npu.core.languages import TRANSCRIBE
-from whisper_npu.decoding.greedy import (
-    DecodeConfig,
-    batched,
-    greedy_decode,
-    greedy_decode_batch,
-)
+from whisper_npu.decoding.greedy import DecodeConfig, batched, greedy_decode, greedy_decode_batch
 
 if TYPE_CHECKING:
     from whisper_npu.audio.clips import Clip

@@ -28,20 +28,21 @@ def rows(records: Sequence[dict], clips: Sequence[Clip]) -> list[dict]:
     return out
 
 
-def timings(records: Sequence[dict]) -> dict[str, Any]:
-    """Seconds per (clip, task), for real-time factors: ``{"seconds": {clip id: {task: s}}}``."""
+def timings(records: Sequence[dict], device: str = "cpu") -> dict[str, Any]:
+    """Seconds per (clip, task), for real-time factors, and where they were measured:
+    ``{"device": ..., "seconds": {clip id: {task: s}}}``."""
     seconds: dict[str, dict[str, float]] = {}
     for r in records:
         seconds.setdefault(r["id"], {})[r["task"]] = round(float(r["seconds"]), 6)
-    return {"seconds": {k: seconds[k] for k in sorted(seconds)}}
+    return {"device": device, "seconds": {k: seconds[k] for k in sorted(seconds)}}
 
 
 def write(path: Path, records: Sequence[dict], clips: Sequence[Clip]) -> None:
     write_jsonl(path, rows(records, clips))
 
 
-def write_timings(path: Path, records: Sequence[dict]) -> None:
-    write_json(path, timings(records))
+def write_timings(path: Path, records: Sequence[dict], device: str = "cpu") -> None:
+    write_json(path, timings(records, device))
 
 
 def read(path: Path, timing: Path | None = None) -> tuple[list[dict], list[Clip]]:

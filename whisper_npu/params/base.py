@@ -11,6 +11,7 @@ Errors name the file, the key, the value and what is allowed, on one line::
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +122,8 @@ def _message(err: dict, model: type[BaseModel], prefix: str) -> str:
         if isinstance(bound, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)   # a float key shows its value as the float it is compared as
         return f"{key} = {value!r}: must be {word} {_number(bound)}"
+    if kind == "string_pattern_mismatch" and key == "device":
+        return f"{key} = {value!r}: must be auto, cpu, cuda or cuda:N"
     if kind == "literal_error":
         return f"{key} = {value!r}: must be one of {_choices(ctx['expected'])}"
     return f"{key} = {value!r}: {err['msg']}"
@@ -203,3 +206,14 @@ def languages_of(raw: Raw) -> list[str]:
     if dup:
         raise ParamsError(f"{raw.source}: languages: {dup[0]!r} is listed twice")
     return list(value)
+
+
+DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+def device_of(raw: Raw) -> str:
+    """``device``: where the label, decoder-calibration and fp32-transcription models run (auto, cpu, cuda, cuda:N)."""
+    value = raw.get("device")
+    if not isinstance(value, str) or not DEVICE.match(value):
+        raise ParamsError(f"{raw.source}: device = {value!r}: must be auto, cpu, cuda or cuda:N")
+    return value

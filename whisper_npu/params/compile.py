@@ -15,7 +15,10 @@ Target = Literal[TARGETS]               # type: ignore[valid-type]
 
 
 class QbcompilerParams(Section):
-    device: Literal["auto", "cuda", "gpu", "cpu"]   # auto: cuda (0.12) / gpu (1.x) when torch sees a GPU, else cpu
+    # the command line that starts the SDK's Python: empty = this interpreter; a venv's bin/python; or
+    # "docker run --rm --gpus all -v $PWD:$PWD -w $PWD mobilint/qbcompiler:<tag> python" (shell words)
+    python: str
+    device: Literal["auto", "cuda", "gpu", "cpu"]   # auto: cuda (0.12) / gpu (1.x) when the SDK side sees a GPU
     # auto: REGULUS single; ARIES all where the compiler has it (1.0.2+), else encoder global4 / decoder single
     encoder_scheme: Scheme
     decoder_scheme: Scheme
@@ -30,6 +33,7 @@ class QbcompilerParams(Section):
     save_config: bool                      # 1.3+: config_save_path
     encoder_mblt_backend: Literal["auto", "hf", "torch"]
     mblt_device: Literal["cpu", "cuda", "gpu"]
+    parser_workers: int = Field(ge=0)      # 1.3+: MBLT_HL_PARSER_NUM_WORK (0: the compiler's default, CPUs - 2)
 
     @model_validator(mode="after")
     def _consistent(self) -> "QbcompilerParams":

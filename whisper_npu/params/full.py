@@ -10,15 +10,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from whisper_npu.core import languages as langs
 from whisper_npu.params.audio import AudioParams
-from whisper_npu.params.base import (
-    ParamsError,
-    Raw,
-    Section,
-    as_raw,
-    check_list,
-    read,
-    validate,
-)
+from whisper_npu.params.base import DEVICE, ParamsError, Raw, Section, as_raw, check_list, read, validate
 from whisper_npu.params.calibration import CalibrationParams
 from whisper_npu.params.compile import CompileParams
 from whisper_npu.params.labels import LabelsParams
@@ -31,6 +23,7 @@ class Params(Section):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
     seed: int = Field(ge=0)
     languages: list[str]
+    device: str = Field(pattern=DEVICE.pattern)
     model: ModelParams
     audio: AudioParams
     labels: LabelsParams

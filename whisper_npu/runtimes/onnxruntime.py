@@ -24,13 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from whisper_npu.artifacts import (
-    EMBED_POSITIONS,
-    EMBED_TOKENS,
-    artifact,
-    ort_session,
-    read_provenance,
-)
+from whisper_npu.artifacts import EMBED_POSITIONS, EMBED_TOKENS, artifact, ort_session, read_provenance
 from whisper_npu.specs import embed
 
 

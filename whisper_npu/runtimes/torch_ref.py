@@ -28,9 +28,9 @@ class TorchEncoder:
         self.spec.inputs[0].check(features, "torch encoder")
         with torch.inference_mode():
             # NPU layout [1, 3000, 80] -> HF layout [1, 80, 3000].
-            x = torch.from_numpy(np.ascontiguousarray(features.transpose(0, 2, 1)))
+            x = torch.from_numpy(np.ascontiguousarray(features.transpose(0, 2, 1))).to(self.model.device)
             out = self.model.model.encoder(input_features=x).last_hidden_state
-        return out.to(torch.float32).numpy()
+        return out.to(torch.float32).cpu().numpy()
 
 
 class TorchDecoderSession:
@@ -54,7 +54,7 @@ class TorchDecoderSession:
 
         for row in encoder_states:
             self.spec.inputs[1].check(row[None], "torch decoder")
-        self._encoder_outputs = BaseModelOutput(last_hidden_state=torch.from_numpy(encoder_states))
+        self._encoder_outputs = BaseModelOutput(last_hidden_state=torch.from_numpy(encoder_states).to(self.model.device))
         self._cache = None
         if self._cache_arg == "past_key_values":
             # transformers 4.x (qbcompiler's 4.50.0): start from an empty cache object; given None it warns
@@ -75,11 +75,11 @@ class TorchDecoderSession:
         if self._encoder_outputs is None:
             raise RuntimeError("TorchDecoderSession.step before reset(encoder_states)")
         with torch.inference_mode():
-            out = self.model(encoder_outputs=self._encoder_outputs,
-                             decoder_input_ids=torch.tensor([list(t) for t in tokens], dtype=torch.long),
-                             use_cache=True, **{self._cache_arg: self._cache})
+            ids = torch.tensor([list(t) for t in tokens], dtype=torch.long, device=self.model.device)
+            out = self.model(encoder_outputs=self._encoder_outputs, decoder_input_ids=ids, use_cache=True,
+                             **{self._cache_arg: self._cache})
         self._cache = getattr(out, self._cache_arg)
-        return out.logits[:, -1].to(torch.float32).numpy()
+        return out.logits[:, -1].to(torch.float32).cpu().numpy()
 
     def select(self, rows: Sequence[int]) -> None:
         """Keep these batch rows of the key/value cache and the encoder states (finished sequences leave)."""
@@ -88,7 +88,7 @@ class TorchDecoderSession:
 
         if self._encoder_outputs is None:
             raise RuntimeError("TorchDecoderSession.select before reset(encoder_states)")
-        idx = torch.tensor(list(rows), dtype=torch.long)
+        idx = torch.tensor(list(rows), dtype=torch.long, device=self.model.device)
         self._cache.batch_select_indices(idx)
         self._encoder_outputs = BaseModelOutput(last_hidden_state=self._encoder_outputs.last_hidden_state[idx])
 
@@ -106,9 +106,10 @@ class TorchBackend:
         """Nothing to release."""
 
 
-def load_torch_backend(model_dir: str | Path) -> tuple[TorchBackend, Any]:
-    """(backend, WhisperProcessor) from the reference model store (models/reference)."""
+def load_torch_backend(model_dir: str | Path, device: str = "cpu") -> tuple[TorchBackend, Any]:
+    """(backend, WhisperProcessor) from the reference model store (models/reference), the model on ``device``
+    (cpu or cuda:N; float32 either way: it is the reference)."""
     from whisper_npu.model.store import load_hf
 
     model, processor = load_hf(model_dir)
-    return TorchBackend(model), processor
+    return TorchBackend(model.to(device)), processor

@@ -12,11 +12,18 @@ version    surface
            ``use_full_seq_length``), ``mblt_compile(model, mblt_save_path, backend, target, device)``
 1.0.1+     ``qbcompiler.configs`` (LlmConfig, CalibrationConfig, ...), ``*_config`` keywords, ``feed_dict``;
            device gpu|cpu; ``all`` from 1.0.2 (CHANGELOG); ``get_llm_config`` until 1.0.x
-1.2+       ``target_device`` on both calls (optional)
+1.1.x      ``target_device`` on both calls (optional) with the per-NPU wheels' names ``aries2`` / ``regulus2``
+           (tutorial ``d923fa3c``, VLM tutorial v1.1.2; 1.2 refuses them: a user's report, docs/mobilint.md)
+1.2+       ``target_device`` on both calls (optional): ``aries-rb``, ``regulus-rb``, ``regulus-ra``
 1.3+       ``target_device`` required, ``backend="hf"`` and ``target`` gone, ``model_part``,
            ``model_part_options``, ``dynamic_axes``, ``config_save_path``, LayerBiasCorrectionConfig; REGULUS
            takes only single (``all`` narrows to single)
-1.4+       BiasCorrectionConfig instead of LayerBiasCorrectionConfig (tutorial guide only)
+1.4+       BiasCorrectionConfig instead of LayerBiasCorrectionConfig; ``qbcompiler.model_dict.parser.patcher.parts
+           .load_for_part(model_id, part, *, dtype, device, revision, trust_remote_code)`` (tutorial guide
+           ``00_about_compilation_pipeline.md``, STT compile of ``1a5d15de``)
+
+An equivalent-transformation config with ``spin_r2`` applied writes ``spinWeight/<.mblt stem>/R2/`` into the
+current working directory during ``mxq_compile``, as the 1.4-era config guide says the real one does.
 =========  ===============================================================================================
 
 It checks every call (keyword names, allowed values, the calibration file: every listed path absolute and
@@ -57,7 +64,8 @@ HAS_CONFIGS = V >= (1, 0, 1)
 HAS_ALL = V >= (1, 0, 2)
 _OLD_SCHEMES = {"single", "multi", "global", "global4", "global8"}
 SCHEMES = _OLD_SCHEMES | ({"all"} if HAS_ALL else set())
-TARGETS = {"aries-rb", "regulus-ra", "regulus-rb"} | ({"regulus-rb-usb"} if V >= (1, 3) else set())
+TARGETS = ({"aries2", "regulus2"} if V < (1, 2) else
+           {"aries-rb", "regulus-ra", "regulus-rb"} | ({"regulus-rb-usb"} if V >= (1, 3) else set()))
 _CONFIG_KWARGS = {"calibration_config", "bit_config", "equivalent_transformation_config", "hessian_quant_config",
                   "search_weight_scale_config", "resource_management_config"}
 if V[:2] == (1, 3):
@@ -68,12 +76,12 @@ if V >= (1, 4):
 # (required, optional, allowed values) per function for this version
 if V < (1, 3):
     _MBLT = ({"model", "mblt_save_path", "backend", "target", "device"},
-             ({"feed_dict"} if HAS_CONFIGS else set()) | ({"target_device"} if V >= (1, 2) else set()),
+             ({"feed_dict"} if HAS_CONFIGS else set()) | ({"target_device"} if V >= (1, 1) else set()),
              {"backend": {"hf"} if V < (1, 0) else {"hf", "torch"}, "target": {"encoder", "decoder"},
               "target_device": TARGETS})
     _MXQ = ({"model", "calib_data_path", "save_path", "device"} | ({"inference_scheme"} if V >= (0, 12) else set()),
             {"llm_config"} | ({"inference_scheme"} if V < (0, 12) else set())
-            | (_CONFIG_KWARGS if HAS_CONFIGS else set()) | ({"target_device"} if V >= (1, 2) else set()),
+            | (_CONFIG_KWARGS if HAS_CONFIGS else set()) | ({"target_device"} if V >= (1, 1) else set()),
             {"device": {"gpu", "cpu"} if HAS_CONFIGS else {"cuda", "cpu"}, "inference_scheme": SCHEMES,
              "target_device": TARGETS})
 else:   # docs v1.3 REF: mblt_compile / mxq_compile arguments
@@ -174,7 +182,8 @@ def mxq_compile(**kwargs: Any) -> None:
         part = json.loads(Path(kwargs["model"]).read_text())["component"]
     except (OSError, ValueError, KeyError):
         raise FileNotFoundError(f"stand-in: model {kwargs['model']} is not a stand-in .mblt") from None
-    target = kwargs.get("target_device", "aries-rb")
+    target = {"aries2": "aries-rb", "regulus2": "regulus-rb"}.get(kwargs.get("target_device", "aries-rb"),
+                                                                 kwargs.get("target_device", "aries-rb"))
     scheme = kwargs.get("inference_scheme") or "single"
     if V >= (1, 3) and target.startswith("regulus"):
         if scheme not in ("single", "all"):
@@ -189,6 +198,11 @@ def mxq_compile(**kwargs: Any) -> None:
         resolved = {"inferenceScheme": scheme, "device": kwargs.get("device", "gpu"),
                     **{k: _as_data(v) for k, v in kwargs.items() if k.endswith("_config")}}
         Path(kwargs["config_save_path"]).write_text(yaml.safe_dump(resolved, sort_keys=True))
+    et = _as_data(kwargs.get("equivalent_transformation_config")) or {}
+    if isinstance(et.get("spin_r2"), dict) and et["spin_r2"].get("apply"):   # the 1.4 guide: rotations into the cwd
+        rotations = Path("spinWeight") / Path(kwargs["model"]).stem / "R2"
+        rotations.mkdir(parents=True, exist_ok=True)
+        (rotations / "layer_0.pth").write_bytes(b"stand-in rotation")
     _behave("mxq_compile", kwargs["save_path"], {"component": part, "inference_scheme": scheme,
                                                  "target_device": target})
 

@@ -43,13 +43,13 @@ CalibrationConfig = _cfg("CalibrationConfig", "method output mode max_sample_siz
 BitConfig = _cfg("BitConfig", "weight16_bits weight8_bits", transformer=_cfg(
     "Transformer", "", weight=_cfg("Weight", _Layers), activation=_cfg("Activation", _Layers),
     mixed_precision=_cfg("MixedPrecision", "", activation=_cfg("Activation", "apply"))),
-    layer_overrides=_cfg("LayerOverrides", "activation_16bits"))
+    layer_overrides=_cfg("LayerOverrides", "activation_16bits weight_16bits weight_8bits"))
 EquivalentTransformationConfig = _cfg("EquivalentTransformationConfig", "", **{
     k: _cfg(k, _Apply) for k in ("norm_conv", "qk", "ud", "vo", "spin_r1", "spin_r2", "qk_rotation",
                                  "feed_forward_multi_lut", "optimize_ffn", "flatten_quant")})
 # the tutorial spells the attributes both ways (actOrder / act_order); Pydantic aliases accept both
-HessianQuantConfig = _cfg("HessianQuantConfig", "apply hessian_dtype accumulation_device", attributes=_cfg(
-    "Attributes", "act_order block_size perc_damp actOrder blockSize percDamp solver rescomp"))
+HessianQuantConfig = _cfg("HessianQuantConfig", "apply hessian_dtype accumulation_device solver rescomp", attributes=_cfg(
+    "Attributes", "act_order block_size perc_damp alpha actOrder blockSize percDamp"))
 SearchWeightScaleConfig = _cfg("SearchWeightScaleConfig", "apply",
                                transformer=_cfg("Transformer", "query key value out ffn"))
 ResourceManagementConfig = _cfg("ResourceManagementConfig", "weight_dtype use_gpu_only_for_calibration",

@@ -1,13 +1,9 @@
-"""The qbcompiler calls as plain data: which call style the installed compiler offers (feature detection) and the
-keyword arguments each of the two calls gets for a component and ``compile.qbcompiler`` params. No compiler import
-here beyond inspecting one (see the package docstring for the styles)."""
+"""The qbcompiler calls as plain data: which call style the SDK interpreter's compiler offers (feature detection on
+the surface sdk_side.py probes) and the keyword arguments each of the two calls gets for a component and the
+``compile.qbcompiler`` params. No compiler import here (see build.py's docstring for the styles)."""
 from __future__ import annotations
 
-import importlib
-import importlib.metadata as md
-import importlib.util
-import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from whisper_npu.core.errors import StageError
@@ -19,13 +15,21 @@ if TYPE_CHECKING:
 MODULE_NAMES = ("qbcompiler", "qubee")   # the package was renamed qubee -> qbcompiler in 2026-01
 INSTALL_HINT = ("qbcompiler is not installed (it is not on PyPI): download the wheel for your platform from "
                 "Mobilint's download center (https://dl.mobilint.com, login; ARIES -> qb Compiler) and run "
-                "`pip install qbcompiler-<version>-<platform>.whl` in this environment, or run the pipeline in "
-                "the mobilint/qbcompiler Docker image (e.g. mobilint/qbcompiler:1.0-cpu-ubuntu22.04); "
-                "or set compile.backend to onnxruntime (or auto)")
-KNOWN_APIS = ("0.11", "0.12", "1.0", "1.x", "1.2", "1.3")
-OBJECT_STYLES = ("1.x", "1.2", "1.3")      # qbcompiler.configs objects
-TARGET_STYLES = ("1.2", "1.3")             # target_device argument
-SUPPORTED = "qbcompiler/qubee 0.11, 0.12, 1.0 and 1.x (1.0.1+: config objects; 1.2+: target_device; 1.3: model_part)"
+                "`pip install qbcompiler-<version>-<platform>.whl` in its own environment and point "
+                "compile.qbcompiler.python at that environment's python (or the mobilint/qbcompiler Docker "
+                "image's, e.g. mobilint/qbcompiler:1.0-cpu-ubuntu22.04); or set compile.backend to onnxruntime")
+KNOWN_APIS = ("0.11", "0.12", "1.0", "1.x", "1.1", "1.2", "1.3")
+OBJECT_STYLES = ("1.x", "1.1", "1.2", "1.3")      # qbcompiler.configs objects
+TARGET_STYLES = ("1.1", "1.2", "1.3")             # target_device argument
+SUPPORTED = ("qbcompiler/qubee 0.11, 0.12, 1.0 and 1.x (1.0.1+: config objects; 1.1: target_device aries2/regulus2; "
+             "1.2+: aries-rb/regulus-rb; 1.3+: model_part; 1.4: load_for_part)")
+# qbcompiler 1.1.x (per-NPU wheels) names the NPUs aries2 / regulus2; 1.2 refuses those names ("Unsupported device
+# name: 'aries2'. Available devices: ['regulus-ra', 'aries-rb', 'regulus-rb']", a user's report; docs/mobilint.md).
+OLD_TARGET_NAMES = {"aries-rb": "aries2", "regulus-rb": "regulus2"}
+# the transformers version of the SDK's Docker image / the tutorial's requirements, per compiler minor version: the
+# Whisper parser is checked against it (docs troubleshooting: "match the transformers version of the Docker image
+# or the parsing script"); versions not listed are not checked (warned)
+PARSER_TRANSFORMERS = {(0, 12): "4.50.0", (1, 0): "4.50.0", (1, 1): "4.50.0", (1, 2): "4.50.0", (1, 4): "4.57.1"}
 PARSER_PATCH_LINE = 538   # qubee 0.11.0.1 model_dict/parser/parser.py (tutorial v0.11.0.1)
 REGULUS_LLM_LENGTH = 1024   # newest public STT compile (f3f9d540): REGULUS max_sequence/cache length
 # params section -> (qbcompiler.configs class, mxq_compile keyword); docs REF/MQ "*_config objects"
@@ -39,23 +43,13 @@ CONFIG_SECTIONS = {
 
 @dataclass(frozen=True)
 class Installed:
+    """The compiler the SDK interpreter has (from sdk_side.py's probe) and the call style it offers."""
     module: str     # import name: qbcompiler or qubee
     version: str
     api: str        # call style, one of KNOWN_APIS
-
-
-def is_importable() -> bool:
-    return any(importlib.util.find_spec(m) is not None for m in MODULE_NAMES)
-
-
-def _version(module: Any, name: str) -> str:
-    v = getattr(module, "__version__", None)
-    if v:
-        return str(v)
-    try:
-        return md.version(name)
-    except md.PackageNotFoundError:
-        return "unknown"
+    load_for_part: bool = False   # qbcompiler.model_dict.parser.patcher.parts.load_for_part (newest tutorial)
+    config_classes: tuple[str, ...] = ()
+    probe: dict = field(default_factory=dict, compare=False)
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -77,7 +71,7 @@ def _check_known(version: str) -> tuple[int, ...]:
 
 
 def api_of(version: str) -> str:
-    """The call style of a compiler known only by its version (no module to inspect)."""
+    """The call style of a compiler known only by its version (no surface to inspect)."""
     v = _check_known(version)
     if v[:2] in ((0, 11), (0, 12)):
         return f"{v[0]}.{v[1]}"
@@ -85,55 +79,43 @@ def api_of(version: str) -> str:
         return "1.0"
     if v[:2] >= (1, 3):
         return "1.3"
-    return "1.2" if v[:2] >= (1, 2) else "1.x"
+    if v[:2] >= (1, 2):
+        return "1.2"
+    return "1.1" if v[:2] == (1, 1) else "1.x"
 
 
-def _takes(fn: Any, name: str, default: bool) -> bool:
-    """Whether ``fn`` has a parameter ``name``; ``default`` when its signature cannot tell (``**kwargs``)."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
+def takes(params: list[str] | None, name: str, default: bool) -> bool:
+    """Whether a function with these parameter names (``**``: a catch-all) has ``name``; ``default`` when its
+    signature cannot tell (unknown, or ``**kwargs``)."""
+    if params is None:
         return default
     if name in params:
         return True
-    return default if any(p.kind is p.VAR_KEYWORD for p in params.values()) else False
+    return default if "**" in params else False
 
 
-def call_style(module: Any, name: str, version: str) -> str:
-    """The call style the installed compiler offers (feature detection; see the module docstring)."""
+def call_style(compiler: dict) -> Installed:
+    """The call style a compiler offers, from its probed surface (feature detection; see build.py's docstring)."""
+    name, version = compiler["module"], compiler["version"]
     v = _check_known(version)
     for fn in ("mblt_compile", "mxq_compile"):
-        if not callable(getattr(module, fn, None)):
+        if fn not in compiler.get("has", []):
             raise StageError(f"{name} {version}: has no {fn}(); this pipeline supports {SUPPORTED}")
-    if _takes(module.mxq_compile, "target_device", v[:2] >= (1, 2)):
-        return "1.3" if _takes(module.mblt_compile, "model_part", v[:2] >= (1, 3)) else "1.2"
-    try:
-        if hasattr(importlib.import_module(f"{name}.configs"), "LlmConfig"):
-            return "1.x"
-    except ImportError:
-        pass
-    if callable(getattr(module, "get_llm_config", None)):
-        return {(0, 11): "0.11", (0, 12): "0.12"}.get(v[:2], "1.0")
-    raise StageError(f"{name} {version}: neither {name}.configs.LlmConfig nor get_llm_config(); "
-                     f"this pipeline supports {SUPPORTED}")
-
-
-def find_installed() -> Installed | None:
-    """The installed compiler (qbcompiler first, then the pre-rename qubee), or None."""
-    for name in MODULE_NAMES:
-        if importlib.util.find_spec(name) is None:
-            continue
-        module = importlib.import_module(name)
-        version = _version(module, name)
-        return Installed(name, version, call_style(module, name, version))
-    return None
-
-
-def require() -> Installed:
-    found = find_installed()
-    if found is None:
-        raise StageError(f"compile.backend = qbcompiler: {INSTALL_HINT}")
-    return found
+    mxq, mblt = compiler.get("mxq_compile"), compiler.get("mblt_compile")
+    classes = tuple(compiler.get("config_classes", ()))
+    if takes(mxq, "target_device", v[:2] >= (1, 1)):
+        if v[:2] < (1, 2):
+            api = "1.1"   # per-NPU wheels: target names aries2 / regulus2
+        else:
+            api = "1.3" if takes(mblt, "model_part", v[:2] >= (1, 3)) else "1.2"
+    elif "LlmConfig" in classes:
+        api = "1.x"
+    elif "get_llm_config" in compiler.get("has", []):
+        api = {(0, 11): "0.11", (0, 12): "0.12"}.get(v[:2], "1.0")
+    else:
+        raise StageError(f"{name} {version}: neither {name}.configs.LlmConfig nor get_llm_config(); "
+                         f"this pipeline supports {SUPPORTED}")
+    return Installed(name, version, api, bool(compiler.get("has_load_for_part")) and api == "1.3", classes, compiler)
 
 
 # ------------------------------------------------------------------------------------------- the plan
@@ -172,14 +154,21 @@ def _scheme(api: str, version: str, component: str, wanted: str, target: str) ->
     return wanted
 
 
-def _check_target(api: str, version: str, target: str) -> None:
+def _target_name(api: str, version: str, target: str) -> str:
+    """The name this compiler knows the target by (1.1.x: aries2 / regulus2), or a refusal naming the key."""
     key = f"{KEY}.target_device"
     if target != "aries-rb" and api not in TARGET_STYLES:
         raise StageError(f"{key} = {target}: the installed qbcompiler {version or api} (call style {api}) takes "
-                         "no target_device and compiles for ARIES only; REGULUS needs qbcompiler >= 1.2")
+                         "no target_device and compiles for ARIES only; REGULUS needs qbcompiler >= 1.1")
+    if api == "1.1":
+        if target not in OLD_TARGET_NAMES:
+            raise StageError(f"{key} = {target}: qbcompiler {version} (per-NPU wheels) knows only "
+                             f"{', '.join(OLD_TARGET_NAMES)} (sent as {', '.join(OLD_TARGET_NAMES.values())})")
+        return OLD_TARGET_NAMES[target]
     v = version_tuple(version)
     if target == "regulus-rb-usb" and v and v[:2] < (1, 3):
         raise StageError(f"{key} = regulus-rb-usb: documented from qbcompiler 1.3 (installed {version})")
+    return target
 
 
 def _llm(api: str, qb: QbcompilerParams, target: str) -> dict:
@@ -202,27 +191,54 @@ def _llm(api: str, qb: QbcompilerParams, target: str) -> dict:
     return {"factory": "get_llm_config", "kwargs": {"llm_config_apply": True, "use_full_seq_length": full}}
 
 
-def _configs(api: str, component: str, qb: QbcompilerParams) -> dict:
+def _configs(api: str, component: str, qb: QbcompilerParams, version: str, mxq_params: list[str] | None,
+             classes: tuple[str, ...]) -> dict:
+    """The config objects for a component, refused (naming the key) where the compiler cannot take them."""
     data = qb.encoder_configs if component == "encoder" else qb.decoder_configs
+    key = f"{KEY}.{component}_configs"
     if data and api not in OBJECT_STYLES:
-        raise StageError(f"{KEY}.{component}_configs: config objects need qbcompiler.configs (1.0.1+); the "
+        raise StageError(f"{key}: config objects need qbcompiler.configs (1.0.1+); the "
                          f"installed compiler has call style {api}. Remove the key or upgrade the compiler")
+    for section in sorted(data):
+        if classes and CONFIG_SECTIONS[section] not in classes:
+            raise StageError(f"{key}.{section}: qbcompiler {version} has no qbcompiler.configs."
+                             f"{CONFIG_SECTIONS[section]}")
+        if not takes(mxq_params, f"{section}_config", True):
+            raise StageError(f"{key}.{section}: qbcompiler {version}'s mxq_compile takes no {section}_config")
     return {section: data[section] for section in sorted(data)}
 
 
+def warnings(component: str, qb: QbcompilerParams, version: str) -> list[str]:
+    """What the plan sends that is known to hurt on this compiler version (said in the log and in provenance)."""
+    out = []
+    hq = (qb.encoder_configs if component == "encoder" else qb.decoder_configs).get("hessian_quant", {})
+    v = version_tuple(version)
+    if hq.get("apply") and v and v[:2] < (1, 2):
+        out.append(f"{KEY}.{component}_configs.hessian_quant: HessianQuant (OPTQ) was reported to lower accuracy "
+                   f"on qbcompiler 1.1.x and to raise it from 1.2.0 (a user's measurement, docs/mobilint.md); "
+                   f"installed {version}")
+    return out
+
+
 def plan_calls(api: str, component: str, qb: QbcompilerParams, *, gpu: bool,
-               input_features_shape: tuple[int, ...], version: str = "") -> dict:
+               input_features_shape: tuple[int, ...], version: str = "", inst: Installed | None = None) -> dict:
     """The keyword arguments of the two compiler calls as plain data (without model and paths).
 
     ``llm_config`` (decoder only) is described as data: ``{"factory": "get_llm_config", "kwargs": ...}`` or
     ``{"factory": "LlmConfig", "use_full_seq_length": ..., ["max_sequence_length", "max_cache_length"]}``;
     ``configs`` maps params sections (``calibration``, ``bit``, ...) to the data of their config objects;
-    ``feed_dict`` maps input names to shapes. ``version`` refines version-documented firsts (``all``).
+    ``feed_dict`` maps input names to shapes. ``version`` refines version-documented firsts (``all``); ``inst``
+    (the probed compiler) refines what its functions and config classes take and how the model is loaded.
     """
     if api not in KNOWN_APIS:
         raise StageError(f"qbcompiler API {api!r}: unknown")
-    target = qb.target_device
-    _check_target(api, version, target)
+    target = _target_name(api, version, qb.target_device)
+    part_options = {"decoder_part_options": qb.decoder_part_options, "decoder_dynamic_axes": qb.decoder_dynamic_axes}
+    for name, value in part_options.items():
+        if value and api != "1.3":
+            raise StageError(f"{KEY}.{name}: needs qbcompiler >= 1.3 (mblt_compile model_part); the installed "
+                             f"compiler {version or ''} has call style {api}. Remove the key or upgrade the compiler")
+    probe = inst.probe if inst is not None else {}
     mblt: dict[str, Any] = {}
     if api == "1.3":
         mblt.update(backend="torch", model_part=component, target_device=target)
@@ -246,9 +262,13 @@ def plan_calls(api: str, component: str, qb: QbcompilerParams, *, gpu: bool,
     if api in TARGET_STYLES:
         mxq["target_device"] = target
     scheme = _scheme(api, version, component, qb.encoder_scheme if component == "encoder" else qb.decoder_scheme,
-                     target)
+                     qb.target_device)
     if scheme is not None:
         mxq["inference_scheme"] = scheme
-    llm = _llm(api, qb, target) if component == "decoder" else None
-    return {"api": api, "mblt_compile": mblt, "mxq_compile": mxq, "llm_config": llm,
-            "configs": _configs(api, component, qb), "save_config": qb.save_config and api == "1.3"}
+    llm = _llm(api, qb, qb.target_device) if component == "decoder" else None
+    configs = _configs(api, component, qb, version, probe.get("mxq_compile"), inst.config_classes if inst else ())
+    return {"api": api, "mblt_compile": mblt, "mxq_compile": mxq, "llm_config": llm, "configs": configs,
+            "save_config": qb.save_config and api == "1.3" and takes(probe.get("mxq_compile"), "config_save_path",
+                                                                     True),
+            "load_for_part": bool(inst and inst.load_for_part),
+            "warnings": warnings(component, qb, version)}

@@ -29,8 +29,12 @@ if TYPE_CHECKING:
 INSTALL_HINT = "onnxruntime is a dependency of this package (pip install -e .)"
 
 
-def available() -> bool:
+def available(cp: CompileParams | None = None) -> bool:
     return True
+
+
+def preflight(cp: CompileParams) -> None:
+    """Nothing to check before the model is loaded: onnxruntime is a dependency."""
 
 
 # ------------------------------------------------------------------------------------------- numerics
@@ -74,7 +78,7 @@ def _checked_loader(cs: CalibSet, spec: ComponentSpec) -> Callable[[int], tuple[
     return load
 
 
-def build(model: Any, component: str, spec: ComponentSpec, cs: CalibSet, cp: CompileParams,
+def build(model: Any, model_dir: Path, component: str, spec: ComponentSpec, cs: CalibSet, cp: CompileParams,
           out_dir: Path, stem: str) -> Built:
     """Export + INT8 into ``out_dir/<stem>.onnx``, numerics on the held-out entries."""
     calib_idx, held_idx = calib_sets.split_holdout(len(cs), cp.numerics_samples, str(cs.source))

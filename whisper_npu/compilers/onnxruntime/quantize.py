@@ -147,12 +147,7 @@ def quantize(fp32_path: str | Path, out_path: str | Path, *, mode: str, per_chan
     ``static`` (QDQ: weights int8, activations ``activation_type`` with static per-tensor ranges from
     ``reader``; the inputs of the ``high_precision`` nodes get 16-bit activations, weights staying int8).
     """
-    from onnxruntime.quantization import (
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     check_groups(high_precision, "high_precision")

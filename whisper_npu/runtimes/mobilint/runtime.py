@@ -29,13 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from whisper_npu.artifacts import (
-    EMBED_POSITIONS,
-    EMBED_TOKENS,
-    PROVENANCE,
-    CompiledNotRunnable,
-    read_provenance,
-)
+from whisper_npu.artifacts import EMBED_POSITIONS, EMBED_TOKENS, PROVENANCE, CompiledNotRunnable, read_provenance
 from whisper_npu.core.errors import StageError
 from whisper_npu.npu import placement
 from whisper_npu.specs import embed

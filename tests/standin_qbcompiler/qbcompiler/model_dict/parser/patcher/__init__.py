@@ -1,0 +1,1 @@
+"""STAND-IN package path of qbcompiler (see qbcompiler/__init__.py)."""
