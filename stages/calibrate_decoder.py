@@ -72,15 +72,15 @@ class Sample:
 
 # ---------------------------------------------------------------------------------------------- planning
 
-def read_labels(labels_dir: Path, languages: Sequence[str]) -> dict[str, dict]:
-    """Clip id -> label row, from ``<labels_dir>/<lang>.jsonl`` for the given languages."""
-    rows: dict[str, dict] = {}
-    for lang in sorted(languages):
-        path = labels_dir / f"{lang}.jsonl"
-        if not path.is_file():
-            raise StageError(f"{path}: missing; calibration.text_source = labels needs the label stage "
-                             f"(`dvc repro label@{lang}`)")
-        rows.update({r["id"]: r for r in read_jsonl(path)})
+def read_labels(path: Path, languages: Sequence[str]) -> dict[str, dict]:
+    """Clip id -> label row of the given languages, from the labels stage's ``decoder_text.jsonl``."""
+    if not path.is_file():
+        raise StageError(f"{path}: missing; calibration.text_source = labels needs the label and labels stages "
+                         "(`dvc repro labels`)")
+    rows = {r["id"]: r for r in read_jsonl(path) if r.get("lang") in languages}
+    if not rows:
+        raise StageError(f"{path}: no label rows for {', '.join(sorted(languages))}; calibration.text_source = "
+                         "labels needs labels.enabled: true (rerun `dvc repro labels`)")
     return rows
 
 
@@ -109,7 +109,8 @@ def plan_samples(clips: Sequence[Clip], tasks: dict[str, str], text_source: str,
         elif text_source == "labels":
             row = (labels or {}).get(clip.id)
             if row is None:
-                raise StageError(f"{clip.id}: no label row in data/labels/{clip.lang}.jsonl; rerun the label stage")
+                raise StageError(f"{clip.id}: no label row in the labels (data/labels/{clip.lang}.jsonl); rerun the "
+                                 "label stage")
             text = row["translation" if task == TRANSLATE else "transcription"] or ""
         samples.append(Sample(clip, task, text, fraction))
     return samples
@@ -258,7 +259,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--audio", type=Path, required=True, help="audio stage root (data/audio)")
-    parser.add_argument("--labels", type=Path, required=True, help="label stage folder (data/labels)")
+    parser.add_argument("--text", type=Path, required=True,
+                        help="the labels stage's decoder_text.jsonl (read when calibration.text_source = labels)")
     parser.add_argument("--model", type=Path, required=True, help="reference model store (models/reference)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (calibration/decoder)")
     parser.add_argument("--metrics", type=Path, required=True, help="task-mix metric (metrics/calibration.json)")
@@ -271,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     raw = read(args.params)
     seed, langs, cp, device = seed_of(raw), languages_of(raw), CalibrationParams.of(raw), device_of(raw)
     clips = read_clips(args.audio, langs, "calibration", cp.samples_per_language)
-    labels = read_labels(args.labels, langs) if cp.text_source == "labels" else None
+    labels = read_labels(args.text, langs) if cp.text_source == "labels" else None
     samples = plan_recipe(clips, cp, seed, labels)
     torch.manual_seed(seed)
     model, processor = load_hf(args.model)

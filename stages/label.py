@@ -85,6 +85,11 @@ def main(argv: list[str] | None = None) -> None:
         if m.get("lang") != args.lang:
             raise StageError(f"{manifest_path}: row {m.get('id')} is {m.get('lang')!r}, not {args.lang}")
     todo = select(manifest, labels.splits, manifest_path)
+    if not labels.enabled:
+        log.info("label@%s: labels.enabled = false: nothing labelled (no stage reads the labels)", args.lang)
+        with atomic_output(args.out) as tmp:
+            write_jsonl(tmp, [])
+        return
     labeler = load_labeler(labels.labeler, args.model, resolve(device))
     log_device(f"label@{args.lang}", labeler.device, labeler.fp16)
     log.info("label@%s: %d of %d clips (splits %s) with %s", args.lang, len(todo), len(manifest),

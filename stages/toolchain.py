@@ -12,8 +12,9 @@ before any audio or model work; then record the versions that shape the compiled
 
 Preflight: with ``compile.backend: qbcompiler`` the compiler must answer in its interpreter, be a version the adapter
 knows, and (where the docs name it) have the transformers version its Whisper parser was released with; a
-``compile.qbcompiler.device`` of cuda/gpu needs CUDA there; a top-level ``device`` of cuda needs it here. Each
-failure is one line naming the key and the fix.
+``compile.qbcompiler.device`` of cuda/gpu needs CUDA there; the compile options must be ones that version takes
+(the adapter plans both components' calls now, so a key it would refuse at compile time is refused here); a
+top-level ``device`` of cuda needs CUDA here. Each failure is one line naming the key and the fix.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from typing import Any
 
 from whisper_npu.artifacts import PROVENANCE
 from whisper_npu.compilers.mobilint import build as mobilint
-from whisper_npu.compilers.mobilint.plan import KEY, PARSER_TRANSFORMERS, call_style, version_tuple
+from whisper_npu.compilers.mobilint.plan import KEY, PARSER_TRANSFORMERS, call_style, plan_calls, version_tuple
 from whisper_npu.core.errors import StageError
 from whisper_npu.core.files import atomic_output, read_json, write_json
 from whisper_npu.core.stage import run_stage
@@ -71,6 +72,10 @@ def qbcompiler_record(p: Params) -> dict[str, Any] | None:
     if qb.device in ("cuda", "gpu") and not found.get("cuda"):
         raise StageError(f"{KEY}.device = {qb.device}: {' '.join(mobilint.interpreter(qb))} sees no CUDA device "
                          f"(torch {found.get('torch')}); use auto or cpu, or a CUDA image ('docker run --gpus all ...')")
+    for component in ("encoder", "decoder"):   # refusals (options this version does not take) name their key
+        for warning in plan_calls(inst.api, component, qb, gpu=bool(found.get("cuda")), version=inst.version,
+                                  inst=inst, input_features_shape=(1, 80, 3000)).get("warnings", []):
+            log.warning("%s", warning)
     return {"backend": "qbcompiler", "compiler": {"module": inst.module, "version": inst.version, "api": inst.api},
             "interpreter": {"command": qb.python or "this", **{k: found.get(k) for k in ("python", "torch",
                                                                                           "transformers", "cuda")}}}

@@ -292,3 +292,78 @@ def real_english_run(tmp_path_factory, reference_model_dir: Path) -> Path:
     repo = make_project(tmp_path_factory.mktemp("english") / "proj", p)
     run(["dvc", "repro", "score"], repo, timeout=3600)
     return repo
+
+
+# The SDK's own environment, as a build host has it: its transformers is the one its Whisper parser was released with
+# (0.12-1.2: 4.50.0; 1.4: 4.57.1; whisper_npu/compilers/mobilint/plan.py PARSER_TRANSFORMERS), while the pipeline
+# pins transformers 5.x. The tokenizers / huggingface_hub pins are ones those transformers accept.
+SDK_PACKAGES = {"4.50.0": ("transformers==4.50.0", "tokenizers==0.21.4", "huggingface_hub==0.36.2"),
+                "4.57.1": ("transformers==4.57.1", "tokenizers==0.22.1", "huggingface_hub==0.36.2")}
+
+
+@pytest.fixture(scope="session")
+def sdk_python():
+    """A factory: ``sdk_python(transformers_version)`` -> the python of a second virtual environment standing for
+    the SDK's: that transformers in its own site-packages (from PyPI), torch and numpy from the pipeline's through a
+    ``.pth`` line read after them, and no compiler (a test adds the STAND-IN compiler with PYTHONPATH in
+    ``compile.qbcompiler.python``). Each is built once into the user cache."""
+    import fcntl
+    import sysconfig
+
+    from whisper_npu.model.pypi_weights import cache_root
+
+    def make(version: str = "4.50.0") -> Path:
+        venv = cache_root() / f"test-sdk-venv-transformers{version}"
+        python, ready = venv / "bin" / "python", venv / ".ready"
+        venv.parent.mkdir(parents=True, exist_ok=True)
+        with open(venv.parent / ".sdk-venv.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not ready.is_file():
+                shutil.rmtree(venv, ignore_errors=True)
+                subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+                subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", *SDK_PACKAGES[version]],
+                               check=True)
+                ready.write_text("\n".join(SDK_PACKAGES[version]))
+            site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                  check=True, capture_output=True, text=True).stdout.strip()
+            (Path(site) / "pipeline-site.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+        return python
+    return make
+
+
+def tree_differences(a: Path, b: Path) -> list[str]:
+    """What differs between two output trees, one line per file: missing on one side, or the first differing
+    byte (and for WAV files the first differing sample). Empty when the trees are byte-identical."""
+    import numpy as np
+
+    from whisper_npu.core.files import sha256_file
+
+    files = {p.relative_to(root).as_posix() for root in (a, b) for p in root.rglob("*") if p.is_file()}
+    out = []
+    for rel in sorted(files):
+        pa, pb = a / rel, b / rel
+        if not (pa.is_file() and pb.is_file()):
+            out.append(f"{rel}: only in {a if pa.is_file() else b}")
+            continue
+        if sha256_file(pa) == sha256_file(pb):
+            continue
+        da, db = pa.read_bytes(), pb.read_bytes()
+        first = next((i for i, (x, y) in enumerate(zip(da, db)) if x != y), min(len(da), len(db)))
+        line = f"{rel}: {len(da)} vs {len(db)} bytes, first difference at byte {first}"
+        if rel.endswith(".wav"):
+            import soundfile as sf
+
+            sa, sb = sf.read(pa, dtype="int16")[0], sf.read(pb, dtype="int16")[0]
+            diff = np.flatnonzero(sa[: min(len(sa), len(sb))] != sb[: min(len(sa), len(sb))])
+            at = int(diff[0]) if diff.size else min(len(sa), len(sb))
+            va, vb = (s[at] if at < len(s) else "-" for s in (sa, sb))
+            line += f", first differing sample {at} ({va} vs {vb})"
+        out.append(line)
+    return out
+
+
+def assert_same_tree(a: Path, b: Path) -> None:
+    """Fail naming every differing file and where it first differs; both trees stay where they are (tmp_path is
+    kept by pytest) and are named in the message."""
+    diffs = tree_differences(a, b)
+    assert not diffs, f"{a} and {b} differ (both kept):\n" + "\n".join(diffs)

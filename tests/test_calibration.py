@@ -60,6 +60,9 @@ def make_audio(root: Path, langs=LANGS, n_calib: int = 4, n_eval: int = 1, label
             (labels / f"{lang}.jsonl").write_text("".join(json.dumps(
                 {"id": r["id"], "lang": lang, "transcription": "라벨 " + r["text"], "translation": "Label " + r["text_en"],
                  "labeler": "test"}, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    if labels is not None:   # what the labels stage hands calibrate_decoder (data/decoder_text.jsonl)
+        (labels.parent / "decoder_text.jsonl").write_text("".join(
+            (labels / f"{lang}.jsonl").read_text(encoding="utf-8") for lang in sorted(langs)), encoding="utf-8")
     return root
 
 
@@ -79,8 +82,8 @@ def run_encoder(tmp: Path, store: Path, out: Path, params: Path) -> Path:
 
 
 def run_decoder(tmp: Path, store: Path, out: Path, params: Path) -> Path:
-    dec_stage.main(["--params", str(params), "--audio", str(tmp / "audio"), "--labels", str(tmp / "labels"),
-                    "--model", str(store), "--out", str(out), "--metrics", str(out.parent / f"{out.name}.metric.json")])
+    dec_stage.main(["--params", str(params), "--audio", str(tmp / "audio"),
+                    "--text", str(tmp / "decoder_text.jsonl"), "--model", str(store), "--out", str(out), "--metrics", str(out.parent / f"{out.name}.metric.json")])
     return out
 
 
@@ -431,7 +434,7 @@ def test_dvc_reruns_only_what_changed_and_is_reproducible(project, store):
     repo = project(params)
     make_audio(repo / "data" / "audio", langs=params["languages"], n_calib=3, n_eval=1, labels=repo / "data" / "labels")
     shutil.copytree(store, repo / "models" / "reference")
-    stages = ["calibrate_encoder", "calibrate_decoder"]
+    stages = ["labels", "calibrate_encoder", "calibrate_decoder"]
 
     run(["dvc", "repro", "-s", *stages], repo)
     first = _lock_outs(repo)
@@ -464,6 +467,14 @@ def test_dvc_reruns_only_what_changed_and_is_reproducible(project, store):
     assert second["calibrate_decoder"] != first["calibrate_decoder"]
     metric = json.loads((repo / "metrics" / "calibration.json").read_text())
     assert metric["translate"] == metric["samples"] == 6
+
+    # a labeler change: the labels stage reruns, the decoder set (its text generated) does not
+    labels = repo / "data" / "labels" / "ko_kr.jsonl"
+    labels.write_text(labels.read_text(encoding="utf-8").replace("라벨", "레이블"), encoding="utf-8")
+    assert _status(repo) == {"labels"}
+    out = run(["dvc", "repro", "-s", *stages], repo).stdout
+    assert "Running stage 'labels'" in out and "Stage 'calibrate_decoder' didn't change, skipping" in out
+    assert _lock_outs(repo)["calibrate_decoder"] == second["calibrate_decoder"]
 
     # the list files hold no path of this machine
     for f in (repo / "calibration" / "encoder" / specs.ENCODER_LIST, repo / "calibration" / "decoder" / specs.DECODER_JSON):

@@ -284,6 +284,16 @@ def test_label_stage_english_only_model_fails_for_other_languages(tmp_path: Path
     assert not (tmp_path / "ko.jsonl").exists()
 
 
+def test_labels_off_write_nothing_and_load_no_model(tmp_path: Path) -> None:
+    """labels.enabled: false: an empty label file, and no model is loaded (the --model folder does not exist)."""
+    make_audio_dir(tmp_path / "audio" / "ko_kr", "ko_kr", 1)
+    out = tmp_path / "ko.jsonl"
+    label_stage.main(["--lang", "ko_kr", "--audio", str(tmp_path / "audio" / "ko_kr"), "--model",
+                      str(tmp_path / "no-model"), "--out", str(out),
+                      "--params", str(write_params(tmp_path, labels={"enabled": False}))])
+    assert out.read_text() == ""
+
+
 def write_params(folder: Path, languages: list[str] | None = None, labels: dict | None = None) -> Path:
     params = default_params()
     params["labels"]["max_new_tokens"] = SAMPLE_LEN
@@ -312,6 +322,16 @@ def test_labels_merge_tutorial_formats_reads_params_languages(tmp_path: Path) ->
     assert t["cmn_hans_cn_0001.wav"] == "zh text 1"
     assert read_json(tl)["ko_kr_0000.wav"] == {"source_language_fleurs": "ko_kr", "source_language_whisper": "ko",
                                                 "target_language": "en", "translation": "English 0"}
+    # what the decoder set reads of them: every row only when calibration.text_source is labels
+    text = tmp_path / "decoder_text.jsonl"
+    for source, n in (("generated", 0), ("labels", 4)):
+        params = write_params(tmp_path, ["ko_kr", "cmn_hans_cn"])
+        data = yaml.safe_load(params.read_text())
+        data["calibration"]["text_source"] = source
+        params.write_text(yaml.safe_dump(data, allow_unicode=True))
+        labels_stage.main(["--labels", str(d), "--transcriptions", str(tr), "--translations", str(tl),
+                           "--decoder-text", str(text), "--params", str(params)])
+        assert len(read_jsonl(text)) == n
     # a language in params without labels: a clear error, no output left behind
     with pytest.raises(StageError, match="el_gr.jsonl: missing"):
         labels_stage.main(["--labels", str(d), "--transcriptions", str(tr), "--translations", str(tl),

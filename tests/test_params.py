@@ -107,11 +107,21 @@ def test_bad_value_names_key_value_and_allowed(key, value, message):
 
 def test_label_splits_must_cover_what_calibration_reads():
     data = with_value("labels.splits", ["evaluation"])
+    data["calibration"]["text_source"] = "generated"
     assert parse_params(data).labels.splits == ["evaluation"]
     data["calibration"]["text_source"] = "labels"
     with pytest.raises(ParamsError, match=r"labels.splits = \['evaluation'\]: calibration.text_source = labels"):
         parse_params(data)
     assert base()["labels"]["splits"] == ["calibration"]  # evaluation labels are never read: not made by default
+
+
+def test_labels_can_be_off_only_when_nothing_reads_them():
+    data = with_value("labels.enabled", False)
+    data["calibration"]["text_source"] = "generated"
+    assert parse_params(data).labels.enabled is False
+    data["calibration"]["text_source"] = "labels"
+    with pytest.raises(ParamsError, match=r"labels.enabled = false: calibration.text_source = labels reads"):
+        parse_params(data)
 
 
 def test_local_source_needs_a_folder():

@@ -155,7 +155,7 @@ def test_a_nan_clip_that_gets_past_the_audio_stage_never_becomes_a_calibration_s
         args = ["--feature-config", str(tiny_model_dir / "hf" / "preprocessor_config.json"),
                 "--model-config", str(tiny_model_dir / "hf" / "config.json")]
     else:
-        args = ["--labels", str(tmp_path / "labels"), "--model", str(tiny_model_dir),
+        args = ["--text", str(tmp_path / "decoder_text.jsonl"), "--model", str(tiny_model_dir),
                 "--metrics", str(tmp_path / "metrics" / "calibration.json")]
     proc = stage_cli(stage, ["--params", str(params), "--audio", str(tmp_path / "audio"), "--out", str(out), *args])
     assert_one_line_error(proc, "de_de_0001.wav", "NaN")

@@ -52,6 +52,9 @@ class Params(Section):
             if n > la.clips - la.eval_clips:
                 raise ValueError(f"calibration.samples_per_language = {n}: must be <= {where}.clips - "
                                  f"{where}.eval_clips = {la.clips - la.eval_clips} ({lang})")
+        if self.calibration.text_source == "labels" and not self.labels.enabled:
+            raise ValueError("labels.enabled = false: calibration.text_source = labels reads the labels; enable them "
+                             "or set calibration.text_source: generated")
         if self.calibration.text_source == "labels" and "calibration" not in self.labels.splits:
             raise ValueError(f"labels.splits = {self.labels.splits!r}: calibration.text_source = labels reads the "
                              "calibration clips' labels; add calibration")

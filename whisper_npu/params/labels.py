@@ -10,6 +10,7 @@ SPLITS = ("calibration", "evaluation")
 
 class LabelsParams(Section):
     KEY = "labels"
+    enabled: bool                 # false: the label stages write empty files and load no model
     # reference: the model stage's Whisper through openai-whisper (temperature fallback); any other value: an
     # openai-whisper model name (large-v3, as the tutorial) or a .pt checkpoint path
     labeler: str

@@ -176,6 +176,12 @@ def _feed_dict(shapes: dict) -> dict:
 def _shown(value: Any) -> str:
     if hasattr(value, "state_dict") and hasattr(value, "config"):
         return f"<{type(value).__name__}>"
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"<tensor {list(value.shape)} {value.dtype}>"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_shown(v)}" for k, v in value.items()) + "}"
+    if type(value).__module__.split(".")[0] in {"qbcompiler", "qubee"} and hasattr(value, "__dict__"):
+        return f"{type(value).__name__}({', '.join(f'{k}={_shown(v)}' for k, v in vars(value).items())})"
     text = repr(value)
     return text if len(text) <= 300 else text[:297] + "..."
 
