@@ -122,12 +122,23 @@ def test_params_refuse_unsupported_combinations(over, key):
     ("0.12", "0.12.0.0", {"target_device": "regulus-rb"}, "target_device = regulus-rb: the installed qbcompiler"),
     ("1.x", "1.0.2", {"target_device": "regulus-rb"}, "REGULUS needs qbcompiler >= 1.1"),
     ("1.1", "1.1.2", {"target_device": "regulus-rb-usb"}, "knows only aries-rb, regulus-rb"),
-    ("1.2", "1.2.0", {"decoder_part_options": {"last_token_only": True}}, "decoder_part_options: needs qbcompiler >= 1.3"),
+    ("1.2", "1.2.0", {"decoder_part_options": {"last_token_only": True}},
+     "decoder_part_options: needs qbcompiler >= 1.3"),
     ("1.2", "1.2.0", {"target_device": "regulus-rb-usb"}, "regulus-rb-usb: documented from qbcompiler 1.3"),
     ("0.12", "0.12.0.0", {"decoder_configs": {"hessian_quant": {"apply": True}}},
      "compile.qbcompiler.decoder_configs: config objects need qbcompiler.configs"),
     ("0.12", "0.12.0.0", {"llm_max_sequence_length": 448}, "llm_max_sequence_length / llm_max_cache_length"),
     ("1.x", "1.0.1", {"decoder_scheme": "all"}, r"decoder_scheme = all: needs qbcompiler >= 1\.0\.2"),
+    # the docs' accuracy knobs, documented from 1.3 (1.4: HessianQuant's solver), refused below, naming the key
+    ("1.2", "1.2.0", {"decoder_configs": {"calibration": {"group_lut": {"irls_iter": 3}}}},
+     r"decoder_configs\.calibration\.group_lut: documented from qbcompiler 1\.3 on; the installed compiler is 1\.2\.0"),
+    ("1.2", "1.2.0", {"decoder_configs": {"calibration": {"layer_overrides": {"method": {}}}}},
+     r"decoder_configs\.calibration\.layer_overrides: documented from qbcompiler 1\.3"),
+    ("1.2", "1.2.0", {"decoder_configs": {"bit": {"layer_overrides": {"weight_8bits": ["x"]}}}},
+     r"decoder_configs\.bit\.layer_overrides\.weight_8bits: documented from qbcompiler 1\.3"),
+    ("1.3", "1.3.0", {"decoder_configs": {"hessian_quant": {"apply": True, "solver": "symmetric"}}},
+     r"decoder_configs\.hessian_quant\.solver: documented from qbcompiler 1\.4"),
+    ("1.2", "1.2.0", {"parser_workers": 2}, r"parser_workers = 2: .* documented from qbcompiler 1\.3"),
 ])
 def test_plan_refuses_what_the_compiler_lacks(api, version, over, match):
     qb = qb_params(**over)
@@ -219,6 +230,36 @@ def test_standin_1_2_target_device_with_hf(standin, tmp_path, toolchain, tiny_mo
         {"backend": "hf", "target": "decoder", "target_device": "regulus-rb", "device": "cpu"}
     assert (mxq["target_device"], mxq["inference_scheme"]) == ("regulus-rb", "single")
     assert mxq["llm_config"]["attributes"]["max_cache_length"] == 1024 and "config_save_path" not in mxq
+
+
+KNOBS = {"calibration": {"layer_overrides": {"method": {"model_decoder_layers_0_fc2": "max"}},
+                         "group_lut": {"irls_iter": 3, "dro_eps": 0.0, "cover_floor": 0.85},
+                         "optimize_lut": {"optimization_level": 1}},
+         "bit": {"layer_overrides": {"weight_8bits": ["model_decoder_layers_0_fc1"]}}}
+
+
+def test_accuracy_knobs_reach_a_1_3_compiler_and_provenance(standin, tmp_path, toolchain, tiny_model_dir,
+                                                            calib_root, monkeypatch):
+    """The docs' "Accuracy Degradation Handling" knobs as config objects (Python names by the Pydantic alias rule,
+    docs/mobilint.md) and the parser's worker count as its environment variable; both recorded in provenance."""
+    calls = standin("1.3.0")
+    seen = {}
+    import qbcompiler as standin_module   # the stand-in, first on sys.path
+
+    real = standin_module.mblt_compile
+
+    def mblt_compile(**kwargs):
+        seen["workers"] = __import__("os").environ.get("MBLT_HL_PARSER_NUM_WORK")
+        return real(**kwargs)
+    monkeypatch.setattr(standin_module, "mblt_compile", mblt_compile)
+    params = write_params(tmp_path, backend="qbcompiler", qbcompiler={"decoder_configs": KNOBS, "parser_workers": 2})
+    assert run_main(compile_argv("decoder", params, toolchain, tiny_model_dir, calib_root, tmp_path)) == 0
+    mxq = next(c["kwargs"] for c in calls() if c["fn"] == "mxq_compile")
+    assert mxq["calibration_config"] == {"factory": "CalibrationConfig", **KNOBS["calibration"]}
+    assert mxq["bit_config"] == {"factory": "BitConfig", **KNOBS["bit"]}
+    assert seen["workers"] == "2" and "MBLT_HL_PARSER_NUM_WORK" not in __import__("os").environ
+    resolved = json.loads((tmp_path / "compiled" / "decoder" / "provenance.json").read_text())["resolved"]
+    assert resolved["calls"]["configs"] == KNOBS and resolved["parser_workers"] == 2
 
 
 def test_standin_refuses_an_undocumented_config_field(standin, tmp_path, toolchain, tiny_model_dir, calib_root,

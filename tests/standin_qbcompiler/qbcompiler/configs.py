@@ -38,17 +38,25 @@ LlmConfig = _cfg("LlmConfig", "apply", attributes=_cfg(
     "Attributes", "max_data_length max_sequence_length max_cache_length max_core_data_length",
     calibration=_cfg("Calibration", "use_full_seq_length"),
     runtime=_cfg("Runtime", "batch_size npu_core_ids dynamic_rope dynamic_mask")))
-CalibrationConfig = _cfg("CalibrationConfig", "method output mode max_sample_size_for_quant_scheme",
-                         max_percentile=_cfg("MaxPercentile", "percentile topk_ratio"))
+# 1.3 (docs release note / REF "calibration"): layerOverrides.method, groupLut, optimizeLut,
+# maxSampleSizeForQuantScheme, spelled in Python by the Pydantic alias rule (camelCase alias -> snake_case field)
+_calibration_13 = dict(layer_overrides=_cfg("LayerOverrides", "method"),
+                       group_lut=_cfg("GroupLut", "irls_iter dro_eps cover_floor"),
+                       optimize_lut=_cfg("OptimizeLut", "optimization_level")) if V >= (1, 3) else {}
+CalibrationConfig = _cfg("CalibrationConfig", "method output mode" + (" max_sample_size_for_quant_scheme"
+                         if V >= (1, 3) else ""), max_percentile=_cfg("MaxPercentile", "percentile topk_ratio"),
+                         **_calibration_13)
 BitConfig = _cfg("BitConfig", "weight16_bits weight8_bits", transformer=_cfg(
     "Transformer", "", weight=_cfg("Weight", _Layers), activation=_cfg("Activation", _Layers),
     mixed_precision=_cfg("MixedPrecision", "", activation=_cfg("Activation", "apply"))),
-    layer_overrides=_cfg("LayerOverrides", "activation_16bits weight_16bits weight_8bits"))
+    layer_overrides=_cfg("LayerOverrides",
+                         "activation_16bits weight_16bits" + (" weight_8bits" if V >= (1, 3) else "")))
 EquivalentTransformationConfig = _cfg("EquivalentTransformationConfig", "", **{
     k: _cfg(k, _Apply) for k in ("norm_conv", "qk", "ud", "vo", "spin_r1", "spin_r2", "qk_rotation",
                                  "feed_forward_multi_lut", "optimize_ffn", "flatten_quant")})
 # the tutorial spells the attributes both ways (actOrder / act_order); Pydantic aliases accept both
-HessianQuantConfig = _cfg("HessianQuantConfig", "apply hessian_dtype accumulation_device solver rescomp", attributes=_cfg(
+HessianQuantConfig = _cfg("HessianQuantConfig", "apply" + (" hessian_dtype accumulation_device" if V >= (1, 3) else "")
+                          + (" solver rescomp" if V >= (1, 4) else ""), attributes=_cfg(
     "Attributes", "act_order block_size perc_damp alpha actOrder blockSize percDamp"))
 SearchWeightScaleConfig = _cfg("SearchWeightScaleConfig", "apply",
                                transformer=_cfg("Transformer", "query key value out ffn"))

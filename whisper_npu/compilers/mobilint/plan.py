@@ -191,6 +191,28 @@ def _llm(api: str, qb: QbcompilerParams, target: str) -> dict:
     return {"factory": "get_llm_config", "kwargs": {"llm_config_apply": True, "use_full_seq_length": full}}
 
 
+# Config fields first documented in a later release than their config class (docs v1.3 release note and CHANGELOG:
+# the "Accuracy Degradation Handling" knobs; the 1.4-era quantization guide: HessianQuant's solver), by their path
+# under ``compile.qbcompiler.<component>_configs``. An older compiler is refused naming the key, never sent them.
+FIELDS_SINCE = {
+    ("calibration", "layer_overrides"): (1, 3), ("calibration", "group_lut"): (1, 3),
+    ("calibration", "optimize_lut"): (1, 3), ("calibration", "max_sample_size_for_quant_scheme"): (1, 3),
+    ("bit", "layer_overrides", "weight_8bits"): (1, 3),
+    ("hessian_quant", "hessian_dtype"): (1, 3), ("hessian_quant", "accumulation_device"): (1, 3),
+    ("hessian_quant", "solver"): (1, 4), ("hessian_quant", "rescomp"): (1, 4),
+}
+PARSER_WORKERS_SINCE = (1, 3)   # docs 1.3: MBLT_HL_PARSER_NUM_WORK
+
+
+def _paths(data: dict, prefix: tuple = ()) -> list[tuple]:
+    out = []
+    for k, v in data.items():
+        out.append((*prefix, k))
+        if isinstance(v, dict):
+            out += _paths(v, (*prefix, k))
+    return out
+
+
 def _configs(api: str, component: str, qb: QbcompilerParams, version: str, mxq_params: list[str] | None,
              classes: tuple[str, ...]) -> dict:
     """The config objects for a component, refused (naming the key) where the compiler cannot take them."""
@@ -205,6 +227,12 @@ def _configs(api: str, component: str, qb: QbcompilerParams, version: str, mxq_p
                              f"{CONFIG_SECTIONS[section]}")
         if not takes(mxq_params, f"{section}_config", True):
             raise StageError(f"{key}.{section}: qbcompiler {version}'s mxq_compile takes no {section}_config")
+    v = version_tuple(version)
+    for path in _paths(data):
+        since = FIELDS_SINCE.get(path)
+        if since and v and v[:2] < since:
+            raise StageError(f"{key}.{'.'.join(path)}: documented from qbcompiler {since[0]}.{since[1]} on; the "
+                             f"installed compiler is {version}. Remove the key or upgrade the compiler")
     return {section: data[section] for section in sorted(data)}
 
 
@@ -233,6 +261,10 @@ def plan_calls(api: str, component: str, qb: QbcompilerParams, *, gpu: bool,
     if api not in KNOWN_APIS:
         raise StageError(f"qbcompiler API {api!r}: unknown")
     target = _target_name(api, version, qb.target_device)
+    v = version_tuple(version)
+    if qb.parser_workers and v and v[:2] < PARSER_WORKERS_SINCE:
+        raise StageError(f"{KEY}.parser_workers = {qb.parser_workers}: the parser's worker count "
+                         f"(MBLT_HL_PARSER_NUM_WORK) is documented from qbcompiler 1.3; installed {version}. Set 0")
     part_options = {"decoder_part_options": qb.decoder_part_options, "decoder_dynamic_axes": qb.decoder_dynamic_axes}
     for name, value in part_options.items():
         if value and api != "1.3":

@@ -111,8 +111,8 @@ def _has(module_path: str) -> bool:
 
 def parser_patch_state(module: str) -> str:
     """``patched``, ``unpatched`` or ``unknown`` for parser.py line 538 (only 0.11 needs the patch)."""
-    spec = importlib.util.find_spec(f"{module}.model_dict.parser.parser") if _has(f"{module}.model_dict.parser.parser") \
-        else None
+    parser = f"{module}.model_dict.parser.parser"
+    spec = importlib.util.find_spec(parser) if _has(parser) else None
     if spec is None or not spec.origin or not Path(spec.origin).is_file():
         return "unknown"
     lines = Path(spec.origin).read_text(encoding="utf-8", errors="replace").splitlines()
