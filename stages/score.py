@@ -61,20 +61,27 @@ def budget_failure(metrics: dict[str, Any]) -> str | None:
 
 def read_transcripts(fp32_dir: Path, compiled_dir: Path, compiled_timing: Path, langs: list[str]
                      ) -> tuple[list[dict], list, dict]:
-    """(every record of both systems with its seconds, the clips, compiled run.json)."""
+    """(every record of both systems with its seconds, the clips, compiled run.json with ``machines``: where each
+    system ran, from the timing files)."""
     run = read_json(compiled_dir / "run.json")
     records, clips = [], []
+    machines: dict[str, dict] = {}
     for lang in sorted(langs):
         recs, cl = transcripts.read(fp32_dir / f"{lang}.jsonl", fp32_dir / f"{lang}.timing.json")
         records += recs
         clips += cl
+        timing = read_json(fp32_dir / f"{lang}.timing.json")
+        machines.setdefault(FP32, {"device": timing.get("device"), "cpu": timing.get("cpu")})
         if run["compiled_run"]["status"] == "run":
             path = compiled_dir / f"{lang}.jsonl"
             if not path.is_file():
                 raise StageError(f"{path}: missing; the compiled transcripts lack {lang} (rerun "
                                  "`dvc repro transcribe_compiled`)")
             records += transcripts.read(path, compiled_timing)[0]
-    return records, clips, run
+    if run["compiled_run"]["status"] == "run":
+        timing = read_json(compiled_timing)
+        machines[COMPILED] = {"device": timing.get("device"), "cpu": timing.get("cpu")}
+    return records, clips, {**run, "machines": machines}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -96,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     metrics["compiled_run"] = run["compiled_run"]
     metrics["backends"] = {FP32: "torch", COMPILED: run["backend"]}
     metrics["sizes"] = run["sizes"]
+    metrics["machines"] = run["machines"]   # the CPU (and its kernel-picking ISA) each system ran on
     for lang, e in metrics["languages"].items():
         u, ci = e["unit"], e["ci95"][TRANSCRIBE]
         log.info("%s %s fp32 %s compiled %s delta %s 95%% CI %s verdict %s", lang, u, e[FP32][u],

@@ -566,6 +566,10 @@ def test_main_reports_budget_failure_without_failing(stage_run):
                           "compiled_bytes": 16, "compression": 2.5}
     assert m["normalizer"] == {"en": M.ENGLISH_NORMALIZER, "other": M.BASIC_NORMALIZER}
     assert m["languages"]["de_de"]["fp32"]["rtf"] > 0   # from the timing files
+    # where each system ran: this machine's CPU and the extensions that pick its kernels
+    from whisper_npu.core.machine import cpu
+    assert m["machines"] == {"fp32": {"device": "cpu", "cpu": cpu()}, "compiled": {"device": "cpu", "cpu": cpu()}}
+    assert "avx2" in cpu()["isa"] and cpu()["model"]
     rows = [json.loads(x) for x in (out / "transcripts.jsonl").read_text().splitlines()]
     # Only evaluation clips (ids ..._0001), never the calibration clip (..._0000); both tasks, both systems.
     assert {r["id"] for r in rows} == {"de_de_0001", "ja_jp_0001"}

@@ -9,6 +9,7 @@ from typing import Any
 
 from whisper_npu.audio.clips import Clip
 from whisper_npu.core.files import read_json, read_jsonl, write_json, write_jsonl
+from whisper_npu.core.machine import cpu
 from whisper_npu.core.languages import TRANSCRIBE, TRANSLATE
 
 # the transcript row of metrics/transcripts.jsonl (the score stage's merged copy)
@@ -30,11 +31,11 @@ def rows(records: Sequence[dict], clips: Sequence[Clip]) -> list[dict]:
 
 def timings(records: Sequence[dict], device: str = "cpu") -> dict[str, Any]:
     """Seconds per (clip, task), for real-time factors, and where they were measured:
-    ``{"device": ..., "seconds": {clip id: {task: s}}}``."""
+    ``{"device": ..., "cpu": {"model", "isa"}, "seconds": {clip id: {task: s}}}``."""
     seconds: dict[str, dict[str, float]] = {}
     for r in records:
         seconds.setdefault(r["id"], {})[r["task"]] = round(float(r["seconds"]), 6)
-    return {"device": device, "seconds": {k: seconds[k] for k in sorted(seconds)}}
+    return {"device": device, "cpu": cpu(), "seconds": {k: seconds[k] for k in sorted(seconds)}}
 
 
 def write(path: Path, records: Sequence[dict], clips: Sequence[Clip]) -> None:
