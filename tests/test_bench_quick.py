@@ -26,6 +26,7 @@ QUICK_TESTS = {
     "static_int8": "test_static_int8_quick",
     "sweep_queue": "test_sweep_queue_dry_run",
     "sweep_table": "test_sweep_table_on_the_recorded_sweep",
+    "transcribe_rtf": "test_transcribe_rtf_quick_on_the_real_english_run",
 }
 
 
@@ -149,3 +150,17 @@ def test_sweep_table_on_the_recorded_sweep(capsys, tmp_path):
                       "--svg", str(svg)])
     assert capsys.readouterr().out.startswith("| experiment | knob = value |")
     assert svg.read_text(encoding="utf-8").startswith("<svg")
+
+
+@pytest.mark.slow
+def test_transcribe_rtf_quick_on_the_real_english_run(real_english_run):
+    """The real whisper-base and its INT8 model from the run the accuracy floor shares; 20 s of its real clips."""
+    from bench import transcribe_rtf
+
+    repo = real_english_run
+    tables = transcribe_rtf.run(["--quick", "--model", str(repo / "models" / "reference"), "--compiled",
+                                 str(repo / "compiled"), "--audio", str(repo / "data" / "audio")])
+    markdown(tables)
+    (fp32, compiled) = tables[0].rows
+    assert fp32[:2] == ["fp32", "torch"] and compiled[:2] == ["compiled", "onnxruntime-dynamic"]
+    assert fp32[4] == 1.0 and compiled[5] >= 1 and 0 <= compiled[6] < 0.5
