@@ -49,7 +49,7 @@ from whisper_npu.core.errors import StageError
 from whisper_npu.core.files import atomic_output, read_jsonl, write_json
 from whisper_npu.core.languages import TRANSCRIBE, TRANSLATE
 from whisper_npu.core.stage import run_stage
-from whisper_npu.device import describe, log_device, resolve
+from whisper_npu.device import describe, log_device, pin_cpu_kernels, resolve
 from whisper_npu.params.base import device_of, languages_of, read, seed_of
 from whisper_npu.params.calibration import CalibrationParams
 
@@ -265,13 +265,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder (calibration/decoder)")
     parser.add_argument("--metrics", type=Path, required=True, help="task-mix metric (metrics/calibration.json)")
     args = parser.parse_args(argv)
+    raw = read(args.params)
+    seed, langs, cp, device = seed_of(raw), languages_of(raw), CalibrationParams.of(raw), device_of(raw)
+    if resolve(device) == "cpu":
+        pin_cpu_kernels()   # float outputs: the same bytes on every x86-64 CPU (docs/guarantees.md)
 
     import torch
 
     from whisper_npu.model.store import load_hf
 
-    raw = read(args.params)
-    seed, langs, cp, device = seed_of(raw), languages_of(raw), CalibrationParams.of(raw), device_of(raw)
     clips = read_clips(args.audio, langs, "calibration", cp.samples_per_language)
     labels = read_labels(args.text, langs) if cp.text_source == "labels" else None
     samples = plan_recipe(clips, cp, seed, labels)

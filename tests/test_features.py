@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import ROOT
 
 SPEECH = Path(__file__).parent / "fixtures" / "speech" / "en_us"
@@ -113,3 +112,37 @@ def test_synthetic_speech_is_the_same_in_a_fresh_home(tmp_path, variant):
         voice, first, second = json.loads(proc.stdout)
         assert voice.endswith(f"+{variant}" if variant else voice.split("+")[0])
         assert first == second, f"{voice}: the first espeak-ng call in a fresh HOME differs from the second"
+
+
+# kernel switches that stand for another x86-64 CPU (AVX2 only, or older), each in its own process
+OTHER_CPUS = {
+    "this CPU": {},
+    "AVX2 CPU": {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+    "SSE4.2 CPU": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41",
+                   "ATEN_CPU_CAPABILITY": "default"},
+}
+
+
+@pytest.mark.slow
+def test_decoder_set_has_the_same_bytes_on_another_cpu(tmp_path, tiny_model_dir):
+    """The decoder calibration set (float encoder states and embeddings of generated text, from torch) pins torch's
+    CPU kernels (whisper_npu/device.py), so the stage gives the same bytes with the kernels of another CPU. Without
+    the pin the AVX2 setting gave other bytes (measured when the pin was written)."""
+    from test_calibration import make_audio, write_params
+
+    from whisper_npu.core.files import sha256_tree
+
+    make_audio(tmp_path / "audio", labels=tmp_path / "labels")
+    params = write_params(tmp_path / "params.yaml", text_source="generated")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MKL_", "ATEN_", "ONEDNN_"))}
+    trees = {}
+    for name, env in OTHER_CPUS.items():
+        out = tmp_path / name.replace(" ", "-")
+        proc = subprocess.run([sys.executable, "-m", "stages.calibrate_decoder", "--params", str(params), "--audio",
+                               str(tmp_path / "audio"), "--text", str(tmp_path / "decoder_text.jsonl"), "--model",
+                               str(tiny_model_dir), "--out", str(out), "--metrics", str(tmp_path / f"{out.name}.json")],
+                              cwd=ROOT, env={**base, **env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                              timeout=900)
+        assert proc.returncode == 0, proc.stderr
+        trees[name] = sha256_tree(out)
+    assert len(set(trees.values())) == 1, trees
