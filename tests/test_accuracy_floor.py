@@ -6,7 +6,9 @@ Measured run (2026-12-01, this machine kind: 2 vCPU AMD EPYC, Debian 12, torch 2
 constraints.txt; 24 evaluation clips = 399 reference words, seed 0, evaluate defaults):
     fp32 WER 0.020 (S/D/I 5/2/1), compiled WER 0.028 (5/5/1), delta +0.008, 95 % CI +0.000..+0.022, verdict pass;
     no repetition-guard or token-cap stops in either system.
-The bounds below are about three times those numbers (room for another CPU or a library patch release) and
+Those figures were measured on the clips the earlier rule drew (evaluation and calibration clips chosen
+together); the evaluation clips are now chosen first (whisper_npu/sources/base.py) and the run was not repeated
+since. The bounds below are about three times those numbers (room for another CPU or a library patch release) and
 far below what a broken model gives (test_floor_catches_a_broken_compiled_model).
 """
 from __future__ import annotations
