@@ -729,3 +729,23 @@ def test_dvc_audio_foreach_adds_only_the_new_language(project) -> None:
         again = {o["path"]: o["md5"] for o in after["stages"][f"audio@{lang}"]["outs"]}
         assert again[f"data/audio/evaluation/{lang}"] == outs[f"data/audio/evaluation/{lang}"], lang
         assert again[f"data/audio/calibration/{lang}"] != outs[f"data/audio/calibration/{lang}"], lang
+
+
+@pytest.mark.slow
+def test_dvc_a_larger_calibration_pool_reuses_the_fp32_transcripts(tiny_pipeline: Path, tmp_path: Path) -> None:
+    """The tiny profile after a full run, then a calibration-size experiment (one more calibration clip per
+    language): the audio and calibration stages rerun, the fp32 transcripts are not recomputed (their only audio
+    dependency, the evaluation folder, comes out byte-identical)."""
+    from conftest import copy_project
+
+    repo = copy_project(tiny_pipeline, tmp_path / "proj")
+    languages = yaml.safe_load((repo / "params.yaml").read_text())["languages"]
+    before = {lang: eval_tree(repo / "data" / "audio", lang) for lang in languages}
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["audio"]["calibration_clips"] += 1
+    params["calibration"]["samples_per_language"] += 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False))
+    stages = ran(run(["dvc", "repro"], repo).stdout)
+    assert {f"audio@{lang}" for lang in languages} | {"calibrate_encoder", "calibrate_decoder"} <= stages, stages
+    assert not stages & {f"transcribe_fp32@{lang}" for lang in languages}, stages
+    assert {lang: eval_tree(repo / "data" / "audio", lang) for lang in languages} == before
