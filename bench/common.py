@@ -185,23 +185,24 @@ def write_params(path: Path, params: dict) -> Path:
 
 def synth_audio(root: Path, languages: Sequence[str], calib_per_language: int, eval_per_language: int = 1,
                 seed: int = 0) -> Path:
-    """The audio stage's output (``<root>/audio/<lang>/`` wav + manifest) for synthetic speech, made by the
-    stage's own main. Returns the audio root; reuses clips already made with the same sizes."""
+    """The audio stage's output (``<audio root>/calibration/<lang>/`` and ``evaluation/<lang>/``, wavs + manifests)
+    for synthetic speech, made by the stage's own main. Returns the audio root; reuses clips already made with the
+    same sizes."""
     from stages import audio as audio_stage
 
     params = default_params()
     params["seed"] = seed
     params["languages"] = list(languages)
-    params["audio"].update(source="synth", clips=calib_per_language + eval_per_language,
-                           eval_clips=eval_per_language, per_language={})
+    params["audio"].update(source="synth", calibration_clips=calib_per_language, eval_clips=eval_per_language,
+                           per_language={})
     params["calibration"]["samples_per_language"] = calib_per_language
     tag = f"{calib_per_language}+{eval_per_language}-seed{seed}"
     audio_root = root / f"audio-{tag}"
     audio_root.mkdir(parents=True, exist_ok=True)
     p = write_params(audio_root.parent / f"params-audio-{tag}.yaml", params)
     for lang in languages:
-        if not (audio_root / lang / "manifest.jsonl").is_file():
-            audio_stage.main(["--params", str(p), "--lang", lang, "--out", str(audio_root / lang)])
+        if not (audio_root / "evaluation" / lang / "manifest.jsonl").is_file():
+            audio_stage.main(["--params", str(p), "--lang", lang, "--out", str(audio_root)])
     return audio_root
 
 

@@ -244,7 +244,7 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
         store = reference_model(args.model, workdir)
         base = default_params()
         base["languages"] = list(args.languages)
-        base["audio"].update(clips=args.calib_per_language + args.eval_per_language, eval_clips=args.eval_per_language,
+        base["audio"].update(calibration_clips=args.calib_per_language, eval_clips=args.eval_per_language,
                              per_language={})   # synthetic speech (synth_audio below) for every language
         base["calibration"]["samples_per_language"] = args.calib_per_language
         if args.quick:

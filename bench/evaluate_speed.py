@@ -43,7 +43,8 @@ def _clips(args: argparse.Namespace, work: Path) -> list:
     if args.quick:
         root = synth_audio(work, ["de_de"], 1, args.clips)
         return read_clips(root, ["de_de"], "evaluation")
-    audio_dir = write_audio_dir(work / "audio" / "en_us", "en_us", asterisk_english(args.clips, 2.0, 30.0))
+    root = write_audio_dir(work / "audio", "en_us", asterisk_english(args.clips, 2.0, 30.0))
+    audio_dir = root / "calibration" / "en_us"
     from whisper_npu.core.files import read_jsonl
 
     return [Clip(r["id"], "en_us", audio_dir / r["file"], float(r["duration"]), None, None, "asterisk")

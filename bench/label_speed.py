@@ -70,11 +70,13 @@ def asterisk_english(n: int, min_seconds: float = 2.0, max_seconds: float = 30.0
     return clips
 
 
-def write_audio_dir(folder: Path, lang: str, clips: Sequence[tuple[str, np.ndarray]]) -> Path:
-    """Clips as the audio stage writes them (wav + manifest, all in the calibration split)."""
+def write_audio_dir(root: Path, lang: str, clips: Sequence[tuple[str, np.ndarray]]) -> Path:
+    """Clips as the audio stage writes them, all calibration clips (``<root>/calibration/<lang>/``: wavs +
+    manifest); returns the audio root."""
     from whisper_npu.audio.prepare import write_wav
     from whisper_npu.core.files import write_jsonl
 
+    folder = root / "calibration" / lang
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, (name, y) in enumerate(clips):
@@ -83,7 +85,7 @@ def write_audio_dir(folder: Path, lang: str, clips: Sequence[tuple[str, np.ndarr
         rows.append({"id": cid, "file": f"{cid}.wav", "lang": lang, "split": "calibration",
                      "duration": round(len(y) / 16000, 3), "text": None, "text_en": None, "source": {"name": name}})
     write_jsonl(folder / "manifest.jsonl", rows)
-    return folder
+    return root
 
 
 # ---------------------------------------------------------------------------------------------- baseline
@@ -110,8 +112,9 @@ def baseline(argv: Sequence[str]) -> None:
     loaded = time.perf_counter()
     options = {"best_of": lp.best_of, "sample_len": lp.max_new_tokens, "without_timestamps": lp.without_timestamps}
     rows = []
-    for m in sorted(read_jsonl(Path(args.audio) / "manifest.jsonl"), key=lambda r: r["id"]):
-        text, translation = label_clip(lab, read_wav(Path(args.audio) / m["file"]), langs.get(args.lang).whisper,
+    folder = Path(args.audio) / "calibration" / args.lang   # the clips the stage labels (labels.splits below)
+    for m in sorted(read_jsonl(folder / "manifest.jsonl"), key=lambda r: r["id"]):
+        text, translation = label_clip(lab, read_wav(folder / m["file"]), langs.get(args.lang).whisper,
                                        lp.beam_size, clip_seed(seed, m["id"]), lp.logprob_fallback, **options)
         rows.append({"id": m["id"], "transcription": text, "translation": translation})
     write_jsonl(Path(args.out), rows)
@@ -165,9 +168,11 @@ def _timed_process(cmd: list[str]) -> tuple[float, subprocess.CompletedProcess]:
 STATS = re.compile(r"(\d+) encoder passes, (\d+) batched decodes, (\d+) fallback decodes")
 
 
-def compare(kind: str, lang: str, audio_dir: Path, model_dir: Path, work: Path, repeats: int,
+def compare(kind: str, lang: str, audio_root: Path, model_dir: Path, work: Path, repeats: int,
             max_new_tokens: int | None = None) -> list:
     from whisper_npu.core.files import read_jsonl
+
+    audio_dir = audio_root / "calibration" / lang
 
     params = default_params()
     params["languages"] = [lang]
@@ -175,7 +180,7 @@ def compare(kind: str, lang: str, audio_dir: Path, model_dir: Path, work: Path, 
     if max_new_tokens:
         params["labels"]["max_new_tokens"] = max_new_tokens
     p = write_params(work / f"params-{kind}.yaml", params)
-    common = ["--lang", lang, "--audio", str(audio_dir), "--model", str(model_dir), "--params", str(p)]
+    common = ["--lang", lang, "--audio", str(audio_root), "--model", str(model_dir), "--params", str(p)]
     stage_cmd = [sys.executable, "-m", "stages.label", *common, "--out", str(work / f"stage-{kind}.jsonl")]
     base_cmd = [sys.executable, "-m", "bench.label_speed", "--baseline", *common, "--out",
                 str(work / f"baseline-{kind}.jsonl")]
@@ -245,20 +250,14 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
         try:
             real = asterisk_english(args.clips)
             kinds.append(("real (Asterisk en)", "en_us",
-                          write_audio_dir(work / "audio-real" / "en_us", "en_us", real)))
+                          write_audio_dir(work / "audio-real", "en_us", real)))
         except AptUnavailable as e:
             table.notes.append(f"real speech skipped: {e}")
+    # the audio stage's own output: both sides label its calibration folder (labels.splits: [calibration])
     synth_root = synth_audio(work, [args.synthetic_lang], args.clips, 1)
-    synth_dir = work / "audio-synth" / args.synthetic_lang
-    from whisper_npu.audio.prepare import read_wav
-    from whisper_npu.core.files import read_jsonl
-
-    rows = [r for r in read_jsonl(synth_root / args.synthetic_lang / "manifest.jsonl") if r["split"] == "calibration"]
-    write_audio_dir(synth_dir, args.synthetic_lang,
-                    [(r["id"], read_wav(synth_root / args.synthetic_lang / r["file"])) for r in rows])
-    kinds.append((f"synthetic (espeak-ng {args.synthetic_lang})", args.synthetic_lang, synth_dir))
-    for kind, lang, audio_dir in kinds:
-        table.add(*compare(kind.split()[0], lang, audio_dir, model_dir, work, args.repeats, args.max_new_tokens))
+    kinds.append((f"synthetic (espeak-ng {args.synthetic_lang})", args.synthetic_lang, synth_root))
+    for kind, lang, audio_root in kinds:
+        table.add(*compare(kind.split()[0], lang, audio_root, model_dir, work, args.repeats, args.max_new_tokens))
     model_name = "whisper-base (the offline reference)" if args.model == "base" else "the tiny random Whisper"
     table.notes += [
         f"Machine: {machine_line(m, os.getloadavg()[0])}",

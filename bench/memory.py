@@ -102,7 +102,7 @@ def size_params(store: Path, size: int, per_language: int, one_language: bool = 
     p["model"].update(source="local", id=str(store / "hf"), name="whisper-base")
     if one_language:
         p["languages"] = ["en_us"]
-        p["audio"]["per_language"] = {"en_us": {"source": "asterisk", "clips": 2 * size, "eval_clips": size,
+        p["audio"]["per_language"] = {"en_us": {"source": "asterisk", "calibration_clips": size, "eval_clips": size,
                                                 "selection": "seeded"}}
         p["audio"]["asterisk"]["cache"] = str(ROOT / p["audio"]["asterisk"]["cache"])   # shared, absolute
         p["calibration"]["samples_per_language"] = size
@@ -113,7 +113,7 @@ def size_params(store: Path, size: int, per_language: int, one_language: bool = 
                          f"{len(p['languages'])}; raise --per-language (at most 23 with the synth corpus)")
     p["languages"] = sorted(p["languages"])[:n_langs]
     # synthetic speech everywhere: params.yaml's real-speech overrides (en_us, es_419, ...: 36 clips) left out
-    p["audio"].update(source="synth", clips=per_language + 1, eval_clips=1, per_language={})
+    p["audio"].update(source="synth", calibration_clips=per_language, eval_clips=1, per_language={})
     p["calibration"]["samples_per_language"] = per_language
     return p
 

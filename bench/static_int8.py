@@ -91,16 +91,15 @@ def asterisk_clips(root: Path, suffix: str) -> list[tuple[str, Path, str]]:
 
 
 def prepare_audio(root: Path, suffixes: Sequence[str], n_eval: int, n_calib: int, dest: Path) -> Path:
-    """``dest/<fleurs>/`` 16 kHz wavs and an audio-stage manifest (split calibration / evaluation)."""
+    """``dest/calibration/<fleurs>/`` and ``dest/evaluation/<fleurs>/``: 16 kHz wavs and a manifest each, in the
+    audio stage's layout."""
     import soundfile as sf
 
     from whisper_npu.audio.prepare import to_mono_16k
 
     for suffix in suffixes:
         lang = ASTERISK[suffix][0]
-        folder = dest / lang
-        manifest = folder / "manifest.jsonl"
-        if manifest.is_file():
+        if all((dest / split / lang / "manifest.jsonl").is_file() for split in ("calibration", "evaluation")):
             continue
         usable = []
         for name, wav, text in asterisk_clips(root, suffix):
@@ -112,9 +111,10 @@ def prepare_audio(root: Path, suffixes: Sequence[str], n_eval: int, n_calib: int
         ev = sorted({int((k + 0.5) * len(usable) / n_eval) for k in range(n_eval)})
         rest = [i for i in range(len(usable)) if i not in set(ev)]
         ca = [rest[int((k + 0.5) * len(rest) / n_calib)] for k in range(n_calib)]
-        folder.mkdir(parents=True, exist_ok=True)
-        rows = []
         for split, idx in (("evaluation", ev), ("calibration", ca)):
+            folder = dest / split / lang
+            folder.mkdir(parents=True, exist_ok=True)
+            rows = []
             for i in idx:
                 name, wav, text = usable[i]
                 samples, rate = sf.read(str(wav), dtype="float32", always_2d=False)
@@ -123,9 +123,10 @@ def prepare_audio(root: Path, suffixes: Sequence[str], n_eval: int, n_calib: int
                 sf.write(str(folder / f"{cid}.wav"), y, 16000, subtype="PCM_16")
                 rows.append({"id": cid, "lang": lang, "file": f"{cid}.wav", "text": text, "split": split,
                              "duration": round(len(y) / 16000, 3)})
-        tmp = manifest.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        tmp.rename(manifest)
+            manifest = folder / "manifest.jsonl"
+            tmp = manifest.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+            tmp.rename(manifest)
     return dest
 
 
@@ -312,12 +313,11 @@ def _run(args: Any, argv: Sequence[str], workdir: Path) -> list[Table]:
 
     calib_clips, eval_clips = [], []
     for lang in sorted(langs):
-        for r in read_jsonl(audio / lang / "manifest.jsonl"):
-            path = audio / lang / r["file"]
-            if r["split"] == "calibration":
-                calib_clips.append(Clip(r["id"], lang, path, r["duration"], r["text"]))
-            else:
-                eval_clips.append(Clip(r["id"], lang, path, r["duration"], r["text"], None))
+        for r in read_jsonl(audio / "calibration" / lang / "manifest.jsonl"):
+            calib_clips.append(Clip(r["id"], lang, audio / "calibration" / lang / r["file"], r["duration"], r["text"]))
+        for r in read_jsonl(audio / "evaluation" / lang / "manifest.jsonl"):
+            eval_clips.append(Clip(r["id"], lang, audio / "evaluation" / lang / r["file"], r["duration"], r["text"],
+                                   None))
     calib_dir = work / "calibration" / tag
     if not (calib_dir / "done").is_file():
         calibration_sets(model, processor, calib_clips, calib_dir, params)

@@ -258,7 +258,8 @@ def write_decoder_set(model: Any, processor: Any, samples: Sequence[Sample], out
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--audio", type=Path, required=True, help="audio stage root (data/audio)")
+    parser.add_argument("--audio", type=Path, required=True,
+                        help="audio stage root (data/audio): reads calibration/<lang>/")
     parser.add_argument("--text", type=Path, required=True,
                         help="the labels stage's decoder_text.jsonl (read when calibration.text_source = labels)")
     parser.add_argument("--model", type=Path, required=True, help="reference model store (models/reference)")

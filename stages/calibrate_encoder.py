@@ -76,7 +76,8 @@ def load_config(path: Path) -> Any:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--audio", type=Path, required=True, help="audio stage root (data/audio)")
+    parser.add_argument("--audio", type=Path, required=True,
+                        help="audio stage root (data/audio): reads calibration/<lang>/")
     parser.add_argument("--feature-config", type=Path, required=True, help="hf/preprocessor_config.json")
     parser.add_argument("--model-config", type=Path, required=True, help="hf/config.json")
     parser.add_argument("--out", type=Path, required=True, help="output folder (calibration/encoder)")

@@ -1,19 +1,19 @@
 """Stage label@<lang>: transcription and English translation of each clip by the labeler model.
 
-    python -m stages.label --lang ko_kr --audio data/audio/ko_kr --model models/reference \
+    python -m stages.label --lang ko_kr --audio data/audio --model models/reference \
         --out data/labels/ko_kr.jsonl
 
-Reads the clips the audio stage listed in ``manifest.jsonl`` (never whatever sits in the folder) whose
-``split`` is in ``labels.splits`` and writes one row per clip, sorted by id: ``id``, ``lang``,
-``transcription``, ``translation``, ``labeler``. Clips are labelled ``labels.batch_size`` at a time (one
-encoder pass per clip, batched decoding: whisper_npu/labeler.py), so memory does not grow with the number
-of clips, and the rows do not depend on the batch size.
+Reads the clips the audio stage listed in ``<audio>/<split>/<lang>/manifest.jsonl`` (never whatever sits in the
+folder) for each split in ``labels.splits`` (the other folder is not read) and writes one row per clip, sorted by
+id: ``id``, ``lang``, ``transcription``, ``translation``, ``labeler``. Clips are labelled ``labels.batch_size`` at
+a time (one encoder pass per clip, batched decoding: whisper_npu/labeler.py), so memory does not grow with the
+number of clips, and the rows do not depend on the batch size. dvc.yaml lists both split folders of the language
+as dependencies (its deps are static), whatever ``labels.splits`` says.
 """
 from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm import tqdm
@@ -32,13 +32,18 @@ from whisper_npu.params.labels import LabelsParams
 log = logging.getLogger(__name__)
 
 
-def select(manifest: list[dict], splits: Sequence[str], where: Path | str) -> list[dict]:
-    """The manifest rows whose ``split`` is one of ``splits``, sorted by id."""
+def read_split(folder: Path, lang: str, split: str) -> list[dict]:
+    """The rows of one split folder's ``manifest.jsonl`` (``<audio>/<split>/<lang>``), sorted by id; a row of
+    another language or split is an error (the folder is not the audio stage's)."""
+    path = folder / "manifest.jsonl"
+    manifest = read_jsonl(path)
     for m in manifest:
-        if m.get("split") not in ("calibration", "evaluation"):
-            raise StageError(f"{where}: row {m.get('id')} has split {m.get('split')!r}, not calibration or "
-                             "evaluation; rerun the audio stage")
-    return sorted((m for m in manifest if m["split"] in splits), key=lambda r: r["id"])
+        if m.get("lang") != lang:
+            raise StageError(f"{path}: row {m.get('id')} is {m.get('lang')!r}, not {lang}")
+        if m.get("split") != split:
+            raise StageError(f"{path}: row {m.get('id')} has split {m.get('split')!r}, not {split}; rerun the audio "
+                             "stage")
+    return sorted(manifest, key=lambda r: r["id"])
 
 
 def label_rows(labeler: Labeler, lang: str, audio_dir: Path, manifest: list[dict], beam_size: int,
@@ -70,7 +75,8 @@ def label_rows(labeler: Labeler, lang: str, audio_dir: Path, manifest: list[dict
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lang", required=True)
-    parser.add_argument("--audio", type=Path, required=True, help="the language's audio folder (manifest.jsonl)")
+    parser.add_argument("--audio", type=Path, required=True,
+                        help="audio root (data/audio): reads <split>/<lang>/manifest.jsonl")
     parser.add_argument("--model", type=Path, required=True, help="the model stage's folder (for labeler: reference)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -79,12 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     seed, labels, device = seed_of(raw), LabelsParams.of(raw), device_of(raw)
     if args.lang not in langs.LANGUAGES:
         raise StageError(f"--lang {args.lang!r}: unknown language")
-    manifest_path = args.audio / "manifest.jsonl"
-    manifest = read_jsonl(manifest_path)
-    for m in manifest:
-        if m.get("lang") != args.lang:
-            raise StageError(f"{manifest_path}: row {m.get('id')} is {m.get('lang')!r}, not {args.lang}")
-    todo = select(manifest, labels.splits, manifest_path)
+    todo = {split: read_split(args.audio / split / args.lang, args.lang, split) for split in labels.splits}
     if not labels.enabled:
         log.info("label@%s: labels.enabled = false: nothing labelled (no stage reads the labels)", args.lang)
         with atomic_output(args.out) as tmp:
@@ -92,13 +93,16 @@ def main(argv: list[str] | None = None) -> None:
         return
     labeler = load_labeler(labels.labeler, args.model, resolve(device))
     log_device(f"label@{args.lang}", labeler.device, labeler.fp16)
-    log.info("label@%s: %d of %d clips (splits %s) with %s", args.lang, len(todo), len(manifest),
-             ", ".join(labels.splits), labeler.name)
+    log.info("label@%s: %s with %s", args.lang, ", ".join(f"{len(m)} {split} clips" for split, m in todo.items()),
+             labeler.name)
     decode_options = {"best_of": labels.best_of, "sample_len": labels.max_new_tokens,
                       "without_timestamps": labels.without_timestamps}
     stats = LabelStats()
-    rows = label_rows(labeler, args.lang, args.audio, todo, labels.beam_size, seed, labels.logprob_fallback,
-                      decode_options, labels.batch_size, stats)
+    rows: list[dict] = []
+    for split, manifest in todo.items():   # rows do not depend on the batches, so one folder at a time
+        rows += label_rows(labeler, args.lang, args.audio / split / args.lang, manifest, labels.beam_size, seed,
+                           labels.logprob_fallback, decode_options, labels.batch_size, stats)
+    rows.sort(key=lambda r: r["id"])
     log.info("label@%s: %d encoder passes, %d batched decodes, %d fallback decodes, %d decoded on demand",
              args.lang, stats.encoder_passes, stats.decode_calls, stats.fallbacks, stats.on_demand)
     with atomic_output(args.out) as tmp:

@@ -9,7 +9,8 @@ decode loop as the fp32 reference.
 ``--out`` holds ``<lang>.jsonl`` per language and ``run.json``: whether the compiled model ran here (when it cannot,
 e.g. ``.mxq`` files without Mobilint's runtime or NPU, the reason, and no transcripts), the runtime that ran it,
 and the sizes of the fp32 weights and of the compiled artifacts. It reads the compiled artifacts, the reference
-model's config and tokenizer, the audio and the ``transcribe`` decode options.
+model's config and tokenizer, the evaluation clips (``<audio>/evaluation/<lang>/``) and the ``transcribe`` decode
+options.
 """
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, required=True, help="reference model store (models/reference)")
     parser.add_argument("--encoder", type=Path, required=True, help="compiled encoder folder")
     parser.add_argument("--decoder", type=Path, required=True, help="compiled decoder folder")
-    parser.add_argument("--audio", type=Path, required=True, help="audio root with <lang>/manifest.jsonl")
+    parser.add_argument("--audio", type=Path, required=True,
+                        help="audio root (data/audio): reads evaluation/<lang>/manifest.jsonl")
     parser.add_argument("--out", type=Path, required=True, help="folder: <lang>.jsonl per language + run.json")
     parser.add_argument("--timing", type=Path, required=True, help="seconds per clip and task (JSON)")
     args = parser.parse_args(argv)

@@ -1,13 +1,13 @@
 """Stage transcribe_fp32@<lang>: the fp32 reference (Hugging Face Whisper in torch) on one language's evaluation
 clips (never calibration clips), every task each clip has, through the one greedy decode loop.
 
-    python -m stages.transcribe_fp32 --lang en_us --audio data/audio/en_us --model models/reference \
+    python -m stages.transcribe_fp32 --lang en_us --audio data/audio/evaluation/en_us --model models/reference \
         --out data/transcripts/fp32/en_us.jsonl --timing data/transcripts/fp32/en_us.timing.json
 
-It reads the reference model, the language's audio and the ``transcribe`` decode options, nothing else: a compile
-or calibration experiment never reruns it, and an NPU host reuses it (pulled). ``transcribe.batch_size`` clips are
-decoded together (same tokens as one at a time). The transcripts are reproducible; their timings (wall-clock, for
-real-time factors) go to ``--timing``.
+It reads the reference model, the language's evaluation folder and the ``transcribe`` decode options, nothing
+else: a compile or calibration experiment (a change of the calibration clips included) never reruns it, and an NPU
+host reuses it (pulled). ``transcribe.batch_size`` clips are decoded together (same tokens as one at a time). The
+transcripts are reproducible; their timings (wall-clock, for real-time factors) go to ``--timing``.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from whisper_npu.audio.clips import Clip, read_clips
+from whisper_npu.audio.clips import Clip, read_folder
 from whisper_npu.audio.features import npu_features
 from whisper_npu.audio.prepare import read_wav
 from whisper_npu.core.files import atomic_output
@@ -45,13 +45,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lang", required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--model", type=Path, required=True, help="reference model store (models/reference)")
-    parser.add_argument("--audio", type=Path, required=True, help="the language's audio folder (data/audio/<lang>)")
+    parser.add_argument("--audio", type=Path, required=True,
+                        help="the language's evaluation folder (data/audio/evaluation/<lang>)")
     parser.add_argument("--out", type=Path, required=True, help="transcripts (JSONL)")
     parser.add_argument("--timing", type=Path, required=True, help="seconds per clip and task (JSON)")
     args = parser.parse_args(argv)
     raw = read(args.params)
     seed, p, device = seed_of(raw), TranscribeParams.of(raw), device_of(raw)
-    clips = read_clips(args.audio.parent, [args.lang], "evaluation")
+    clips = read_folder(args.audio, args.lang, "evaluation")
     log.info("transcribe_fp32@%s: %d evaluation clips", args.lang, len(clips))
 
     import torch

@@ -213,8 +213,8 @@ def tiny_params(model_hf: Path, languages: tuple[str, ...] = ("en_us", "es_419")
     p = default_params()
     p["languages"] = list(languages)
     p["model"].update(source="local", id=str(model_hf), name="whisper-tiny-random")
-    p["audio"].update(clips=3, eval_clips=1, per_language={})   # synthetic speech only (the default's real
-    p["labels"].update(max_new_tokens=8, best_of=1)             # speech is tested in test_asterisk.py)
+    p["audio"].update(calibration_clips=2, eval_clips=1, per_language={})   # synthetic speech only (the default's
+    p["labels"].update(max_new_tokens=8, best_of=1)   # real speech is tested in test_asterisk.py)
     p["calibration"].update(samples_per_language=2, max_new_tokens=8, batch_size=2)
     p["compile"]["numerics_samples"] = 1
     p["transcribe"]["max_new_tokens"] = 8
@@ -286,7 +286,7 @@ def real_english_run(tmp_path_factory, reference_model_dir: Path) -> Path:
     p = default_params()
     p["languages"] = ["en_us"]
     p["model"].update(source="local", id=str(reference_model_dir / "hf"), name="whisper-base")
-    p["audio"]["per_language"] = {"en_us": {"source": "asterisk", "clips": ENGLISH_EVAL_CLIPS + 6,
+    p["audio"]["per_language"] = {"en_us": {"source": "asterisk", "calibration_clips": 6,
                                             "eval_clips": ENGLISH_EVAL_CLIPS, "selection": "seeded"}}
     p["audio"]["asterisk"]["cache"] = str(tmp_path_factory.mktemp("debs"))
     repo = make_project(tmp_path_factory.mktemp("english") / "proj", p)

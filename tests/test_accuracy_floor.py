@@ -2,11 +2,16 @@
 (ONNX Runtime dynamic INT8, compile.onnxruntime defaults) on Asterisk's recorded US English prompts,
 through the real pipeline (`dvc repro score` in a project copy).
 
-Measured run (2026-12-01, this machine kind: 2 vCPU AMD EPYC, Debian 12, torch 2.13.0 CPU, onnxruntime from
-constraints.txt; 24 evaluation clips = 399 reference words, seed 0, evaluate defaults):
-    fp32 WER 0.020 (S/D/I 5/2/1), compiled WER 0.028 (5/5/1), delta +0.008, 95 % CI +0.000..+0.022, verdict pass;
-    no repetition-guard or token-cap stops in either system.
-The bounds below are about three times those numbers (room for another CPU or a library patch release) and
+Measured run (2026-12-06, this machine kind: 2 vCPU AMD EPYC, Debian 12, torch 2.13.0 CPU, onnxruntime from
+constraints.txt; 24 evaluation clips = 278 reference words, seed 0, evaluate defaults; the evaluation clips chosen
+before the calibration clips, whisper_npu/sources/base.py):
+    fp32 WER 0.050 (S/D/I 6/3/5), compiled WER 0.050 (6/3/5), delta +0.000, 95 % CI -0.026..+0.015, verdict pass;
+    no repetition-guard or token-cap stops in either system. The errors are the same in both systems: transcript
+    quirks of the prompts ("followed by or just to exit", spoken "... by pound or just pound ...") and the
+    model's own ("end your password" for "enter").
+(The earlier rule drew the evaluation clips together with the calibration clips: 399 reference words, fp32 0.020,
+compiled 0.028, delta +0.008, CI +0.000..+0.022.) The WER bounds below are about three times the fp32 figure, the
+delta bounds about three times the earlier run's (room for another CPU or a library patch release), and all are
 far below what a broken model gives (test_floor_catches_a_broken_compiled_model).
 """
 from __future__ import annotations
@@ -23,10 +28,10 @@ from conftest import run
 
 pytestmark = pytest.mark.slow
 
-MAX_FP32_WER = 0.06          # measured 0.020
-MAX_COMPILED_WER = 0.08      # measured 0.028
-MAX_DELTA = 0.03             # compiled minus fp32, measured +0.008
-MAX_DELTA_CI_HIGH = 0.06     # high end of the 95 % interval of compiled minus fp32, measured +0.022
+MAX_FP32_WER = 0.15          # measured 0.050 (0.020 on the earlier clip set)
+MAX_COMPILED_WER = 0.15      # measured 0.050 (0.028)
+MAX_DELTA = 0.03             # compiled minus fp32, measured +0.000 (+0.008)
+MAX_DELTA_CI_HIGH = 0.06     # high end of the 95 % interval of compiled minus fp32, measured +0.015 (+0.022)
 
 
 def floor_failures(metrics: dict) -> list[str]:

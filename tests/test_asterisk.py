@@ -20,7 +20,7 @@ from conftest import params_with, section
 from stages import audio as audio_stage
 from whisper_npu.audio import prepare as A
 from whisper_npu.core.errors import StageError
-from whisper_npu.core.files import sha256_file
+from whisper_npu.core.files import sha256_file, sha256_tree
 from whisper_npu.params.audio import AudioParams
 from whisper_npu.sources import asterisk as AS
 
@@ -107,15 +107,17 @@ def test_transcript_parsing():
 
 def test_clips_skips_and_licenses(test_set):
     ps, cache = test_set
-    sel = AS.clips("en_us", params(cache, clips=4), seed=0)
-    assert [c.ref for c in sel.clips] == ["asterisk:en_us/digits/1", "asterisk:en_us/dup", "asterisk:en_us/hello",
-                                    "asterisk:en_us/semicolon"]
-    assert [c.text for c in sel.clips] == ["one two three four", "second version", "Hello, this is a test prompt.",
-                                     "Press star; then press pound."]
-    assert sel.clips[0].source == {"kind": "asterisk", "package": "asterisk-core-sounds-xx-wav", "version": AS.VERSION,
-                             "prompt": "digits/1", "speaker": "Test Speaker", "license": "CC-BY-SA-3.0",
-                             "copyright": "2026 Test", "diacritics": False}
-    assert sel.clips[0].text_en == sel.clips[0].text                               # English: its own translation target
+    sel = AS.clips("en_us", params(cache, calibration_clips=3, eval_clips=1), seed=0)
+    # selection first: calibration = the first candidates by name, evaluation = the last
+    assert [c.ref for c in sel.calibration] == ["asterisk:en_us/digits/1", "asterisk:en_us/dup",
+                                                "asterisk:en_us/hello"]
+    assert [c.ref for c in sel.evaluation] == ["asterisk:en_us/spaced"]
+    assert [c.text for c in sel.calibration] == ["one two three four", "second version",
+                                                 "Hello, this is a test prompt."]
+    assert sel.calibration[0].source == {"kind": "asterisk", "package": "asterisk-core-sounds-xx-wav",
+                                         "version": AS.VERSION, "prompt": "digits/1", "speaker": "Test Speaker",
+                                         "license": "CC-BY-SA-3.0", "copyright": "2026 Test", "diacritics": False}
+    assert sel.calibration[0].text_en == sel.calibration[0].text          # English: its own translation target
     reasons = {r["source_ref"].split("/", 1)[1]: r["reason"] for r in sel.skipped}
     assert reasons == {
         "empty": "not used: empty transcript",
@@ -126,8 +128,8 @@ def test_clips_skips_and_licenses(test_set):
         "silence/2": "not used: silent: clip peak -inf dBFS < -60 dBFS",
     }
     with pytest.raises(StageError, match=r"asterisk-core-sounds-xx-wav \(5 prompts of 2-30 s with a transcript\) "
-                                         r"has 5 clips, audio.clips asks for 6"):
-        AS.clips("en_us", params(cache, clips=6), seed=0)
+                                         r"has 5 clips, audio.calibration_clips \+ audio.eval_clips ask for 4 \+ 2"):
+        AS.clips("en_us", params(cache, calibration_clips=4, eval_clips=2), seed=0)
 
 
 def test_pinned_checksum_refusal(test_set):
@@ -142,7 +144,7 @@ def test_pinned_checksum_refusal(test_set):
     deb = cache / ps.text.filename
     deb.write_bytes(deb.read_bytes() + b"x")
     with pytest.raises(StageError, match=r"asterisk-core-sounds-xx_1.6.1-1_all.deb: sha256 .* does not match"):
-        AS.clips("en_us", params(cache, clips=2), seed=0)
+        AS.clips("en_us", params(cache, calibration_clips=1, eval_clips=1), seed=0)
 
 
 def test_missing_package_names_it(tmp_path):
@@ -181,32 +183,57 @@ def test_stage_writes_manifest_with_licenses_and_skips(test_set, tmp_path):
     ps, cache = test_set
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_with({
         "languages": ["en_us"], "calibration": {"samples_per_language": 1},
-        "audio": {"per_language": {"en_us": {"source": "asterisk", "clips": 4, "eval_clips": 2}},
+        "audio": {"per_language": {"en_us": {"source": "asterisk", "calibration_clips": 2, "eval_clips": 2}},
                   "asterisk": {"cache": str(cache)}}})))
     out = tmp_path / "out"
     audio_stage.main(["--params", str(tmp_path / "params.yaml"), "--lang", "en_us", "--out", str(out)])
-    rows = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
-    assert len(rows) == 4 and sum(r["split"] == "evaluation" for r in rows) == 2
-    assert {r["source"]["license"] for r in rows} == {"CC-BY-SA-3.0"}
-    assert rows[0]["source"]["audio"]["sample_rate"] == 8000
-    y, rate = sf.read(out / rows[0]["file"])
+    folders = {role: out / role / "en_us" for role in ("calibration", "evaluation")}
+    rows = {role: [json.loads(x) for x in (f / "manifest.jsonl").read_text().splitlines()]
+            for role, f in folders.items()}
+    assert [len(rows["calibration"]), len(rows["evaluation"])] == [2, 2]
+    assert {r["split"] for r in rows["evaluation"]} == {"evaluation"}
+    assert [r["id"] for r in rows["evaluation"]] == ["en_us_eval_0000", "en_us_eval_0001"]
+    assert {r["source"]["license"] for role in rows for r in rows[role]} == {"CC-BY-SA-3.0"}
+    first_row = rows["calibration"][0]
+    assert first_row["source"]["audio"]["sample_rate"] == 8000
+    y, rate = sf.read(folders["calibration"] / first_row["file"])
     assert rate == 16000
-    skipped = [json.loads(x) for x in (out / "skipped.jsonl").read_text().splitlines()]
-    assert {"source_ref": "asterisk:en_us/is", "reason": "not used: empty: no samples"} in skipped
-    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    for f in folders.values():   # the files the source did not offer, in each folder's skipped.jsonl
+        skipped = [json.loads(x) for x in (f / "skipped.jsonl").read_text().splitlines()]
+        assert {"source_ref": "asterisk:en_us/is", "reason": "not used: empty: no samples"} in skipped
+    first = sha256_tree(out)
     out2 = tmp_path / "out2"
     audio_stage.main(["--params", str(tmp_path / "params.yaml"), "--lang", "en_us", "--out", str(out2)])
-    assert {p.name: p.read_bytes() for p in out2.iterdir()} == first   # byte-identical rerun
-    assert str(tmp_path) not in (out / "manifest.jsonl").read_text() + (out / "skipped.jsonl").read_text()
+    assert sha256_tree(out2) == first   # byte-identical rerun
+    for f in folders.values():
+        assert str(tmp_path) not in (f / "manifest.jsonl").read_text() + (f / "skipped.jsonl").read_text()
+
+
+@pytest.mark.parametrize("selection", ["first", "seeded"])
+def test_evaluation_pool_does_not_move_with_the_calibration_count(test_set, tmp_path, selection):
+    """Ids and audio bytes of the evaluation folder are the same for 1, 2 and 3 calibration prompts; the two
+    pools never share a prompt."""
+    ps, cache = test_set
+    trees = set()
+    for n in (1, 2, 3):
+        p = params(cache, calibration_clips=n, eval_clips=2, selection=selection)
+        sel = AS.clips("en_us", p, seed=0)
+        assert len(sel.calibration) == n and not {c.ref for c in sel.calibration} & {c.ref for c in sel.evaluation}
+        audio_stage.make("en_us", p, 0, tmp_path / f"cal{n}")
+        trees.add(sha256_tree(tmp_path / f"cal{n}" / "evaluation" / "en_us"))
+    assert len(trees) == 1
 
 
 @pytest.mark.slow
 def test_debian_packages_match_the_pins(tmp_path):
     """Debian's own packages, fetched with apt-get download: sha256 as pinned, and enough usable prompts
-    for the default profile (36 clips per language); Russian's empty is.wav recorded as skipped."""
+    for the default profile (6 calibration + 30 evaluation prompts per language); Russian's empty is.wav recorded
+    as skipped."""
     for lang, ps in sorted(AS.PROMPT_SETS.items()):
-        sel = AS.clips(lang, params(tmp_path / "cache", clips=36, selection="seeded"), seed=0)
-        assert len(sel.clips) == 36 and all(c.text for c in sel.clips), lang
+        sel = AS.clips(lang, params(tmp_path / "cache", calibration_clips=6, eval_clips=30, selection="seeded"),
+                       seed=0)
+        clips = sel.calibration + sel.evaluation
+        assert len(clips) == 36 and len({c.ref for c in clips}) == 36 and all(c.text for c in clips), lang
         if lang == "ru_ru":
             assert {"source_ref": "asterisk:ru_ru/is", "reason": "not used: empty: no samples"} in sel.skipped
         for deb in (ps.wav, ps.text):

@@ -21,7 +21,7 @@ Running stage 'toolchain':
 Stage 'model' didn't change, skipping
 'data/raw.dvc' didn't change, skipping
 Running stage 'audio@de_de':
-> python -m stages.audio --params params.yaml --lang de_de --out data/audio/de_de
+> python -m stages.audio --params params.yaml --lang de_de --out data/audio
 Stage 'audio@en_us' didn't change, skipping
 Running stage 'label@de_de':
 > python -m stages.label --params params.yaml --lang de_de ...
@@ -155,8 +155,8 @@ def test_memory_sizes_pick_enough_languages(tmp_path):
 
     p = memory.size_params(tmp_path, 24, 4)
     assert len(p["languages"]) == 6 and p["calibration"]["samples_per_language"] == 4
-    assert p["audio"]["clips"] - p["audio"]["eval_clips"] >= 4
-    # synthetic speech in every language: params.yaml's real-speech overrides (en_us, es_419: 36 clips) are gone
+    assert p["audio"]["calibration_clips"] >= 4
+    # synthetic speech in every language: params.yaml's real-speech overrides (en_us, es_419: 6 + 30 clips) are gone
     assert {"en_us", "es_419"} <= set(p["languages"]) and p["audio"]["per_language"] == {}
     assert p["audio"]["source"] == "synth"
     parse_params(p)
@@ -173,7 +173,7 @@ def test_memory_one_language_grows_the_label_and_transcribe_clips(tmp_path):
     for p, n in ((small, 4), (big, 16)):
         assert p["languages"] == ["en_us"] and p["calibration"]["samples_per_language"] == n
         lang = p["audio"]["per_language"]["en_us"]
-        assert (lang["clips"] - lang["eval_clips"], lang["eval_clips"], lang["source"]) == (n, n, "asterisk")
+        assert (lang["calibration_clips"], lang["eval_clips"], lang["source"]) == (n, n, "asterisk")
         assert Path(p["audio"]["asterisk"]["cache"]).is_absolute()
         parse_params(p)    # a valid params file
 
@@ -203,8 +203,10 @@ def test_static_int8_reads_unpacked_asterisk_prompts(tmp_path):
         sf.write(str(voice / f"{n}.wav"), 0.1 * rng.standard_normal(int(8000 * seconds)), 8000, subtype="PCM_16")
     assert [c[0] for c in static_int8.asterisk_clips(root, "en")] == names
     audio = static_int8.prepare_audio(root, ["en"], 1, 2, tmp_path / "audio")
-    rows = read_jsonl(audio / "en_us" / "manifest.jsonl")
-    assert sorted(r["split"] for r in rows) == ["calibration", "calibration", "evaluation"]
+    rows = [{**r, "folder": audio / split / "en_us"} for split in ("calibration", "evaluation")
+            for r in read_jsonl(audio / split / "en_us" / "manifest.jsonl")]
+    assert [(r["split"], r["folder"].parent.name) for r in rows] == \
+        [("calibration", "calibration"), ("calibration", "calibration"), ("evaluation", "evaluation")]
     assert len({r["id"] for r in rows}) == 3 and all(r["text"].startswith("text of ") for r in rows)
     assert all("beep" not in r["id"] for r in rows)
-    assert {sf.info(str(audio / "en_us" / r["file"])).samplerate for r in rows} == {16000}
+    assert {sf.info(str(r["folder"] / r["file"])).samplerate for r in rows} == {16000}

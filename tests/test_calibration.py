@@ -36,25 +36,29 @@ def store(tiny_model_dir) -> Path:
 
 
 def make_audio(root: Path, langs=LANGS, n_calib: int = 4, n_eval: int = 1, labels: Path | None = None) -> Path:
-    """The audio stage's layout: data/audio/<lang>/<id>.wav + manifest.jsonl (rows out of order on purpose)."""
+    """The audio stage's layout: data/audio/<split>/<lang>/<id>.wav + manifest.jsonl (rows out of order on
+    purpose); calibration ids <lang>_0000.., evaluation ids <lang>_eval_0000.."""
     import soundfile as sf
 
     rng = np.random.default_rng(0)
     for lang in langs:
-        folder = root / lang
-        folder.mkdir(parents=True, exist_ok=True)
         rows = []
         for i in range(n_calib + n_eval):
-            cid = f"{lang}_{i:04d}"
+            split = "calibration" if i < n_calib else "evaluation"
+            cid = f"{lang}_{i:04d}" if i < n_calib else f"{lang}_eval_{i - n_calib:04d}"
+            folder = root / split / lang
+            folder.mkdir(parents=True, exist_ok=True)
             t = np.arange(16000 * (1 + i % 3)) / 16000
             audio = (0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t) + 0.05 * rng.standard_normal(t.size)).astype("float32")
             sf.write(folder / f"{cid}.wav", audio, 16000, subtype="PCM_16")
             text = {"ko_kr": f"안녕하세요 {i}번", "ta_in": f"வணக்கம் {i}"}.get(lang, f"Hello number {i}.")
             rows.append({"id": cid, "file": f"{cid}.wav", "lang": lang, "duration": t.size / 16000,
-                         "split": "calibration" if i < n_calib else "evaluation", "text": text,
-                         "text_en": f"Hello number {i}.", "source": "synth"})
-        (folder / "manifest.jsonl").write_text(
-            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in reversed(rows)), encoding="utf-8")
+                         "split": split, "text": text, "text_en": f"Hello number {i}.", "source": "synth"})
+        for split in ("calibration", "evaluation"):
+            (root / split / lang).mkdir(parents=True, exist_ok=True)
+            (root / split / lang / "manifest.jsonl").write_text("".join(
+                json.dumps(r, ensure_ascii=False) + "\n" for r in reversed(rows) if r["split"] == split),
+                encoding="utf-8")
         if labels is not None:
             labels.mkdir(parents=True, exist_ok=True)
             (labels / f"{lang}.jsonl").write_text("".join(json.dumps(
@@ -67,9 +71,10 @@ def make_audio(root: Path, langs=LANGS, n_calib: int = 4, n_eval: int = 1, label
 
 
 def write_params(path: Path, **calibration) -> Path:
-    data = params_with({"seed": 0, "languages": LANGS, "audio": {"clips": 5, "eval_clips": 1, "per_language": {}},
+    data = params_with({"seed": 0, "languages": LANGS, "audio": {"calibration_clips": 4, "eval_clips": 1,
+                                                                 "per_language": {}},
                         "calibration": {"samples_per_language": 3, "translate_ratio": 0.34, "batch_size": 2,
-                                        "max_new_tokens": 6, **calibration}})
+                                        "max_new_tokens": 6, "text_source": "generated", **calibration}})
     path.write_text(yaml.safe_dump(data, allow_unicode=True))
     return path
 
@@ -317,8 +322,8 @@ def test_stages_are_deterministic(tmp_path, built, store):
 
 def manifest_rows(audio: Path) -> dict[str, dict]:
     rows = {}
-    for lang in LANGS:
-        for line in (audio / lang / "manifest.jsonl").read_text(encoding="utf-8").splitlines():
+    for lang, split in ((lang, split) for lang in LANGS for split in ("calibration", "evaluation")):
+        for line in (audio / split / lang / "manifest.jsonl").read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
             rows[row["id"]] = row
     return rows
@@ -346,7 +351,7 @@ def test_text_sources_and_task_ratio(tmp_path, built, store, source, ratio):
 def test_reference_without_translation_is_an_error_except_english(tmp_path):
     make_audio(tmp_path / "audio", langs=["ko_kr", "en_us"])
     for lang in ("ko_kr", "en_us"):
-        mf = tmp_path / "audio" / lang / "manifest.jsonl"
+        mf = tmp_path / "audio" / "calibration" / lang / "manifest.jsonl"
         rows = [json.loads(ln) for ln in mf.read_text().splitlines()]
         mf.write_text("".join(json.dumps({**r, "text_en": ""}, ensure_ascii=False) + "\n" for r in rows))
     clips = A_clips.read_clips(tmp_path / "audio", ["en_us", "ko_kr"], "calibration", 2)
@@ -429,7 +434,7 @@ def test_dvc_reruns_only_what_changed_and_is_reproducible(project, store):
     on the calibration stages and the store layout."""
     params = default_params()
     params["languages"] = ["ko_kr", "ta_in"]
-    params["audio"].update(clips=4, eval_clips=1)
+    params["audio"].update(calibration_clips=3, eval_clips=1)
     params["calibration"].update(samples_per_language=3, batch_size=2, max_new_tokens=4, translate_ratio=0.34)
     repo = project(params)
     make_audio(repo / "data" / "audio", langs=params["languages"], n_calib=3, n_eval=1, labels=repo / "data" / "labels")
@@ -552,7 +557,7 @@ def test_latest_recipe_prefixes_eot_strip_min_tokens_minimal_json(tmp_path, buil
     name = next(k[0] for k in kept if k[0].endswith("_p050"))
     cid = name[len("sample_"):-len("_p050")]
     lang = cid.rsplit("_", 1)[0]
-    audio = read_wav(built / "audio" / lang / f"{cid}.wav")
+    audio = read_wav(built / "audio" / "calibration" / lang / f"{cid}.wav")
     feats = npu_features(processor.feature_extractor, audio[: int(len(audio) * 0.5)])
     with torch.inference_mode():
         states = model.model.encoder(torch.from_numpy(feats.transpose(0, 2, 1).copy())).last_hidden_state.numpy()

@@ -467,18 +467,21 @@ class BrokenBackend:
 
 
 def write_audio(root: Path, langs_: list[str], n_eval: int = 1) -> None:
+    """The audio stage's layout: one calibration clip and ``n_eval`` evaluation clips per language, in
+    <root>/calibration/<lang>/ and <root>/evaluation/<lang>/."""
     rng = np.random.default_rng(0)
     for lang in langs_:
-        folder = root / lang
-        folder.mkdir(parents=True)
-        rows = []
-        for i, split in enumerate(["calibration"] + ["evaluation"] * n_eval):
-            name = f"{lang}_{i:04d}.wav"
-            sf.write(folder / name, (0.1 * rng.standard_normal(16000)).astype(np.float32), 16000)
-            rows.append({"id": f"{lang}_{i:04d}", "file": name, "lang": lang, "split": split, "duration": 1.0,
-                         "text": "placeholder", "text_en": "placeholder" if lang != "en_us" else None,
-                         "source": "test"})
-        (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        ids = {"calibration": [f"{lang}_0000"], "evaluation": [f"{lang}_eval_{i:04d}" for i in range(n_eval)]}
+        for split, names in ids.items():
+            folder = root / split / lang
+            folder.mkdir(parents=True)
+            rows = []
+            for cid in names:
+                sf.write(folder / f"{cid}.wav", (0.1 * rng.standard_normal(16000)).astype(np.float32), 16000)
+                rows.append({"id": cid, "file": f"{cid}.wav", "lang": lang, "split": split, "duration": 1.0,
+                             "text": "placeholder", "text_en": "placeholder" if lang != "en_us" else None,
+                             "source": "test"})
+            (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 @pytest.fixture
@@ -501,7 +504,7 @@ def stage_run(tmp_path, tiny_model, monkeypatch):
     cfg = DecodeConfig.from_params(tiny_model.generation_config, tiny_model.config,
                                    section("transcribe", max_new_tokens=96))
     for lang in ("de_de", "ja_jp"):
-        manifest = tmp_path / "audio" / lang / "manifest.jsonl"
+        manifest = tmp_path / "audio" / "evaluation" / lang / "manifest.jsonl"
         rows = [json.loads(x) for x in manifest.read_text().splitlines()]
         for r in rows:
             feats = npu_features(processor.feature_extractor, read_wav(manifest.parent / r["file"]))
@@ -528,7 +531,7 @@ def stage_run(tmp_path, tiny_model, monkeypatch):
     work = tmp_path / "work"
     common = ["--params", str(params), "--model", str(tmp_path / "model")]
     for lang in ("de_de", "ja_jp"):
-        transcribe_fp32.main(common + ["--lang", lang, "--audio", str(tmp_path / "audio" / lang),
+        transcribe_fp32.main(common + ["--lang", lang, "--audio", str(tmp_path / "audio" / "evaluation" / lang),
                                        "--out", str(work / "fp32" / f"{lang}.jsonl"),
                                        "--timing", str(work / "fp32" / f"{lang}.timing.json")])
 
@@ -571,8 +574,8 @@ def test_main_reports_budget_failure_without_failing(stage_run):
     assert m["machines"] == {"fp32": {"device": "cpu", "cpu": cpu()}, "compiled": {"device": "cpu", "cpu": cpu()}}
     assert "avx2" in cpu()["isa"] and cpu()["model"]
     rows = [json.loads(x) for x in (out / "transcripts.jsonl").read_text().splitlines()]
-    # Only evaluation clips (ids ..._0001), never the calibration clip (..._0000); both tasks, both systems.
-    assert {r["id"] for r in rows} == {"de_de_0001", "ja_jp_0001"}
+    # Only evaluation clips (ids ..._eval_0000), never the calibration clip (..._0000); both tasks, both systems.
+    assert {r["id"] for r in rows} == {"de_de_eval_0000", "ja_jp_eval_0000"}
     assert len(rows) == 2 * 2 * 2
     assert set(rows[0]) == set(transcripts.TRANSCRIPT_KEYS)
     wer = json.loads((out / "wer.json").read_text())
@@ -618,7 +621,7 @@ def test_main_strict_fails_naming_languages_and_leaves_no_outputs(stage_run):
 def test_read_clips_reads_only_listed_languages_and_evaluation_split(tmp_path):
     write_audio(tmp_path, ["de_de", "ja_jp", "fr_fr"], n_eval=2)
     clips = A.read_clips(tmp_path, ["ja_jp", "de_de"], "evaluation")
-    assert [c.id for c in clips] == ["de_de_0001", "de_de_0002", "ja_jp_0001", "ja_jp_0002"]
+    assert [c.id for c in clips] == ["de_de_eval_0000", "de_de_eval_0001", "ja_jp_eval_0000", "ja_jp_eval_0001"]
     with pytest.raises(StageError, match="audio@ko_kr"):
         A.read_clips(tmp_path, ["ko_kr"], "evaluation")
     assert A.Clip("a", "en_us", Path("a"), 1.0, "x", "x").tasks() == ["transcribe"]
@@ -746,8 +749,8 @@ def test_pipeline_end_to_end_with_a_tiny_model(project, tiny_model_dir, tmp_path
     params = default_params()
     params["languages"] = ["de_de", "en_us"]
     params["model"].update(source="local", id=str(tiny_model_dir / "hf"), name="whisper-tiny-random")
-    params["audio"].update(clips=3, eval_clips=1)
-    params["audio"]["per_language"] = {"en_us": {"source": "asterisk", "clips": 5, "eval_clips": 3,
+    params["audio"].update(calibration_clips=2, eval_clips=1)
+    params["audio"]["per_language"] = {"en_us": {"source": "asterisk", "calibration_clips": 2, "eval_clips": 3,
                                                  "selection": "seeded"}}
     params["audio"]["asterisk"]["cache"] = str(tmp_path / "debs")
     params["labels"].update(max_new_tokens=8)
@@ -766,7 +769,7 @@ def test_pipeline_end_to_end_with_a_tiny_model(project, tiny_model_dir, tmp_path
     assert set(m["budget"]["counts"]) == {"real", "synthetic"}
     assert m["compiled_run"] == {"status": "run", "reason": None}
     assert m["sizes"]["compiled_bytes"] > 0 and m["sizes"]["fp32_bytes"] > 0
-    manifest = (repo / "data" / "audio" / "en_us" / "manifest.jsonl").read_text()
+    manifest = (repo / "data" / "audio" / "evaluation" / "en_us" / "manifest.jsonl").read_text()
     assert '"license": "CC-BY-SA-3.0"' in manifest and str(tmp_path) not in manifest
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
     (workspace,) = shown.values()

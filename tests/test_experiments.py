@@ -114,5 +114,5 @@ def test_preset_overrides_survive_the_shell(tiny_pipeline: Path, tmp_path: Path)
     want = yaml.safe_load((ROOT / "params" / "tutorial.yaml").read_text())
     assert param(tutorial, "model.id") == want["model"]["id"] == "openai/whisper-small"
     assert param(tutorial, "compile.qbcompiler.encoder_scheme") == want["compile"]["qbcompiler"]["encoder_scheme"]
-    assert param(tutorial, "audio.clips") == want["audio"]["clips"]
+    assert param(tutorial, "audio.calibration_clips") == want["audio"]["calibration_clips"]
     run(["dvc", "queue", "remove", "--all"], repo)

@@ -86,7 +86,7 @@ import hashlib, json, sys
 from whisper_npu.params.audio import AudioParams
 from whisper_npu.sources import loader
 params = AudioParams.model_validate(json.loads(sys.argv[1]))
-clip = loader.get_clips(sys.argv[2], params, 7).clips[0]     # the process's first espeak-ng call is this clip's
+clip = loader.get_clips(sys.argv[2], params, 7).calibration[0]   # the process's first espeak-ng call is this clip's
 print(json.dumps([clip.source["voice"]] + [hashlib.sha256(clip.data()).hexdigest() for _ in range(2)]))
 """
 
@@ -99,7 +99,8 @@ def test_synthetic_speech_is_the_same_in_a_fresh_home(tmp_path, variant):
     first call of a process in a fresh HOME gives the bytes of the second, for every variant the source uses."""
     from conftest import section
 
-    audio = section("audio", source="synth", clips=1, eval_clips=0, synth={"variants": [variant]}).model_dump()
+    audio = section("audio", source="synth", calibration_clips=1, eval_clips=0,
+                    synth={"variants": [variant]}).model_dump()
     for lang in ("ja_jp", "ar_eg"):
         home, tmp = tmp_path / f"{lang}-home", tmp_path / f"{lang}-tmp"
         home.mkdir()

@@ -2,6 +2,7 @@
 label@<lang> and labels stages, and (slow) the DAG through the real dvc CLI and real whisper-base labels."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -64,16 +65,21 @@ def speechlike(seconds: float = 1.5, seed: int = 0) -> np.ndarray:
             ).astype(np.float32)
 
 
-def make_audio_dir(folder: Path, lang: str, n: int, n_eval: int = 0) -> list[dict]:
-    """n calibration clips (returned) and n_eval evaluation clips after them."""
-    folder.mkdir(parents=True, exist_ok=True)
+def make_audio_dir(root: Path, lang: str, n: int, n_eval: int = 0) -> list[dict]:
+    """The audio stage's layout below the audio root ``root``: n calibration clips (returned) in
+    calibration/<lang>/ and n_eval evaluation clips in evaluation/<lang>/."""
     rows = []
     for i in range(n + n_eval):
-        cid = f"{lang}_{i:04d}"
+        split = "calibration" if i < n else "evaluation"
+        cid = f"{lang}_{i:04d}" if i < n else f"{lang}_eval_{i - n:04d}"
+        folder = root / split / lang
+        folder.mkdir(parents=True, exist_ok=True)
         write_wav(folder / f"{cid}.wav", speechlike(1.0 + 0.25 * i, seed=i))
-        rows.append({"id": cid, "file": f"{cid}.wav", "lang": lang, "split": "calibration" if i < n else "evaluation",
+        rows.append({"id": cid, "file": f"{cid}.wav", "lang": lang, "split": split,
                      "duration": 1.0, "text": None, "text_en": None, "source": {}})
-    write_jsonl(folder / "manifest.jsonl", rows[::-1])  # unsorted on purpose: the stage sorts
+    for split in ("calibration", "evaluation"):
+        (root / split / lang).mkdir(parents=True, exist_ok=True)
+        write_jsonl(root / split / lang / "manifest.jsonl", [r for r in rows[::-1] if r["split"] == split])  # unsorted
     return rows[:n]
 
 
@@ -183,9 +189,10 @@ def test_finished_clips_leave_the_batch(model_dir: Path, monkeypatch, rows_per_s
 
 
 def test_labels_do_not_depend_on_the_batch_size(model_dir: Path, tmp_path: Path) -> None:
-    rows = make_audio_dir(tmp_path / "it_it", "it_it", 3)
+    rows = make_audio_dir(tmp_path, "it_it", 3)
     lab = L.load_labeler("reference", model_dir)
-    by_size = [label_stage.label_rows(lab, "it_it", tmp_path / "it_it", rows, 1, 0, True, FAST, batch_size=b)
+    by_size = [label_stage.label_rows(lab, "it_it", tmp_path / "calibration" / "it_it", rows, 1, 0, True, FAST,
+                                      batch_size=b)
                for b in (1, 2)]
     assert by_size[0] == by_size[1]
     assert [r["id"] for r in by_size[0]] == [r["id"] for r in rows]
@@ -240,9 +247,9 @@ def test_real_decode_is_deterministic_and_seeded(model_dir: Path) -> None:
 # ---------------------------------------------------------------------------------------------- stages
 
 def test_label_stage_main(model_dir: Path, tmp_path: Path) -> None:
-    rows = make_audio_dir(tmp_path / "audio" / "it_it", "it_it", 3, n_eval=1)
+    rows = make_audio_dir(tmp_path / "audio", "it_it", 3, n_eval=1)
     out = tmp_path / "labels" / "it_it.jsonl"
-    argv = ["--lang", "it_it", "--audio", str(tmp_path / "audio" / "it_it"), "--model", str(model_dir),
+    argv = ["--lang", "it_it", "--audio", str(tmp_path / "audio"), "--model", str(model_dir),
             "--out", str(out), "--params", str(write_params(tmp_path, labels={"logprob_fallback": True,
                                                                               "batch_size": 2}))]
     label_stage.main(argv)
@@ -259,26 +266,31 @@ def test_label_stage_main(model_dir: Path, tmp_path: Path) -> None:
     both = tmp_path / "both.jsonl"
     label_stage.main([*argv[:-4], "--out", str(both), "--params", str(write_params(
         tmp_path / "both", labels={"logprob_fallback": True, "batch_size": 3, "splits": ["calibration", "evaluation"]}))])
-    assert [r["id"] for r in read_jsonl(both)] == [f"it_it_{i:04d}" for i in range(4)]
+    assert [r["id"] for r in read_jsonl(both)] == [f"it_it_{i:04d}" for i in range(3)] + ["it_it_eval_0000"]
     assert read_jsonl(both)[:3] == labels
     # a manifest of another language is refused
+    shutil.copytree(tmp_path / "audio" / "calibration" / "it_it", tmp_path / "audio" / "calibration" / "de_de")
     with pytest.raises(StageError, match="not de_de"):
         label_stage.main(["--lang", "de_de", *argv[2:]])
 
 
-def test_select_reads_the_manifest_split() -> None:
-    rows = [{"id": "b", "split": "evaluation"}, {"id": "a", "split": "calibration"}]
-    assert [r["id"] for r in label_stage.select(rows, ["calibration"], "m.jsonl")] == ["a"]
-    assert [r["id"] for r in label_stage.select(rows, ["evaluation", "calibration"], "m.jsonl")] == ["a", "b"]
-    with pytest.raises(StageError, match="m.jsonl: row c has split None"):
-        label_stage.select([*rows, {"id": "c"}], ["calibration"], "m.jsonl")
+def test_read_split_checks_language_and_split(tmp_path: Path) -> None:
+    folder = tmp_path / "calibration" / "it_it"
+    folder.mkdir(parents=True)
+    write_jsonl(folder / "manifest.jsonl", [{"id": "b", "lang": "it_it", "split": "calibration"},
+                                            {"id": "a", "lang": "it_it", "split": "calibration"}])
+    assert [r["id"] for r in label_stage.read_split(folder, "it_it", "calibration")] == ["a", "b"]
+    with pytest.raises(StageError, match=r"manifest.jsonl: row b has split 'calibration', not evaluation"):
+        label_stage.read_split(folder, "it_it", "evaluation")
+    with pytest.raises(StageError, match=r"manifest.jsonl: missing"):
+        label_stage.read_split(tmp_path / "evaluation" / "it_it", "it_it", "evaluation")
 
 
 def test_label_stage_english_only_model_fails_for_other_languages(tmp_path: Path) -> None:
-    make_audio_dir(tmp_path / "audio" / "ko_kr", "ko_kr", 1)
+    make_audio_dir(tmp_path / "audio", "ko_kr", 1)
     ckpt = make_checkpoint(tmp_path / "en.pt", multilingual=False)
     with pytest.raises(StageError, match="English-only"):
-        label_stage.main(["--lang", "ko_kr", "--audio", str(tmp_path / "audio" / "ko_kr"), "--model", str(tmp_path),
+        label_stage.main(["--lang", "ko_kr", "--audio", str(tmp_path / "audio"), "--model", str(tmp_path),
                           "--out", str(tmp_path / "ko.jsonl"),
                           "--params", str(write_params(tmp_path, labels={"labeler": str(ckpt)}))])
     assert not (tmp_path / "ko.jsonl").exists()
@@ -286,9 +298,9 @@ def test_label_stage_english_only_model_fails_for_other_languages(tmp_path: Path
 
 def test_labels_off_write_nothing_and_load_no_model(tmp_path: Path) -> None:
     """labels.enabled: false: an empty label file, and no model is loaded (the --model folder does not exist)."""
-    make_audio_dir(tmp_path / "audio" / "ko_kr", "ko_kr", 1)
+    make_audio_dir(tmp_path / "audio", "ko_kr", 1)
     out = tmp_path / "ko.jsonl"
-    label_stage.main(["--lang", "ko_kr", "--audio", str(tmp_path / "audio" / "ko_kr"), "--model",
+    label_stage.main(["--lang", "ko_kr", "--audio", str(tmp_path / "audio"), "--model",
                       str(tmp_path / "no-model"), "--out", str(out),
                       "--params", str(write_params(tmp_path, labels={"enabled": False}))])
     assert out.read_text() == ""
@@ -347,15 +359,15 @@ def ran(stdout: str) -> set[str]:
 def tiny_profile(languages: list[str]) -> dict:
     params = default_params()
     params["languages"] = languages
-    params["audio"].update(clips=2, eval_clips=1)
+    params["audio"].update(calibration_clips=1, eval_clips=1)
     params["calibration"]["samples_per_language"] = 1
     params["labels"]["max_new_tokens"] = SAMPLE_LEN
     return params
 
 
 def calibration_ids(repo: Path, langs: list[str]) -> set[str]:
-    return {f"{r['id']}.wav" for lang in langs for r in read_jsonl(repo / "data" / "audio" / lang / "manifest.jsonl")
-            if r["split"] == "calibration"}
+    return {f"{r['id']}.wav" for lang in langs
+            for r in read_jsonl(repo / "data" / "audio" / "calibration" / lang / "manifest.jsonl")}
 
 
 @pytest.mark.slow
@@ -398,9 +410,9 @@ def test_reference_whisper_base_labels_spanish_synth(reference_model_dir: Path, 
     from stages import audio as audio_stage
     from whisper_npu.sources import loader
 
-    p = section("audio", source="synth", clips=1, eval_clips=0)
-    kept, skipped, ids = audio_stage.build("es_419", p, 0, loader.get_clips("es_419", p, 0).clips)
-    audio_stage.write(tmp_path / "es_419", kept, skipped, ids)
+    p = section("audio", source="synth", calibration_clips=1, eval_clips=0)
+    kept, skipped = audio_stage.build("es_419", "calibration", loader.get_clips("es_419", p, 0).calibration, p)
+    audio_stage.write(tmp_path / "es_419", kept, skipped)
     lab = L.load_labeler("reference", reference_model_dir)
     assert lab.name == "reference:whisper-base"
     rows = label_stage.label_rows(lab, "es_419", tmp_path / "es_419", read_jsonl(tmp_path / "es_419" / "manifest.jsonl"),
@@ -456,8 +468,8 @@ def test_whisper_base_labels_equal_transcribe_on_synthetic_speech_with_fallbacks
     from stages import audio as audio_stage
     from whisper_npu.sources import loader
 
-    p = section("audio", source="synth", clips=3, eval_clips=0)
-    kept, _, _ = audio_stage.build("ru_ru", p, 0, loader.get_clips("ru_ru", p, 0).clips)
+    p = section("audio", source="synth", calibration_clips=3, eval_clips=0)
+    kept, _ = audio_stage.build("ru_ru", "calibration", loader.get_clips("ru_ru", p, 0).calibration, p)
     batch = [(c.samples, clip_seed(0, c.row["id"])) for c in kept]
     lab = L.load_labeler("reference", reference_model_dir)
     got, want, stats = _equal_to_transcribe(lab, batch, "ru", True, best_of=1, sample_len=48,

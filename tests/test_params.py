@@ -61,14 +61,15 @@ def test_params_yaml_is_the_one_place_defaults_are_written():
     ("calibration.translate_rato", 0.2, r"calibration.translate_rato: unknown key; allowed in calibration:"),
     # wrong types
     ("seed", "zero", r"seed = 'zero': must be an integer"),
-    ("audio.clips", 2.5, r"audio.clips = 2.5: must be an integer"),
-    ("audio.clips", True, r"audio.clips = True: must be an integer"),
+    ("audio.calibration_clips", 2.5, r"audio.calibration_clips = 2.5: must be an integer"),
+    ("audio.calibration_clips", True, r"audio.calibration_clips = True: must be an integer"),
     ("score.strict", "yes", r"score.strict = 'yes': must be true or false"),
     ("calibration.translate_ratio", "0.2", r"calibration.translate_ratio = '0.2': must be a number"),
     ("languages", "en_us", r"languages = 'en_us': must be a list"),
     ("model", "whisper-base", r"model = 'whisper-base': must be a mapping"),
     # out of range
-    ("audio.clips", -3, r"audio.clips = -3: must be >= 1"),
+    ("audio.calibration_clips", -3, r"audio.calibration_clips = -3: must be >= 1"),
+    ("audio.eval_clips", -1, r"audio.eval_clips = -1: must be >= 0"),
     ("seed", -1, r"seed = -1: must be >= 0"),
     ("calibration.translate_ratio", 1.5, r"calibration.translate_ratio = 1.5: must be <= 1"),
     ("calibration.translate_ratio", -0.1, r"calibration.translate_ratio = -0.1: must be >= 0"),
@@ -85,8 +86,12 @@ def test_params_yaml_is_the_one_place_defaults_are_written():
     ("languages", [], r"languages = \[\]: at least one language"),
     ("languages", ["en_us", "en_us"], r"languages: 'en_us' is listed twice"),
     ("model.id", "whisper-large", r"model.id = 'whisper-large': with model.source = pypi must be one of"),
-    ("audio.eval_clips", 8, r"audio.eval_clips = 8: must be < audio.clips \(8\)"),
-    ("calibration.samples_per_language", 7, r"calibration.samples_per_language = 7: must be <= audio.clips - audio.eval_clips = 6"),
+    ("calibration.samples_per_language", 7, r"calibration.samples_per_language = 7: must be <= "
+                                            r"audio.calibration_clips = 6"),
+    # the key audio.calibration_clips replaced
+    ("audio.clips", 8, r"audio.clips: no longer a key: calibration_clips replaced it \(the calibration pool per "
+                       r"language\), with eval_clips evaluation clips on top of it, disjoint; the old clips = "
+                       r"calibration_clips \+ eval_clips"),
     ("audio.synth.rate", [170, 135], r"audio.synth.rate = \[170, 135\]: must be \[min, max\]"),
     ("audio.synth.pitch", [0, 120], r"audio.synth.pitch = \[0, 120\]: must be \[min, max\]"),
     ("audio.synth.variants", [3], r"audio.synth.variants\[0\] = 3: must be a string"),
@@ -155,7 +160,7 @@ def test_params_are_frozen():
     with pytest.raises(Exception):
         p.seed = 3  # type: ignore[misc]
     with pytest.raises(Exception):
-        p.audio.clips = 3  # type: ignore[misc]
+        p.audio.calibration_clips = 3  # type: ignore[misc]
 
 
 def test_presets_are_valid_and_become_overrides():
@@ -169,7 +174,7 @@ def test_presets_are_valid_and_become_overrides():
     pairs = dict(a.split("=", 1) for a in args[1::2])
     assert args[0::2] == ["-S"] * len(pairs)
     assert pairs["model.id"] == "openai/whisper-small"
-    assert pairs["audio.source"] == "fleurs" and pairs["audio.clips"] == "20"
+    assert pairs["audio.source"] == "fleurs" and pairs["audio.calibration_clips"] == "16"
     assert pairs["compile.qbcompiler.encoder_scheme"] == "global4"
 
 
@@ -203,40 +208,42 @@ def test_default_profile_uses_real_speech_with_30_evaluation_clips():
     assert real == {"en_us", "es_419", "fr_fr", "it_it", "ru_ru"}
     for lang in p.languages:
         a = p.audio.for_lang(lang)
-        assert a.clips - a.eval_clips == p.calibration.samples_per_language    # calibration counts unchanged
+        assert a.calibration_clips == p.calibration.samples_per_language == 6   # calibration counts unchanged
         if lang in real:
-            assert a.eval_clips >= 30 and a.selection == "seeded"
+            assert a.eval_clips == 30 and a.selection == "seeded"
         else:
-            assert (a.source, a.clips, a.eval_clips) == ("synth", 8, 2)
+            assert (a.source, a.calibration_clips, a.eval_clips) == ("synth", 6, 2)
     assert p.transcribe.max_new_tokens == 220
 
 
 def test_per_language_entry_overrides_only_its_keys():
     data = base()
-    data["audio"]["per_language"] = {"de_de": {"clips": 12}, "en_us": {"source": "local", "eval_clips": None}}
+    data["audio"]["per_language"] = {"de_de": {"calibration_clips": 12},
+                                     "en_us": {"source": "local", "eval_clips": None}}
     data["audio"]["local"]["dir"] = "/data"
     p = parse_params(data)
     de = p.audio.for_lang("de_de")
-    assert (de.source, de.clips, de.eval_clips, de.selection) == ("synth", 12, 2, "first")
+    assert (de.source, de.calibration_clips, de.eval_clips, de.selection) == ("synth", 12, 2, "first")
     en = p.audio.for_lang("en_us")
-    assert (en.source, en.clips, en.eval_clips) == ("local", 8, 2)     # null: the audio default
+    assert (en.source, en.calibration_clips, en.eval_clips) == ("local", 6, 2)     # null: the audio default
     assert p.audio.for_lang("ko_kr") == p.audio.model_copy(update={"per_language": {}})
     assert en.per_language == {}
 
 
 @pytest.mark.parametrize("entry, message", [
-    ({"xx_yy": {"clips": 3}}, r"audio.per_language.xx_yy: unknown language; allowed: ar_eg"),
+    ({"xx_yy": {"calibration_clips": 3}}, r"audio.per_language.xx_yy: unknown language; allowed: ar_eg"),
     ({"de_de": {"source": "radio"}}, r"audio.per_language.de_de.source = 'radio': must be one of synth, fleurs, "
                                      r"local, asterisk$"),
-    ({"de_de": {"clips": 0}}, r"audio.per_language.de_de.clips = 0: must be >= 1"),
-    ({"de_de": {"clips": "many"}}, r"audio.per_language.de_de.clips = 'many': must be an integer"),
+    ({"de_de": {"calibration_clips": 0}}, r"audio.per_language.de_de.calibration_clips = 0: must be >= 1"),
+    ({"de_de": {"calibration_clips": "many"}}, r"audio.per_language.de_de.calibration_clips = 'many': must be an "
+                                               r"integer"),
+    ({"de_de": {"clips": 36, "eval_clips": 30}}, r"audio.per_language.de_de.clips: no longer a key: "
+                                                 r"calibration_clips replaced it"),
     ({"de_de": {"speed": 3}}, r"audio.per_language.de_de.speed: unknown key; allowed in audio.per_language.de_de: "
-                              r"source, clips, eval_clips, selection"),
+                              r"source, calibration_clips, eval_clips, selection"),
     ({"de_de": 3}, r"audio.per_language.de_de = 3: must be a mapping"),
-    ({"de_de": {"eval_clips": 8}}, r"audio.per_language.de_de.eval_clips = 8: must be < "
-                                   r"audio.per_language.de_de.clips \(8\) .*\(de_de\)"),
-    ({"de_de": {"clips": 7}}, r"calibration.samples_per_language = 6: must be <= audio.per_language.de_de.clips - "
-                              r"audio.per_language.de_de.eval_clips = 5 \(de_de\)"),
+    ({"de_de": {"calibration_clips": 5}}, r"calibration.samples_per_language = 6: must be <= "
+                                          r"audio.per_language.de_de.calibration_clips = 5 \(de_de\)"),
     ({"de_de": {"source": "local"}}, r"audio.local.dir = '': with audio.source = local .*\(de_de\)"),
 ])
 def test_bad_per_language_entry_names_the_key(entry, message):
@@ -249,8 +256,8 @@ def test_bad_per_language_entry_names_the_key(entry, message):
 def test_per_language_entry_for_an_unlisted_language_is_not_checked_against_counts():
     data = base()
     data["languages"] = ["de_de"]
-    data["audio"]["per_language"] = {"en_us": {"clips": 2, "eval_clips": 1}}   # unused: en_us is not listed
-    assert parse_params(data).audio.for_lang("de_de").clips == 8
+    data["audio"]["per_language"] = {"en_us": {"calibration_clips": 2, "eval_clips": 1}}   # unused: en_us not listed
+    assert parse_params(data).audio.for_lang("de_de").calibration_clips == 6
 
 
 @pytest.mark.parametrize("section", ["model", "audio", "labels", "calibration", "compile", "transcribe", "score"])

@@ -67,7 +67,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> s
 def small_params(**audio) -> dict:
     p = default_params()
     p["languages"] = ["de_de"]
-    p["audio"].update({"clips": 3, "eval_clips": 1, **audio})
+    p["audio"].update({"calibration_clips": 2, "eval_clips": 1, **audio})
     p["calibration"]["samples_per_language"] = 2
     return p
 
@@ -85,29 +85,33 @@ def test_bad_audio_corpus_through_the_stage_clis(tmp_path: Path, tiny_model_dir:
     calibration sample is finite and of the encoder's spec."""
     cases = make_corpus(tmp_path / "in" / "de_de")
     params = small_params(source="local", local={"dir": str(tmp_path / "in")})
-    params["audio"].update(clips=len(cases), eval_clips=2, max_skipped_fraction=1.0)
+    params["audio"].update(calibration_clips=len(cases) - 2, eval_clips=2, max_skipped_fraction=1.0)
     params["calibration"]["samples_per_language"] = len(cases) - 2
     write_params(tmp_path / "params.yaml", params)
-    out = tmp_path / "data" / "audio" / "de_de"
+    root = tmp_path / "data" / "audio"
+    folders = [root / "calibration" / "de_de", root / "evaluation" / "de_de"]
 
-    proc = stage_cli("audio", ["--params", str(tmp_path / "params.yaml"), "--lang", "de_de", "--out", str(out)])
+    proc = stage_cli("audio", ["--params", str(tmp_path / "params.yaml"), "--lang", "de_de", "--out", str(root)])
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and "error:" not in proc.stderr, proc.stderr
     kept: dict[str, int] = {}
-    for row in read_jsonl(out / "manifest.jsonl"):
-        name = row["source"]["path"].split("/", 1)[1]
-        kept[name] = kept.get(name, 0) + 1
-        y, rate = sf.read(str(out / row["file"]), dtype="float32", always_2d=True)
-        assert rate == SR and y.shape[1] == 1 and np.isfinite(y).all() and 0 < len(y) <= 30 * SR
-    reasons = {s["source_ref"].split("/", 1)[1]: s["reason"] for s in read_jsonl(out / "skipped.jsonl")}
+    reasons: dict[str, str] = {}
+    for out in folders:
+        for row in read_jsonl(out / "manifest.jsonl"):
+            name = row["source"]["path"].split("/", 1)[1]
+            kept[name] = kept.get(name, 0) + 1
+            y, rate = sf.read(str(out / row["file"]), dtype="float32", always_2d=True)
+            assert rate == SR and y.shape[1] == 1 and np.isfinite(y).all() and 0 < len(y) <= 30 * SR
+        reasons |= {s["source_ref"].split("/", 1)[1]: s["reason"] for s in read_jsonl(out / "skipped.jsonl")}
     for name, outcome in cases.items():
         if outcome.startswith("ok"):
             assert name in kept and name not in reasons, name
         else:
             assert name not in kept and reasons[name].startswith(outcome), (name, reasons.get(name))
     assert kept["j_ten_minutes.flac"] == 20
-    for name in ("manifest.jsonl", "skipped.jsonl", "split.json"):  # nothing machine-specific recorded
-        assert str(tmp_path) not in (out / name).read_text(encoding="utf-8"), name
+    for out in folders:
+        for name in ("manifest.jsonl", "skipped.jsonl"):  # nothing machine-specific recorded
+            assert str(tmp_path) not in (out / name).read_text(encoding="utf-8"), name
 
     hf = tiny_model_dir / "hf"
     enc = tmp_path / "calibration" / "encoder"
@@ -125,16 +129,16 @@ def test_bad_audio_corpus_through_the_stage_clis(tmp_path: Path, tiny_model_dir:
     # the default skip budget (a quarter of the clips) is exceeded by this corpus: one line, no output
     params["audio"]["max_skipped_fraction"] = 0.25
     write_params(tmp_path / "params.yaml", params)
-    proc = stage_cli("audio", ["--params", str(tmp_path / "params.yaml"), "--lang", "de_de", "--out", str(out)])
+    proc = stage_cli("audio", ["--params", str(tmp_path / "params.yaml"), "--lang", "de_de", "--out", str(root)])
     assert_one_line_error(proc, "audio.max_skipped_fraction", "unusable")
-    assert not out.exists()
+    assert not any(out.exists() for out in folders)
 
 
 def _audio_folder_with_a_nan_clip(root: Path) -> None:
-    """data/audio/de_de as the audio stage writes it, except that one calibration clip is a float WAV with NaN
+    """data/audio/calibration/de_de as the audio stage writes it, except that one clip is a float WAV with NaN
     samples: a clip that got past the audio stage (hand-edited folder). The audio stage itself cannot write
     one: it skips non-finite input and writes 16-bit PCM, which has no NaN."""
-    folder = root / "de_de"
+    folder = root / "calibration" / "de_de"
     folder.mkdir(parents=True)
     (folder / "de_de_0000.wav").write_bytes(wav_bytes(tone(1.0)))
     bad = tone(1.0).astype(np.float32)
@@ -149,6 +153,10 @@ def _audio_folder_with_a_nan_clip(root: Path) -> None:
 def test_a_nan_clip_that_gets_past_the_audio_stage_never_becomes_a_calibration_sample(
         stage: str, tmp_path: Path, tiny_model_dir: Path) -> None:
     _audio_folder_with_a_nan_clip(tmp_path / "audio")
+    # the decoder set's text from the labels (the default): both clips labelled, so only the audio is wrong
+    (tmp_path / "decoder_text.jsonl").write_text("".join(json.dumps(
+        {"id": f"de_de_{i:04d}", "lang": "de_de", "transcription": "Guten Tag.", "translation": "Good day."}) + "\n"
+        for i in range(2)), encoding="utf-8")
     params = write_params(tmp_path / "params.yaml", small_params())
     out = tmp_path / "calibration" / stage.split("_")[1]
     if stage == "calibrate_encoder":
@@ -170,10 +178,12 @@ BAD_PARAMS = {
     "out-of-range": (lambda p: p["calibration"].update(translate_ratio=1.5),
                      "calibration.translate_ratio = 1.5: must be <= 1", False),
     "unknown-key": (lambda p: p["audio"].update(clip=3), "audio.clip: unknown key", True),
+    "old-clips-key": (lambda p: p["audio"].update(clips=3),
+                      "audio.clips: no longer a key: calibration_clips replaced it", True),
     "wrong-type": (lambda p: p.update(seed="zero"), "seed = 'zero': must be an integer", True),
     "unknown-language": (lambda p: p.update(languages=["de_de", "xx_yy"]), "languages[1] = 'xx_yy'", False),
     "more-samples-than-clips": (lambda p: p["calibration"].update(samples_per_language=3),
-                                "calibration.samples_per_language = 3: must be <= audio.clips - audio.eval_clips = 2",
+                                "calibration.samples_per_language = 3: must be <= audio.calibration_clips = 2",
                                 False),
     "not-yaml": (None, "not valid YAML: line 3, column 6", True),
 }
@@ -194,14 +204,14 @@ def test_bad_params_stop_the_stage_with_one_line_naming_the_key(case: str, tmp_p
     proc = stage_cli("toolchain", ["--params", str(path), "--out", str(tmp_path / "build" / "toolchain.json")])
     assert_one_line_error(proc, str(path), message)
     assert not (tmp_path / "build").exists()
-    out = tmp_path / "out" / "de_de"
+    out = tmp_path / "out"
     proc = stage_cli("audio", ["--params", str(path), "--lang", "de_de", "--out", str(out)])
     if audio_reads_it:
         assert_one_line_error(proc, str(path), message)
     else:
         assert proc.returncode == 0, proc.stderr   # not the audio stage's section: toolchain's check stops repro
-        shutil.rmtree(out.parent)
-    assert not out.parent.exists()  # refused before any work
+        shutil.rmtree(out)
+    assert not out.exists()  # refused before any work
 
 
 @pytest.mark.slow
@@ -251,10 +261,10 @@ def test_synth_language_without_corpus_text_is_one_line(tmp_path: Path) -> None:
     params = small_params()
     params["languages"] = ["hi_in"]  # in the language table, but the synthetic corpus has no Hindi text
     write_params(tmp_path / "params.yaml", params)
-    out = tmp_path / "out" / "hi_in"
+    out = tmp_path / "out"
     proc = stage_cli("audio", ["--params", str(tmp_path / "params.yaml"), "--lang", "hi_in", "--out", str(out)])
     assert_one_line_error(proc, "'hi_in' has no synthetic speech", "audio.source = synth", "de_de")
-    assert not out.exists()
+    assert not (out / "calibration" / "hi_in").exists() and not (out / "evaluation" / "hi_in").exists()
 
 
 def test_local_source_with_fewer_files_than_clips_is_one_line(tmp_path: Path) -> None:
@@ -263,10 +273,11 @@ def test_local_source_with_fewer_files_than_clips_is_one_line(tmp_path: Path) ->
     for name in ("a.wav", "b.wav"):
         (folder / name).write_bytes(wav_bytes(tone(1.0)))
     write_params(tmp_path / "params.yaml", small_params(source="local", local={"dir": str(tmp_path / "mine")}))
-    out = tmp_path / "out" / "de_de"
+    out = tmp_path / "out"
     proc = stage_cli("audio", ["--params", str(tmp_path / "params.yaml"), "--lang", "de_de", "--out", str(out)])
-    assert_one_line_error(proc, "has 2 clips, audio.clips asks for 3", "lower audio.clips or add clips")
-    assert not out.exists()
+    assert_one_line_error(proc, "has 2 clips, audio.calibration_clips + audio.eval_clips ask for 2 + 1",
+                          "lower them or add clips")
+    assert not (out / "calibration" / "de_de").exists() and not (out / "evaluation" / "de_de").exists()
 
 
 @pytest.mark.slow
@@ -303,8 +314,8 @@ def test_missing_tool_is_one_line_saying_what_to_do(tool: str, tmp_path: Path) -
     env: dict[str, str] = {}
     if tool == "espeak-ng":
         env["PATH"] = str(VENV_BIN)  # the venv's tools only: no espeak-ng
-        module, out = "audio", tmp_path / "data" / "audio" / "de_de"
-        args = ["--lang", "de_de", "--out", str(out)]
+        module, out = "audio", tmp_path / "data" / "audio" / "calibration" / "de_de"
+        args = ["--lang", "de_de", "--out", str(tmp_path / "data" / "audio")]
         needles = ("espeak-ng: not installed", "apt-get install espeak-ng")
     elif tool == "qbcompiler":
         if _importable("qbcompiler"):
@@ -322,8 +333,8 @@ def test_missing_tool_is_one_line_saying_what_to_do(tool: str, tmp_path: Path) -
         params["audio"]["source"] = "fleurs"  # google/fleurs from the hub
         env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"),
                    HF_DATASETS_CACHE=str(tmp_path / "hf-datasets"))
-        module, out = "audio", tmp_path / "data" / "audio" / "de_de"
-        args = ["--lang", "de_de", "--out", str(out)]
+        module, out = "audio", tmp_path / "data" / "audio" / "calibration" / "de_de"
+        args = ["--lang", "de_de", "--out", str(tmp_path / "data" / "audio")]
         needles = ("audio.fleurs.dataset = 'google/fleurs'", "check the network", "audio.source: synth or local")
     write_params(tmp_path / "params.yaml", params)
     proc = stage_cli(module, ["--params", str(tmp_path / "params.yaml"), *args], env=env)
@@ -572,20 +583,21 @@ def test_clip_names_with_spaces_unicode_and_one_stem(tmp_path: Path) -> None:
     for k, name in enumerate(names):
         sf.write(str(folder / name), tone(1.0 + 0.1 * k, freq=200 + 30 * k), SR)
     (folder / "my clip 1.txt").write_text("안녕하세요", encoding="utf-8")
-    p = section("audio", source="local", clips=len(names), eval_clips=1, local={"dir": str(root)})
-    params = small_params(source="local", clips=len(names), local={"dir": str(root)})
+    p = section("audio", source="local", calibration_clips=len(names) - 1, eval_clips=1, local={"dir": str(root)})
+    params = small_params(source="local", calibration_clips=len(names) - 1, local={"dir": str(root)})
     params["languages"] = ["ko_kr"]
     write_params(tmp_path / "params.yaml", params)
-    out = tmp_path / "out" / "ko_kr"
+    out = tmp_path / "out"
     audio_stage.main(["--params", str(tmp_path / "params.yaml"), "--lang", "ko_kr", "--out", str(out)])
 
-    manifest = read_jsonl(out / "manifest.jsonl")
+    folders = [out / "calibration" / "ko_kr", out / "evaluation" / "ko_kr"]
+    manifest = [r for f in folders for r in read_jsonl(f / "manifest.jsonl")]
     assert len({r["id"] for r in manifest}) == len(names) == len(manifest)
     assert sorted(r["source"]["path"] for r in manifest) == sorted(f"ko_kr/{n}" for n in names)
-    assert sorted(f.name for f in out.glob("*.wav")) == sorted(r["file"] for r in manifest)
+    assert sorted(f.name for d in folders for f in d.glob("*.wav")) == sorted(r["file"] for r in manifest)
     assert [r["text"] for r in manifest if r["source"]["path"] == "ko_kr/my clip 1.wav"] == ["안녕하세요"]
-    assert str(root) not in (out / "manifest.jsonl").read_text(encoding="utf-8")
+    assert not any(str(root) in (f / "manifest.jsonl").read_text(encoding="utf-8") for f in folders)
 
     (folder / "a.txt").write_text("annyeong", encoding="utf-8")
     with pytest.raises(StageError, match=r"ko_kr/a\.txt matches a\.flac and a\.wav; rename"):
-        loader.get_clips("ko_kr", p, 0).clips
+        loader.get_clips("ko_kr", p, 0)

@@ -15,9 +15,16 @@ import numpy as np
 
 
 def lang_rng(seed: int, lang: str, purpose: str) -> np.random.Generator:
-    """numpy generator for one language and purpose (``select``, ``split``, ``synth-<sentence>``, or a task
-    for the evaluate stage's bootstrap): ``[seed, crc32(lang), crc32(purpose)]``."""
+    """numpy generator for one language and purpose (``synth-<sentence>``, or a task for the evaluate stage's
+    bootstrap): ``[seed, crc32(lang), crc32(purpose)]``."""
     return np.random.default_rng([seed, zlib.crc32(lang.encode()), zlib.crc32(purpose.encode())])
+
+
+def rank_key(seed: int, lang: str, ref: str) -> bytes:
+    """A clip's place in a seeded order of its language's candidates: sha256 of (seed, lang, ref). Each key
+    depends on its own clip only, so adding, removing or counting other candidates never reorders the rest
+    (the audio stage's ``seeded`` evaluation and calibration pools)."""
+    return hashlib.sha256(f"{seed}\0{lang}\0{ref}".encode()).digest()
 
 
 def task_mix_rng(seed: int, lang: str, percent: int | None = None) -> np.random.Generator:

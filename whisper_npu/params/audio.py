@@ -1,4 +1,9 @@
-"""``audio``: where each language's clips come from and how many (stages/audio.py)."""
+"""``audio``: where each language's clips come from and how many (stages/audio.py).
+
+``calibration_clips`` is the calibration pool per language and ``eval_clips`` the held-out evaluation clips on
+top of it, disjoint; the evaluation clips are chosen first, so changing the calibration pool never changes them
+(whisper_npu/sources/base.py). Before, ``clips`` counted both together: it is refused with a message saying so.
+"""
 from __future__ import annotations
 
 from typing import Literal, Optional
@@ -31,7 +36,8 @@ class SynthParams(Section):
 class FleursParams(Section):
     dataset: str           # hub dataset id, or a local folder with <lang>/ sub-folders of Parquet files
     revision: str          # google/fleurs' main branch is a loading script; its Parquet export is data
-    split: str
+    split: str             # the calibration clips' split
+    eval_split: str        # the evaluation clips' split (another split: the two pools cannot overlap)
 
 
 class LocalAudioParams(Section):
@@ -43,19 +49,31 @@ class AsteriskParams(Section):
     min_seconds: float = Field(ge=0, le=30)
 
 
+RENAMED_CLIPS = ("clips: no longer a key: calibration_clips replaced it (the calibration pool per language), with "
+                 "eval_clips evaluation clips on top of it, disjoint; the old clips = calibration_clips + eval_clips")
+
+
+def _refuse_old_clips(data: object) -> object:
+    if isinstance(data, dict) and "clips" in data:
+        raise ValueError(RENAMED_CLIPS)
+    return data
+
+
 class AudioOverride(Section):
     """One language's entry in ``audio.per_language``: keys left out (or null) take the ``audio`` value."""
     source: Optional[Source] = None
-    clips: Optional[int] = Field(default=None, ge=1)
+    calibration_clips: Optional[int] = Field(default=None, ge=1)
     eval_clips: Optional[int] = Field(default=None, ge=0)
     selection: Optional[Selection] = None
+
+    _renamed = model_validator(mode="before")(_refuse_old_clips)
 
 
 class AudioParams(Section):
     KEY = "audio"
     source: Source
-    clips: int = Field(ge=1)                 # clips per language (calibration + evaluation)
-    eval_clips: int = Field(ge=0)            # of those, held out for evaluation
+    calibration_clips: int = Field(ge=1)     # the calibration pool per language
+    eval_clips: int = Field(ge=0)            # held out for evaluation, on top of the calibration pool (disjoint)
     selection: Selection
     long_clips: Literal["trim", "split"]
     max_skipped_fraction: float = Field(ge=0, le=1)
@@ -75,13 +93,7 @@ class AudioParams(Section):
         """The params key a language's counts come from (for messages)."""
         return f"audio.per_language.{lang}" if lang in self.per_language else "audio"
 
-    def check_counts(self, lang: str) -> "AudioParams":
-        """``for_lang(lang)``, refusing an evaluation share that leaves no calibration clip."""
-        la, where = self.for_lang(lang), self.where(lang)
-        if la.eval_clips >= la.clips:
-            raise ValueError(f"{where}.eval_clips = {la.eval_clips}: must be < {where}.clips ({la.clips}) "
-                             f"so that some clips are left for calibration ({lang})")
-        return la
+    _renamed = model_validator(mode="before")(_refuse_old_clips)
 
     @model_validator(mode="after")
     def _entries(self) -> "AudioParams":

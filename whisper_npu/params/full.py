@@ -46,12 +46,11 @@ class Params(Section):
     @model_validator(mode="after")
     def _across_sections(self) -> "Params":
         for lang in self.languages:
-            la = self.audio.check_counts(lang)
-            where = self.audio.where(lang)
+            la, where = self.audio.for_lang(lang), self.audio.where(lang)
             n = self.calibration.samples_per_language
-            if n > la.clips - la.eval_clips:
-                raise ValueError(f"calibration.samples_per_language = {n}: must be <= {where}.clips - "
-                                 f"{where}.eval_clips = {la.clips - la.eval_clips} ({lang})")
+            if n > la.calibration_clips:
+                raise ValueError(f"calibration.samples_per_language = {n}: must be <= {where}.calibration_clips = "
+                                 f"{la.calibration_clips} ({lang})")
         if self.calibration.text_source == "labels" and not self.labels.enabled:
             raise ValueError("labels.enabled = false: calibration.text_source = labels reads the labels; enable them "
                              "or set calibration.text_source: generated")

@@ -15,7 +15,9 @@ Each language is two packages of one pinned version (:data:`PROMPT_SETS`): ``ast
 * **Candidates**: every WAV with a non-empty transcript, between ``audio.asterisk.min_seconds`` and 30 s (a
   longer prompt would be split and lose its text). Every other WAV is recorded in ``skipped.jsonl`` with the
   reason (no transcript line, empty transcript, empty or unreadable audio such as Russian ``is.wav``, too
-  short, too long, silent like the ``silence/<n>`` prompts). ``audio.selection`` then picks ``audio.clips`` candidates (sorted by name).
+  short, too long, silent like the ``silence/<n>`` prompts). The candidates (sorted by name) are one pool
+  for both roles: :func:`whisper_npu.sources.base.pools` (``first``: calibration = the first N, evaluation =
+  the last N; ``seeded``: evaluation = the first N of a seeded hash order, calibration = the next N).
 * Resampling 8 kHz -> 16 kHz is :func:`whisper_npu.audio.prepare`'s, as for every source.
 * Licenses (from each package's ``copyright`` file) go into every manifest row.
 """
@@ -36,7 +38,7 @@ import soundfile as sf
 from whisper_npu.audio import prepare as A
 from whisper_npu.core.errors import StageError
 from whisper_npu.core.files import sha256_file
-from whisper_npu.sources.base import Selection, SourceClip, select
+from whisper_npu.sources.base import Selection, SourceClip, pools
 
 if TYPE_CHECKING:
     from whisper_npu.params.audio import AudioParams
@@ -238,23 +240,26 @@ def clips_from(lang: str, ps: PromptSet, root: Path, params: AudioParams, seed: 
     texts = parse_transcripts(gzip.decompress(transcript.read_bytes()).decode("utf-8"))
     ref = f"asterisk:{lang}"
     cands, skipped = candidates(voice_dir, texts, params.asterisk.min_seconds, ref)
-    picked = select(len(cands), params.clips, params.selection, seed, lang,
+    refs = [f"{ref}/{c.name}" for c in cands]
+    cal, ev = pools(refs, params.calibration_clips, params.eval_clips, params.selection, seed, lang,
                     f"{ps.wav.name} ({len(cands)} prompts of {params.asterisk.min_seconds:g}-{A.MAX_SECONDS:g} s "
                     "with a transcript)")
-    out = []
-    for i in picked:
+
+    def clip(i: int) -> SourceClip:
         c = cands[i]
-        out.append(SourceClip(
-            ref=f"{ref}/{c.name}", data=c.path.read_bytes(), text=c.text,
+        return SourceClip(
+            ref=refs[i], data=c.path.read_bytes(), text=c.text,
             text_en=c.text if lang == "en_us" else None,
             source={"kind": "asterisk", "package": ps.wav.name, "version": ps.wav.version, "prompt": c.name,
                     "speaker": ps.speaker, "license": ps.license, "copyright": ps.copyright,
-                    "diacritics": ps.diacritics}))
-    return Selection(out, skipped)
+                    "diacritics": ps.diacritics})
+
+    return Selection([clip(i) for i in cal], [clip(i) for i in ev], skipped)
 
 
 def clips(lang: str, params: AudioParams, seed: int) -> Selection:
-    """``audio.clips`` recorded prompts of one language from its pinned Debian packages."""
+    """``audio.eval_clips`` + ``audio.calibration_clips`` recorded prompts of one language from its pinned
+    Debian packages."""
     ps = prompt_set(lang)
     cache = Path(params.asterisk.cache)
     debs = [fetch(ps.wav, cache), fetch(ps.text, cache)]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from whisper_npu.audio.prepare import AUDIO_EXTENSIONS
 from whisper_npu.core.errors import StageError
-from whisper_npu.sources.base import Selection, SourceClip, select
+from whisper_npu.sources.base import Selection, SourceClip, pools
 
 if TYPE_CHECKING:
     from whisper_npu.params.audio import AudioParams
@@ -21,8 +21,18 @@ def _read_text(path: Path) -> str | None:
     return text or None
 
 
+def _clip(lang: str, path: Path, ref: str) -> SourceClip:
+    text = _read_text(path.with_suffix(".txt"))
+    text_en = _read_text(path.with_name(path.stem + ".en.txt"))
+    if text_en is None and lang == "en_us":
+        text_en = text
+    return SourceClip(ref=ref, data=path, text=text, text_en=text_en,
+                      source={"kind": "local", "path": f"{lang}/{path.name}"})
+
+
 def clips(lang: str, params: AudioParams, seed: int) -> Selection:
-    """``audio.clips`` files from ``<audio.local.dir>/<lang>/`` (sorted), with optional transcripts."""
+    """``audio.eval_clips`` + ``audio.calibration_clips`` files from ``<audio.local.dir>/<lang>/``, with optional
+    transcripts; the pools are :func:`whisper_npu.sources.base.pools` over the files sorted by name."""
     folder = Path(params.local.dir) / lang
     if not folder.is_dir():
         raise StageError(f"audio.local.dir = {params.local.dir!r}: no folder {folder} for {lang}; "
@@ -38,14 +48,6 @@ def clips(lang: str, params: AudioParams, seed: int) -> Selection:
         if len(names) > 1 and texts:
             raise StageError(f"audio.local.dir = {params.local.dir!r}: {lang}/{texts[0]} matches "
                              f"{' and '.join(names)}; rename the audio files so each transcript names one")
-    picked = select(len(files), params.clips, params.selection, seed, lang, f"{folder}")
-    out = []
-    for i in picked:
-        p = files[i]
-        text = _read_text(p.with_suffix(".txt"))
-        text_en = _read_text(p.with_name(p.stem + ".en.txt"))
-        if text_en is None and lang == "en_us":
-            text_en = text
-        out.append(SourceClip(ref=f"local:{lang}/{p.name}", data=p, text=text, text_en=text_en,
-                                source={"kind": "local", "path": f"{lang}/{p.name}"}))
-    return Selection(out)
+    refs = [f"local:{lang}/{p.name}" for p in files]
+    cal, ev = pools(refs, params.calibration_clips, params.eval_clips, params.selection, seed, lang, f"{folder}")
+    return Selection([_clip(lang, files[i], refs[i]) for i in cal], [_clip(lang, files[i], refs[i]) for i in ev])

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from whisper_npu.core import languages as langs
 from whisper_npu.core.errors import StageError
 from whisper_npu.core.seeds import lang_rng
-from whisper_npu.sources.base import Selection, SourceClip, select
+from whisper_npu.sources.base import Selection, SourceClip, pools
 
 if TYPE_CHECKING:
     from whisper_npu.params.audio import AudioParams
@@ -67,8 +67,29 @@ def espeak(text: str, voice: str, rate: int, pitch: int) -> bytes:
     return proc.stdout
 
 
+def _clip(lang: str, row: dict, english: dict[int, str], params: AudioParams, seed: int) -> SourceClip:
+    """One corpus sentence as a clip. Its generator is keyed by language and sentence only, so the clip sounds
+    the same whatever else is selected, in whichever role, however many calibration clips there are."""
+    s = params.synth
+    rng = lang_rng(seed, lang, f"synth-{row['sentence']}")
+    variant = s.variants[int(rng.integers(len(s.variants)))]
+    rate = int(rng.integers(s.rate[0], s.rate[1] + 1))
+    pitch = int(rng.integers(s.pitch[0], s.pitch[1] + 1))
+    voice = langs.get(lang).espeak_voice + (f"+{variant}" if variant else "")
+    spoken = row.get("speech", row["text"])
+    return SourceClip(
+        ref=f"synth:{lang}:{row['sentence']}",
+        data=functools.partial(espeak, spoken, voice, rate, pitch),
+        text=row["text"],
+        text_en=english.get(row["sentence"]),
+        source={"kind": "synth", "sentence": row["sentence"], "voice": voice, "rate": rate, "pitch": pitch,
+                **({"spoken_text": spoken} if spoken != row["text"] else {})},
+    )
+
+
 def clips(lang: str, params: AudioParams, seed: int) -> Selection:
-    """``audio.clips`` corpus sentences spoken by espeak-ng, with seeded voice variety."""
+    """``audio.eval_clips`` + ``audio.calibration_clips`` corpus sentences spoken by espeak-ng, with seeded voice
+    variety; the pools are :func:`whisper_npu.sources.base.pools` over the sentences in corpus order."""
     language = langs.get(lang)
     corpus = load_corpus()
     if lang not in corpus or not language.espeak_voice:
@@ -77,25 +98,8 @@ def clips(lang: str, params: AudioParams, seed: int) -> Selection:
                          f"with audio.source = synth use one of: {have}")
     rows = corpus[lang]
     english = {r["sentence"]: r["text"] for r in corpus.get("en_us", [])}
-    picked = select(len(rows), params.clips, params.selection, seed, lang, f"the synth corpus ({CORPUS})")
-    s = params.synth
-    out = []
-    for i in picked:
-        row = rows[i]
-        # One generator per clip, keyed by language and sentence: the same clip sounds the same
-        # whatever else is selected or listed.
-        rng = lang_rng(seed, lang, f"synth-{row['sentence']}")
-        variant = s.variants[int(rng.integers(len(s.variants)))]
-        rate = int(rng.integers(s.rate[0], s.rate[1] + 1))
-        pitch = int(rng.integers(s.pitch[0], s.pitch[1] + 1))
-        voice = language.espeak_voice + (f"+{variant}" if variant else "")
-        spoken = row.get("speech", row["text"])
-        out.append(SourceClip(
-            ref=f"synth:{lang}:{row['sentence']}",
-            data=functools.partial(espeak, spoken, voice, rate, pitch),
-            text=row["text"],
-            text_en=english.get(row["sentence"]),
-            source={"kind": "synth", "sentence": row["sentence"], "voice": voice, "rate": rate, "pitch": pitch,
-                    **({"spoken_text": spoken} if spoken != row["text"] else {})},
-        ))
-    return Selection(out)
+    refs = [f"synth:{lang}:{r['sentence']}" for r in rows]
+    cal, ev = pools(refs, params.calibration_clips, params.eval_clips, params.selection, seed, lang,
+                    f"the synth corpus ({CORPUS})")
+    return Selection([_clip(lang, rows[i], english, params, seed) for i in cal],
+                     [_clip(lang, rows[i], english, params, seed) for i in ev])
