@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     metrics = score(records, clips, p, seed, compiled_run=compiled_ran)
     metrics["compiled_run"] = run["compiled_run"]
     metrics["backends"] = {FP32: "torch", COMPILED: run["backend"]}
+    metrics["compiled_device"] = run.get("device")   # runtime, target, dev_no / core mode / cores per component
     metrics["sizes"] = run["sizes"]
     for lang, e in metrics["languages"].items():
         u, ci = e["unit"], e["ci95"][TRANSCRIBE]
