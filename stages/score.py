@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     metrics = score(records, clips, p, seed, compiled_run=compiled_ran)
     metrics["compiled_run"] = run["compiled_run"]
     metrics["backends"] = {FP32: "torch", COMPILED: run["backend"]}
+    metrics["compiled_device"] = run.get("device")   # runtime, target, dev_no / core mode / cores per component
     metrics["sizes"] = run["sizes"]
     metrics["machines"] = run["machines"]   # the CPU (and its kernel-picking ISA) each system ran on
     for lang, e in metrics["languages"].items():

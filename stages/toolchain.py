@@ -5,7 +5,8 @@ before any audio or model work; then record the versions that shape the compiled
   and the reason logged) and the versions that shape its artifacts: for ``onnxruntime`` this interpreter's torch,
   transformers, onnx and onnxruntime; for ``qbcompiler`` the compiler found in ``compile.qbcompiler.python`` (its own
   virtual environment or Docker image) with that interpreter's torch and transformers. On a host that does not
-  compile (an NPU host: no compiler, the pulled compile outputs present), the recorded versions are kept, so
+  compile (an NPU host: no compiler in ``compile.qbcompiler.python``, or that interpreter cannot start there, and
+  ``--compiled`` holds both components compiled with qbcompiler, e.g. pulled), the recorded versions are kept, so
   nothing recompiles and nothing is removed.
 * ``--runtime`` (``build/runtime.json``, a dependency of the compiled transcription): onnxruntime and Mobilint's
   runtime versions and the NPU devices this host has: moving to the NPU host reruns the compiled transcription.
@@ -97,8 +98,8 @@ def compile_record(p: Params, previous: dict | None, compiled: Path) -> dict[str
         return onnxruntime_record()
     try:
         record, problem = qbcompiler_record(p), None
-    except StageError as e:
-        if backend == "qbcompiler" or "cannot run" not in str(e) and "cannot start" not in str(e):
+    except StageError as e:   # a compiler that answers wrongly fails; one that is not there or cannot start is absent
+        if not any(w in str(e) for w in ("cannot run", "cannot start", "no answer")):
             raise
         record, problem = None, str(e)
     if record is not None:
@@ -106,14 +107,15 @@ def compile_record(p: Params, previous: dict | None, compiled: Path) -> dict[str
                  record["compiler"]["api"], record["interpreter"]["command"])
         return record
     if previous and previous.get("backend") == "qbcompiler" and compiled_here(compiled) == "qbcompiler":
-        log.info("no qbcompiler here, and %s holds .mxq files compiled with qbcompiler %s: this host does not "
-                 "compile (an NPU host); the recorded toolchain is kept, nothing recompiles", compiled,
-                 previous["compiler"]["version"])
+        log.info("no qbcompiler here (%s), and %s holds .mxq files compiled with qbcompiler %s: this host does not "
+                 "compile (an NPU host); the recorded toolchain is kept, nothing recompiles",
+                 problem or f"none in {KEY}.python", compiled, previous["compiler"]["version"])
         return previous
     if backend == "qbcompiler":
         where = p.compile.qbcompiler.python or "this interpreter"
-        raise StageError(f"compile.backend = qbcompiler: {KEY}.python = {p.compile.qbcompiler.python!r} ({where}) "
-                         f"has no qbcompiler and {compiled} holds no .mxq files to transcribe. {mobilint.INSTALL_HINT}")
+        raise StageError(problem or f"compile.backend = qbcompiler: {KEY}.python = {p.compile.qbcompiler.python!r} "
+                         f"({where}) has no qbcompiler and {compiled} holds no .mxq files to transcribe. "
+                         f"{mobilint.INSTALL_HINT}")
     log.info("compile backend auto: onnxruntime (%s)", problem or f"no qbcompiler in {KEY}.python = "
              f"{p.compile.qbcompiler.python or 'this interpreter'!r}")
     return onnxruntime_record()

@@ -7,10 +7,13 @@ decode loop as the fp32 reference.
         --timing data/transcripts/compiled.timing.json
 
 ``--out`` holds ``<lang>.jsonl`` per language and ``run.json``: whether the compiled model ran here (when it cannot,
-e.g. ``.mxq`` files without Mobilint's runtime or NPU, the reason, and no transcripts), the runtime that ran it,
-and the sizes of the fp32 weights and of the compiled artifacts. It reads the compiled artifacts, the reference
-model's config and tokenizer, the evaluation clips (``<audio>/evaluation/<lang>/``) and the ``transcribe`` decode
-options.
+e.g. ``.mxq`` files without Mobilint's runtime or NPU, the reason, and no transcripts), ``device``: what ran it (the
+runtime and version; on an NPU the target and each component's ``dev_no``, ``core_mode`` and ``cores``, also when
+it could not run: where it was asked to), and the sizes of the fp32 weights and of the compiled artifacts. It reads
+the compiled artifacts, the reference model's config and tokenizer, the evaluation clips
+(``<audio>/evaluation/<lang>/``), the ``transcribe`` decode options and ``npu`` (placement; with
+``npu.require_compiled`` a compiled model that cannot run here fails the stage with the reason instead of being
+recorded as not run).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from whisper_npu.artifacts import CompiledNotRunnable, compiled_backend_name
 from whisper_npu.audio.clips import Clip, read_clips
 from whisper_npu.audio.features import npu_features
 from whisper_npu.audio.prepare import read_wav
+from whisper_npu.core.errors import StageError
 from whisper_npu.core.files import atomic_output, write_json
 from whisper_npu.core.stage import run_stage
 from whisper_npu.decoding.greedy import DecodeConfig, tokenizer_text
@@ -30,6 +34,7 @@ from whisper_npu.decoding.run import run_clips
 from whisper_npu.eval import transcripts
 from whisper_npu.model.store import load_configs, load_processor
 from whisper_npu.params.base import languages_of, read
+from whisper_npu.params.npu import NpuParams
 from whisper_npu.params.transcribe import TranscribeParams
 from whisper_npu.runtimes.registry import load_compiled
 
@@ -68,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timing", type=Path, required=True, help="seconds per clip and task (JSON)")
     args = parser.parse_args(argv)
     raw = read(args.params)
-    langs, p = languages_of(raw), TranscribeParams.of(raw)
+    langs, p, npu = languages_of(raw), TranscribeParams.of(raw), NpuParams.of(raw)
     clips = read_clips(args.audio, langs, "evaluation")
     log.info("transcribe_compiled: %d evaluation clips in %d languages", len(clips), len(langs))
 
@@ -77,12 +82,15 @@ def main(argv: list[str] | None = None) -> None:
     cfg = DecodeConfig.from_params(generation, config, p)
     records: list[dict] = []
     try:
-        compiled = load_compiled(args.encoder, args.decoder, config)
-        run = {"status": "run", "reason": None}
+        compiled = load_compiled(args.encoder, args.decoder, config, npu)
+        run, device = {"status": "run", "reason": None}, getattr(compiled, "device", None)
     except CompiledNotRunnable as e:
+        if npu.require_compiled:
+            raise StageError(f"npu.require_compiled = true and the compiled model cannot run here: {e}") from None
         # e.g. .mxq files on a host without Mobilint's runtime or NPU: the score stage scores fp32 only
-        log.warning("compiled model not run: %s", e)
-        compiled, run = None, {"status": "not_run", "reason": str(e)}
+        log.warning("compiled model not run (npu.require_compiled = false): %s", e)
+        compiled, run, device = None, {"status": "not_run", "reason": str(e)}, e.device
+    log.info("compiled model %s: %s", "runs on" if compiled is not None else "would run on", device)
     if compiled is not None:
         def features(clip: Clip):
             return npu_features(processor.feature_extractor, read_wav(clip.audio))
@@ -100,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
             if compiled is not None:
                 transcripts.write(tmp / f"{lang}.jsonl", [r for r in records if r["lang"] == lang],
                                   [c for c in clips if c.lang == lang])
-        write_json(tmp / RUN, {"compiled_run": run, "backend": backend,
+        write_json(tmp / RUN, {"compiled_run": run, "backend": backend, "device": device,
                                "sizes": model_sizes(args.model, args.encoder, args.decoder)})
     with atomic_output(args.timing) as tmp:
         transcripts.write_timings(tmp, records)

@@ -513,7 +513,7 @@ def stage_run(tmp_path, tiny_model, monkeypatch):
                                                              cfg.prompt(wl, "transcribe"), cfg)[0])
         manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     monkeypatch.setattr(torch_ref, "load_torch_backend", lambda model_dir, device="cpu": (fp32, processor))
-    monkeypatch.setattr(transcribe_compiled, "load_compiled", lambda enc, dec, config: BrokenBackend())
+    monkeypatch.setattr(transcribe_compiled, "load_compiled", lambda enc, dec, config, npu: BrokenBackend())
     monkeypatch.setattr(transcribe_compiled, "compiled_backend_name", lambda enc, dec: "onnxruntime")
     monkeypatch.setattr(transcribe_compiled, "load_configs",
                         lambda model_dir: (tiny_model.config, tiny_model.generation_config))
@@ -565,6 +565,7 @@ def test_main_reports_budget_failure_without_failing(stage_run):
     assert m["budget"]["verdict"] == "fail" and m["budget"]["fail"] == "de_de,ja_jp"
     assert m["compiled_run"] == {"status": "run", "reason": None}
     assert m["backends"] == {"fp32": "torch", "compiled": "broken"}
+    assert m["compiled_device"] is None   # a backend that does not say (the ORT and .mxq backends do)
     assert m["sizes"] == {"fp32_bytes": 40, "compiled_model_bytes": 10, "embedding_table_bytes": 6,
                           "compiled_bytes": 16, "compression": 2.5}
     assert m["normalizer"] == {"en": M.ENGLISH_NORMALIZER, "other": M.BASIC_NORMALIZER}
@@ -590,15 +591,20 @@ def test_main_scores_fp32_when_the_compiled_model_cannot_run_here(stage_run, mon
     a host without Mobilint's runtime) is recorded in run.json, fp32 is still scored, no budget is checked."""
     from whisper_npu.artifacts import CompiledNotRunnable
 
-    def not_runnable(enc, dec, config):
-        raise CompiledNotRunnable("compiled/decoder: mobilint runtime (maccel) is not installed")
+    device = {"runtime": None, "target_device": "aries-rb", "encoder": {"dev_no": 0, "core_mode": "single",
+                                                                        "cores": [[0, 0]]}}
+
+    def not_runnable(enc, dec, config, npu):
+        raise CompiledNotRunnable("compiled/decoder: mobilint runtime (maccel) is not installed", device)
     monkeypatch.setattr(transcribe_compiled, "load_compiled", not_runnable)
     out = stage_run(strict=True)   # strict: even so no failure, nothing was checked
     assert sorted(p.name for p in (stage_run.work / "compiled").iterdir()) == ["run.json"]
     m = json.loads((out / "metrics.json").read_text())
     assert m["compiled_run"] == {"status": "not_run",
                                  "reason": "compiled/decoder: mobilint runtime (maccel) is not installed"}
+    assert m["compiled_device"] == device   # where it was asked to run
     assert m["budget"]["verdict"] == "not_checked"
+    assert m["compiled_device"] == device   # where it was asked to run
     assert {e["verdict"] for e in m["languages"].values()} == {"not_checked"}
     assert m["languages"]["de_de"]["fp32"]["wer"] == 0.0
     wer = json.loads((out / "wer.json").read_text())
@@ -652,14 +658,15 @@ def test_mxq_backend_refuses_clearly_without_the_runtime(tmp_path, monkeypatch):
         mxq_runtime.import_runtime()
     # Refused before any file is read (the folders do not even exist).
     with pytest.raises(mxq_runtime.RuntimeUnavailable, match="compile.backend=onnxruntime"):
-        mxq_runtime.load_mxq_backend(tmp_path / "nope", tmp_path / "nope", None)
+        mxq_runtime.load_mxq_backend(tmp_path / "nope", tmp_path / "nope", None, None, None)
+    calls = {"resolved": {"calls": {"mxq_compile": {"inference_scheme": "all", "target_device": "aries-rb"}}}}
     for d in ("enc", "dec"):
         (tmp_path / d).mkdir()
-        (tmp_path / d / "provenance.json").write_text(json.dumps({"backend": "qbcompiler"}))
+        (tmp_path / d / "provenance.json").write_text(json.dumps({"backend": "qbcompiler", **calls}))
     from whisper_npu.runtimes.registry import load_compiled
 
     with pytest.raises(StageError, match="Mobilint's runtime"):
-        load_compiled(tmp_path / "enc", tmp_path / "dec", None)
+        load_compiled(tmp_path / "enc", tmp_path / "dec", None, section("npu"))
 
 
 # The .mxq runner's call protocol is tested against the real qbruntime/maccel wheels and a stand-in built

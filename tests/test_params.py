@@ -101,6 +101,20 @@ def test_params_yaml_is_the_one_place_defaults_are_written():
     ("labels.splits", ["calibration", "calibration"], r"labels.splits = .*each once"),
     ("labels.splits", "calibration", r"labels.splits = 'calibration': must be a list"),
     ("labels.batch_size", 0, r"labels.batch_size = 0: must be >= 1"),
+    # NPU placement: form, then the target and an explicit compile scheme
+    ("npu.require_compiled", "yes", r"npu.require_compiled = 'yes': must be true or false"),
+    ("npu.encoder.dev_no", -1, r"npu.encoder.dev_no = -1: must be >= 0"),
+    ("npu.encoder.core_mode", "all", r"npu.encoder.core_mode = 'all': must be one of single, multi, global4, global8"),
+    ("npu.decoder.cores", [[2, 0]], r"npu.decoder.cores\[0\] = \[2, 0\]: cluster must be 0-1 and core 0-3"),
+    ("npu.decoder.cores", [["1", "0"]], r"npu.decoder.cores\[0\] = \['1', '0'\] is not a \[cluster, core\] pair"),
+    ("npu.decoder.cores", [60], r"npu.decoder.cores\[0\] = 60 is not a \[cluster, core\] pair"),
+    ("npu.decoder.cores", [], r"npu.decoder.cores = \[\]: name at least one \[cluster, core\]"),
+    ("npu.decoder.cores", "1:0", r"npu.decoder.cores = '1:0': must be auto or a list of \[cluster, core\] pairs"),
+    ("npu.decoder.cores", [[0, 1], [0, 1]], r"npu.decoder.cores = \[\[0, 1\], \[0, 1\]\]: a core is listed twice"),
+    ("npu.encoder.core_mode", "global4", r"npu.encoder.cores = auto: Mobilint's placement is single-core; with "
+                                         r"npu.encoder.core_mode = global4 list the cores"),
+    ("compile.qbcompiler.encoder_scheme", "global4",
+     r"npu.encoder.core_mode = single: an MXQ compiled with inference scheme 'global4' runs in global4"),
 ])
 def test_bad_value_names_key_value_and_allowed(key, value, message):
     with pytest.raises(ParamsError) as err:
@@ -260,7 +274,8 @@ def test_per_language_entry_for_an_unlisted_language_is_not_checked_against_coun
     assert parse_params(data).audio.for_lang("de_de").calibration_clips == 6
 
 
-@pytest.mark.parametrize("section", ["model", "audio", "labels", "calibration", "compile", "transcribe", "score"])
+@pytest.mark.parametrize("section", ["model", "audio", "labels", "calibration", "compile", "transcribe", "score",
+                                     "npu"])
 def test_a_stage_reads_its_section_alone_with_the_same_checks(section):
     """What a stage gets from Section.of equals the whole file's section, and a bad value in it fails the same way
     there (the stage checks its sections; the toolchain stage checks the whole file)."""
@@ -273,3 +288,36 @@ def test_a_stage_reads_its_section_alone_with_the_same_checks(section):
     data[section]["no_such_key"] = 1
     with pytest.raises(ParamsError, match=rf"params.yaml: {section}.no_such_key: unknown key; allowed in {section}: "):
         cls.of(as_raw(data))
+
+
+def test_npu_placement_defaults_are_mobilint_newest_folder():
+    """Mobilint's compilation/stt/prepare_model.py (mblt-sdk-tutorial f3f9d540): encoder single 0:0, decoder single
+    1:0 on ARIES; on REGULUS the decoder goes to 0:0, accepted once set."""
+    npu = load_params(ROOT / "params.yaml").npu
+    assert (npu.require_compiled, npu.encoder.model_dump(), npu.decoder.model_dump()) == (
+        False, {"dev_no": 0, "core_mode": "single", "cores": "auto"}, {"dev_no": 0, "core_mode": "single", "cores": "auto"})
+    aries = [npu.placement(c, "aries-rb").target_cores() for c in ("encoder", "decoder")]
+    assert aries == [["0:0"], ["1:0"]]
+    regulus = parse_params(with_value("compile.qbcompiler.target_device", "regulus-rb")).npu
+    assert [regulus.placement(c, "regulus-rb").target_cores() for c in ("encoder", "decoder")] == [["0:0"], ["0:0"]]
+    data = with_value("npu.encoder", {"dev_no": 0, "core_mode": "global4", "cores": [[1, 0], [1, 1], [1, 2], [1, 3]]})
+    assert parse_params(data).npu.placement("encoder", "aries-rb").clusters == (1,)
+
+
+def test_regulus_refuses_any_core_but_its_one_naming_the_key():
+    data = with_value("compile.qbcompiler.target_device", "regulus-rb")
+    data["npu"]["decoder"]["cores"] = [[1, 0]]
+    with pytest.raises(ParamsError, match=r"params.yaml: npu.decoder: REGULUS \(regulus-rb\) has one core and runs "
+                                          r"only single: set npu.decoder.core_mode = single and npu.decoder.cores = "
+                                          r"\[\[0, 0\]\] or auto \(now single, \[\[1, 0\]\]\)"):
+        parse_params(data)
+
+
+def test_npu_placement_survives_dvc_rewriting_params_yaml():
+    """`dvc exp run -S` rewrites params.yaml with DVC's YAML 1.2 dumper: strings such as '1:0' lose their quotes and
+    PyYAML (YAML 1.1) reads 1:0 back as 60. [cluster, core] pairs round-trip."""
+    from dvc.utils.serialize import dumps_yaml
+
+    back = yaml.safe_load(dumps_yaml({"npu": base()["npu"], "as_string": ["1:0"]}))
+    assert back["as_string"] == [60]
+    assert back["npu"] == base()["npu"]

@@ -22,7 +22,12 @@ EMBED_POSITIONS = "embed_positions.npy"
 
 class CompiledNotRunnable(StageError):
     """The compiled artifacts are valid but cannot run on this host (e.g. .mxq files without Mobilint's runtime or
-    without an NPU device): the compiled transcription records the reason instead of failing (unless told to)."""
+    without an NPU device): the compiled transcription records the reason instead of failing (unless told to).
+    ``device`` says where it was asked to run (runtime, target, placement), for the record."""
+
+    def __init__(self, message: str, device: dict | None = None):
+        super().__init__(message)
+        self.device = device
 
 
 @dataclass(frozen=True)

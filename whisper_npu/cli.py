@@ -52,9 +52,9 @@ class System:
 
 # ---------------------------------------------------------------------------------------------- loading
 
-def load_system(name: str, model_dir: Path, compiled_dir: Path) -> System:
+def load_system(name: str, model_dir: Path, compiled_dir: Path, params: Path = Path("params.yaml")) -> System:
     """``fp32`` (the reference model folder) or ``compiled`` (the compile stage's folders, run by the runtime of
-    the backend that built them)."""
+    the backend that built them; ``.mxq`` files placed on the NPU as ``params``' ``npu`` section says)."""
     from whisper_npu.decoding.greedy import DecodeConfig
     from whisper_npu.model.store import load_configs, load_processor
 
@@ -64,6 +64,9 @@ def load_system(name: str, model_dir: Path, compiled_dir: Path) -> System:
         backend, processor = load_torch_backend(model_dir)
         label = "torch"
     else:
+        from whisper_npu.artifacts import compiled_backend_name
+        from whisper_npu.params.base import read
+        from whisper_npu.params.npu import NpuParams
         from whisper_npu.runtimes.registry import load_compiled
 
         for part in ("encoder", "decoder"):
@@ -71,7 +74,9 @@ def load_system(name: str, model_dir: Path, compiled_dir: Path) -> System:
                 raise StageError(f"{compiled_dir / part}: no compiled {part} here (provenance.json missing); run the "
                                  "pipeline (`make demo` or `dvc repro compile@encoder compile@decoder`) or pass --compiled")
         config, _ = load_configs(model_dir)
-        backend = load_compiled(compiled_dir / "encoder", compiled_dir / "decoder", config)   # may raise NotRunnable
+        enc, dec = compiled_dir / "encoder", compiled_dir / "decoder"
+        npu = NpuParams.of(read(params)) if compiled_backend_name(enc, dec) == "qbcompiler" else None
+        backend = load_compiled(enc, dec, config, npu)   # may raise NotRunnable
         processor = load_processor(model_dir)
         label = getattr(backend, "name", "compiled")
     config, generation = load_configs(model_dir)
@@ -192,7 +197,7 @@ def _language(arg: str | None) -> str | None:
 def transcribe_main(args: argparse.Namespace) -> int:
     systems_wanted = ["fp32", "compiled"] if args.compare else [args.system]
     try:
-        systems = [load_system(s, args.model, args.compiled) for s in systems_wanted]
+        systems = [load_system(s, args.model, args.compiled, args.params) for s in systems_wanted]
     except StageError as e:
         say(f"error: {e}")
         return 2
@@ -258,6 +263,8 @@ def parser() -> argparse.ArgumentParser:
                    help="the reference model folder (default: the pipeline's models/reference)")
     t.add_argument("--compiled", type=Path, default=Path("compiled"),
                    help="folder with the compile stage's encoder/ and decoder/ (default: compiled)")
+    t.add_argument("--params", type=Path, default=Path("params.yaml"),
+                   help="params file whose npu section places .mxq files on the NPU (default: params.yaml)")
     t.add_argument("--language", help="Whisper or FLEURS code (en, en_us, ...); default: detected per file")
     t.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
     t.add_argument("--output-format", choices=FORMATS, default="txt")

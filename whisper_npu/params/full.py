@@ -15,6 +15,7 @@ from whisper_npu.params.calibration import CalibrationParams
 from whisper_npu.params.compile import CompileParams
 from whisper_npu.params.labels import LabelsParams
 from whisper_npu.params.model import ModelParams
+from whisper_npu.params.npu import COMPONENTS, NpuParams
 from whisper_npu.params.score import ScoreParams
 from whisper_npu.params.transcribe import TranscribeParams
 
@@ -31,6 +32,7 @@ class Params(Section):
     compile: CompileParams
     transcribe: TranscribeParams
     score: ScoreParams
+    npu: NpuParams
 
     @field_validator("languages")
     @classmethod
@@ -57,6 +59,10 @@ class Params(Section):
         if self.calibration.text_source == "labels" and "calibration" not in self.labels.splits:
             raise ValueError(f"labels.splits = {self.labels.splits!r}: calibration.text_source = labels reads the "
                              "calibration clips' labels; add calibration")
+        qb = self.compile.qbcompiler
+        for component in COMPONENTS:   # the placement against the target, and against an explicit scheme
+            scheme = getattr(qb, f"{component}_scheme")
+            self.npu.placement(component, qb.target_device, None if scheme == "auto" else scheme)
         return self
 
 

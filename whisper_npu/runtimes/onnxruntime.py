@@ -249,6 +249,13 @@ class OrtBackend:
     encoder: OrtEncoder
     decoder: OrtDecoderSession
 
+    @property
+    def device(self) -> dict:
+        """What runs it: ONNX Runtime's CPU provider."""
+        import onnxruntime as ort
+
+        return {"runtime": f"onnxruntime {ort.__version__}", "device": "cpu"}
+
     def close(self) -> None:
         """Nothing to release (ORT sessions are freed with the object); the Backend protocol's close."""
 
@@ -268,6 +275,7 @@ def load_ort_backend(compiled_dir_encoder: str | Path, compiled_dir_decoder: str
                                                 dec_dir / EMBED_POSITIONS, threads, hoist, last_position))
 
 
-def load(enc_dir: Path, dec_dir: Path, model_config: Any) -> OrtBackend:
-    """The runtime registry's entry (whisper_npu/runtimes/__init__.py): the ONNX Runtime backend, any CPU."""
+def load(enc_dir: Path, dec_dir: Path, model_config: Any, npu: Any = None) -> OrtBackend:
+    """The runtime registry's entry (whisper_npu/runtimes/registry.py): the ONNX Runtime backend, any CPU (``npu``,
+    the NPU placement, does not apply)."""
     return load_ort_backend(enc_dir, dec_dir)

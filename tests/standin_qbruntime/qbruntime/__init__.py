@@ -5,8 +5,12 @@ in ``../surface.json`` (tests/test_mxq_runtime.py checks that file against the i
 API change there fails a test). Methods the pipeline does not need raise NotImplementedError; the ones it
 needs are simulated:
 
-* ``Accelerator`` / ``get_available_device_numbers``: an NPU "exists" only when ``STANDIN_QBRUNTIME_NPU=1``;
-  otherwise ``Accelerator()`` raises ``QbRuntimeError`` as the real one does ("Acc_DeviceNotFound");
+* ``Accelerator`` / ``get_available_device_numbers``: an NPU (device 0) "exists" only when
+  ``STANDIN_QBRUNTIME_NPU=1``; otherwise ``Accelerator()`` raises ``QbRuntimeError`` as the real one does
+  ("Acc_DeviceNotFound occurred." on a machine without an NPU). ``STANDIN_QBRUNTIME_NPU=unopenable``: device 0 is
+  listed but cannot be opened, ``QbRuntimeError`` "Driver_NotInitialized occurred." (what the real 1.5.0 raises
+  for ``Accelerator("aries-rb", 0)`` when the driver is not there; the real class is ``qbruntime.QbRuntimeError``,
+  a RuntimeError, messages ``"<Code> occurred.\nPlease visit <docs> for more details."``);
 * ``Model(path, config)``: ``path`` must be an .mxq written by the stand-in compiler (tests/standin_qbcompiler:
   JSON naming the component and the inference scheme it was compiled with); ``launch`` refuses a core mode
   the scheme does not hold (an ``all`` MXQ needs an explicit mode, as the real runtime);
@@ -54,20 +58,25 @@ class CoreId:
         self.cluster, self.core = cluster, core
 
 
-def _npu() -> bool:
-    return os.environ.get("STANDIN_QBRUNTIME_NPU") == "1"
+_DOCS = "\nPlease visit https://docs.mobilint.com/v1.5/doxygen/html_en/group__CPPAPI.html for more details."
+
+
+def _npu() -> str:
+    return os.environ.get("STANDIN_QBRUNTIME_NPU", "")
 
 
 def get_available_device_numbers(device_name: str = "auto") -> list:
-    return [0] if _npu() else []
+    return [0] if _npu() in ("1", "unopenable") else []
 
 
 class Accelerator:
     def __init__(self, device_name="auto", dev_no=0):
         if not isinstance(dev_no, int) or not isinstance(device_name, str):
             raise TypeError(f"stand-in qbruntime: Accelerator(device_name={device_name!r}, dev_no={dev_no!r})")
-        if not _npu() or dev_no != 0:
-            raise QbRuntimeError("Acc_DeviceNotFound occurred. (stand-in qbruntime: no NPU)")
+        if _npu() == "unopenable" and dev_no == 0:
+            raise QbRuntimeError("Driver_NotInitialized occurred." + _DOCS)
+        if _npu() != "1" or dev_no != 0:
+            raise QbRuntimeError("Acc_DeviceNotFound occurred." + _DOCS)
         self.dev_no = dev_no
 
 

@@ -6,11 +6,16 @@ every class, method and keyword used here against the installed packages and dri
 end against a fake whose method set is read from the real ``qbruntime.Model``. NOT run here against an
 NPU (none exists on this project's machines). What it does (docs/mobilint.md):
 
-* ``rt.Accelerator(dev_no=N)`` (keyword: qbruntime's first parameter is ``device_name``, maccel's is
-  ``dev_no``); no NPU -> :class:`RuntimeUnavailable` with the runtime's own message;
-* ``rt.ModelConfig()`` with the core mode the compile's inference scheme needs (an ``all`` MXQ needs an
-  explicit mode: encoder and decoder on their own single cores), ``rt.Model(path, mc)``, ``launch(acc)``,
-  ``dispose()``;
+* placement from params ``npu.encoder`` / ``npu.decoder`` (device number, core mode, cores), checked against the
+  target and the inference scheme recorded in each component's provenance (whisper_npu/npu.py: an ``all`` MXQ
+  holds every core mode, any other scheme one); a mismatch is an error naming the key;
+* ``rt.Accelerator(dev_no=N)`` per device used (keyword: qbruntime's first parameter is ``device_name``, maccel's
+  is ``dev_no``); no runtime, no NPU device ``N``, a device that cannot be opened (``QbRuntimeError``, e.g.
+  ``Driver_NotInitialized`` from a missing or mismatched driver) or a runtime whose API differs from the one
+  checked (TypeError / AttributeError) -> :class:`RuntimeUnavailable` with the runtime's own message;
+* ``rt.ModelConfig()`` with the placement's core mode (``set_single_core_mode(core_ids=[CoreId(...)])``,
+  ``set_multi_core_mode`` / ``set_global4_core_mode`` with its clusters, ``set_global8_core_mode()``),
+  ``rt.Model(path, mc)``, ``launch(acc)``, ``dispose()``;
 * encoder: ``infer([features [1, 3000, 80]])[0]`` reshaped to ``[1, 1500, d]``;
 * decoder: token + position embeddings computed on the CPU (the tables are not inside the MXQ) passed as
   ``[1, 1, seq, d]`` with the encoder states; ``infer([hidden, states], cache_size=past)`` where ``past``
@@ -25,14 +30,17 @@ import importlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from whisper_npu.artifacts import EMBED_POSITIONS, EMBED_TOKENS, PROVENANCE, CompiledNotRunnable, read_provenance
 from whisper_npu.core.errors import StageError
-from whisper_npu.npu import placement
+from whisper_npu.npu import Placement
 from whisper_npu.specs import embed
+
+if TYPE_CHECKING:
+    from whisper_npu.params.npu import NpuParams
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +71,12 @@ def runtime_name(rt: Any) -> str:
 
 
 def open_accelerator(rt: Any, dev_no: int = 0) -> Any:
-    """``rt.Accelerator`` for device ``dev_no``; RuntimeUnavailable when the runtime finds no NPU."""
+    """``rt.Accelerator`` for device ``dev_no``; RuntimeUnavailable when the runtime finds no such NPU or cannot
+    open it."""
     devices = getattr(rt, "get_available_device_numbers", None)   # qbruntime only
     if devices is not None and dev_no not in list(devices()):
         raise RuntimeUnavailable(f"{runtime_name(rt)} is installed but finds no NPU device {dev_no} "
-                                 f"(available: {list(devices()) or 'none'}); run evaluate on the NPU host")
+                                 f"(available: {list(devices()) or 'none'}); run on the NPU host")
     try:
         return rt.Accelerator(dev_no=dev_no)
     except RuntimeError as e:   # QbRuntimeError / MAccelError both derive from RuntimeError
@@ -75,15 +84,13 @@ def open_accelerator(rt: Any, dev_no: int = 0) -> Any:
                                  f"{' '.join(str(e).split())}") from None
 
 
-def model_config(rt: Any, scheme: str, component: str, target_device: str = "aries-rb") -> Any:
-    """``rt.ModelConfig`` with the core mode the placement table (whisper_npu/npu.py) gives a component compiled
-    with inference ``scheme`` for ``target_device``."""
-    where = placement(scheme, component, target_device)
+def model_config(rt: Any, where: Placement) -> Any:
+    """``rt.ModelConfig`` in the placement's core mode on its cores (whisper_npu/npu.py)."""
     mc = rt.ModelConfig()
     clusters = [getattr(rt.Cluster, f"Cluster{c}") for c in where.clusters]
     if where.core_mode == "single":
         cores = [rt.CoreId(getattr(rt.Cluster, f"Cluster{c}"), getattr(rt.Core, f"Core{k}"))
-                 for c, k in (core.split(":") for core in where.cores)]
+                 for c, k in where.cores]
         mc.set_single_core_mode(core_ids=cores)
     elif where.core_mode == "multi":
         mc.set_multi_core_mode(clusters)
@@ -92,12 +99,6 @@ def model_config(rt: Any, scheme: str, component: str, target_device: str = "ari
     elif where.core_mode == "global8":
         mc.set_global8_core_mode()
     return mc
-
-
-def _launch(rt: Any, acc: Any, path: Path, scheme: str, component: str, target_device: str) -> Any:
-    model = rt.Model(str(path), model_config(rt, scheme, component, target_device))
-    model.launch(acc)
-    return model
 
 
 class MxqEncoder:
@@ -148,16 +149,30 @@ class MxqDecoderSession:
 
 
 class MxqBackend:
-    """Compiled .mxq encoder + decoder on a Mobilint NPU, as a :class:`whisper_npu.runtime.Backend`."""
+    """Compiled .mxq encoder + decoder on a Mobilint NPU, as a :class:`whisper_npu.runtime.Backend`. ``device``
+    records the runtime, the target and each component's placement."""
     name = "mxq"
 
     def __init__(self, encoder_mxq: Path, decoder_mxq: Path, embed_tokens: np.ndarray, embed_positions: np.ndarray,
-                 n_positions: int, d_model: int, encoder_scheme: str = "global4", decoder_scheme: str = "single",
-                 dev_no: int = 0, embed_scale: float = 1.0, target_device: str = "aries-rb"):
+                 n_positions: int, d_model: int, encoder: Placement, decoder: Placement, embed_scale: float = 1.0,
+                 target_device: str = "aries-rb"):
         rt = import_runtime()
-        self._acc = open_accelerator(rt, dev_no)
-        self._models = [_launch(rt, self._acc, Path(encoder_mxq), encoder_scheme, "encoder", target_device)]
-        self._models.append(_launch(rt, self._acc, Path(decoder_mxq), decoder_scheme, "decoder", target_device))
+        self.device = {"runtime": runtime_name(rt), "target_device": target_device, "encoder": encoder.record(),
+                       "decoder": decoder.record()}
+        self._models: list[Any] = []
+        try:
+            accelerators = {n: open_accelerator(rt, n) for n in sorted({encoder.dev_no, decoder.dev_no})}
+            for path, where in ((encoder_mxq, encoder), (decoder_mxq, decoder)):
+                model = rt.Model(str(path), model_config(rt, where))
+                model.launch(accelerators[where.dev_no])
+                self._models.append(model)
+        except (TypeError, AttributeError) as e:   # a runtime whose API is not the one checked
+            self.close()
+            raise RuntimeUnavailable(f"{runtime_name(rt)}: its API differs from the one this runner was checked "
+                                     f"against (qbruntime 1.5.0, maccel 0.30.1): {type(e).__name__}: {e}") from None
+        except BaseException:
+            self.close()
+            raise
         self.encoder = MxqEncoder(self._models[0], n_positions, d_model)
         self.decoder = MxqDecoderSession(self._models[1], embed_tokens, embed_positions, embed_scale)
 
@@ -174,9 +189,8 @@ def _one(folder: Path, pattern: str) -> Path:
     return found[0]
 
 
-def load_mxq_backend(enc_dir: str | Path, dec_dir: str | Path, model_config_: Any,
-                     encoder_scheme: str = "global4", decoder_scheme: str = "single", dev_no: int = 0,
-                     target_device: str = "aries-rb") -> MxqBackend:
+def load_mxq_backend(enc_dir: str | Path, dec_dir: str | Path, model_config_: Any, encoder: Placement,
+                     decoder: Placement, target_device: str = "aries-rb") -> MxqBackend:
     """The NPU backend from compiled/encoder and compiled/decoder (one .mxq each + the embedding tables)."""
     import_runtime()  # refuse before touching files when the runtime is absent
     enc_dir, dec_dir = Path(enc_dir), Path(dec_dir)
@@ -184,8 +198,7 @@ def load_mxq_backend(enc_dir: str | Path, dec_dir: str | Path, model_config_: An
     return MxqBackend(_one(enc_dir, "*.mxq"), _one(dec_dir, "*.mxq"),
                       np.load(dec_dir / EMBED_TOKENS), np.load(dec_dir / EMBED_POSITIONS),
                       n_positions=int(model_config_.max_source_positions), d_model=int(model_config_.d_model),
-                      encoder_scheme=encoder_scheme, decoder_scheme=decoder_scheme, embed_scale=scale,
-                      dev_no=dev_no, target_device=target_device)
+                      encoder=encoder, decoder=decoder, embed_scale=scale, target_device=target_device)
 
 
 # ------------------------------------------------------------------------------------------- the registry's entry
@@ -211,11 +224,25 @@ def compiled_target(compiled_dir: str | Path) -> str:
     return str(mxq_call(compiled_dir).get("target_device") or "aries-rb")
 
 
-def load(enc_dir: Path, dec_dir: Path, model_config: Any) -> Any:
-    """The two .mxq files on the NPU through Mobilint's runtime; CompiledNotRunnable without one."""
+def placements(enc_dir: Path, dec_dir: Path, npu: NpuParams) -> dict[str, Placement]:
+    """``npu.encoder`` / ``npu.decoder`` checked against the target and scheme each component was compiled for;
+    StageError naming the key and the folder when the MXQ cannot run there."""
+    out = {}
+    for component, d in (("encoder", enc_dir), ("decoder", dec_dir)):
+        try:
+            out[component] = npu.placement(component, compiled_target(d), compiled_scheme(d))
+        except ValueError as e:
+            raise StageError(f"{d}: {e}") from None
+    return out
+
+
+def load(enc_dir: Path, dec_dir: Path, model_config: Any, npu: NpuParams) -> Any:
+    """The two .mxq files on the NPU through Mobilint's runtime, placed as params ``npu`` says; CompiledNotRunnable
+    (with the placement asked for) when this host cannot run them."""
+    where, target = placements(enc_dir, dec_dir, npu), compiled_target(dec_dir)
+    device = {"runtime": None, "target_device": target, **{c: p.record() for c, p in where.items()}}
     try:
-        import_runtime()   # no runtime: not runnable here, whatever the artifacts say
-        return load_mxq_backend(enc_dir, dec_dir, model_config, encoder_scheme=compiled_scheme(enc_dir),
-                                decoder_scheme=compiled_scheme(dec_dir), target_device=compiled_target(dec_dir))
+        device["runtime"] = runtime_name(import_runtime())   # no runtime: not runnable here, whatever the artifacts say
+        return load_mxq_backend(enc_dir, dec_dir, model_config, where["encoder"], where["decoder"], target)
     except RuntimeUnavailable as e:
-        raise CompiledNotRunnable(f"{dec_dir}: {e}") from None
+        raise CompiledNotRunnable(f"{dec_dir}: {e}", device) from None
