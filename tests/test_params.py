@@ -188,7 +188,7 @@ def test_presets_are_valid_and_become_overrides():
     pairs = dict(a.split("=", 1) for a in args[1::2])
     assert args[0::2] == ["-S"] * len(pairs)
     assert pairs["model.id"] == "openai/whisper-small"
-    assert pairs["audio.source"] == "fleurs" and pairs["audio.calibration_clips"] == "16"
+    assert pairs["audio.source"] == "fleurs" and pairs["audio.calibration_clips"] == "20"
     assert pairs["compile.qbcompiler.encoder_scheme"] == "global4"
 
 

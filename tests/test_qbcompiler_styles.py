@@ -34,7 +34,7 @@ ET = {"norm_conv": {"apply": True, "learn": True}, "qk": {"apply": True}, "ud": 
       "qk_rotation": {"apply": True}, "flatten_quant": {"apply": True, "learn": True},
       "optimize_ffn": {"apply": True, "ch_per_ffn": -1}}
 BIT = {"transformer": {"mixed_precision": {"activation": {"apply": True}}}}
-HESSIAN = {"apply": True, "attributes": {"actOrder": True, "blockSize": 128, "percDamp": 0.01}}
+HESSIAN = {"apply": True, "attributes": {"act_order": True, "block_size": 128, "perc_damp": 0.01}}
 
 
 def qb_params(**changes):
@@ -42,13 +42,13 @@ def qb_params(**changes):
     return section("compile", qbcompiler=changes).qbcompiler
 
 
-def latest_params() -> dict:
-    """params.yaml with params/tutorial-latest.yaml applied the documented way (preset -> dvc -S overrides,
-    applied by DVC's own override code)."""
+def latest_params(preset: str = "tutorial-latest") -> dict:
+    """params.yaml with params/<preset>.yaml applied the documented way (preset -> dvc -S overrides, applied by
+    DVC's own override code)."""
     from dvc.utils.hydra import apply_overrides
 
     from whisper_npu.preset import overrides
-    return _applied(overrides(ROOT / "params" / "tutorial-latest.yaml", ROOT / "params.yaml"), apply_overrides)
+    return _applied(overrides(ROOT / "params" / f"{preset}.yaml", ROOT / "params.yaml"), apply_overrides)
 
 
 def _applied(args: list[str], apply_overrides) -> dict:
@@ -61,9 +61,41 @@ def _applied(args: list[str], apply_overrides) -> dict:
         return yaml.safe_load(path.read_text())
 
 
+def test_percentile_preset_is_the_public_decoder_recipe():
+    """The percentile/rotation decoder recipe as data: 1.2 calls (backend hf), percentile output calibration with
+    Mobilint's nested MaxPercentile, six equivalent transformations, no bit config, no HessianQuant; the tutorial's
+    data (20 calibration clips per language, 30 FLEURS test clips scored)."""
+    data = latest_params("tutorial-percentile")
+    assert data["audio"]["calibration_clips"] == data["calibration"]["samples_per_language"] == 20
+    assert data["audio"]["eval_clips"] == 30 and data["audio"]["fleurs"]["eval_split"] == "test"
+    p = parse_params(data).compile.qbcompiler
+    dec = qbcompiler.plan_calls("1.2", "decoder", p, gpu=True, input_features_shape=SHAPE, version="1.2.0")
+    assert dec["mblt_compile"] == {"backend": "hf", "target": "decoder", "device": "cpu", "target_device": "aries-rb"}
+    assert dec["configs"] == {
+        "calibration": {"output": 0, "mode": 1, "max_percentile": {"percentile": 0.999999}},
+        "equivalent_transformation": {k: {"apply": True} for k in ("qk", "ud", "vo", "spin_r2", "qk_rotation")}
+        | {"optimize_ffn": {"apply": True, "ch_per_ffn": -1}}}
+    assert dec["llm_config"] == {"factory": "LlmConfig", "use_full_seq_length": True}
+
+
+def test_percentile_preset_through_the_1_2_stand_in(standin, tmp_path, toolchain, tiny_model_dir, calib_root):
+    """Its config objects are ones a 1.2 compiler builds (CalibrationConfig.MaxPercentile nested)."""
+    calls = standin("1.2.0")
+    qb = latest_params("tutorial-percentile")["compile"]["qbcompiler"]
+    params = write_params(tmp_path, backend="qbcompiler", qbcompiler=qb)
+    assert run_main(compile_argv("decoder", params, toolchain, tiny_model_dir, calib_root, tmp_path)) == 0
+    mxq = next(c["kwargs"] for c in calls() if c["fn"] == "mxq_compile")
+    assert mxq["calibration_config"] == {"factory": "CalibrationConfig", "output": 0, "mode": 1,
+                                         "max_percentile": {"percentile": 0.999999}}
+    assert "bit_config" not in mxq and "hessian_quant_config" not in mxq
+
+
 def test_latest_preset_is_the_newest_tutorial_compile():
-    """The f3f9d540 compile_config.py calls, as data, for ARIES and REGULUS."""
+    """The 1a5d15de calls with the f3f9d540 / 29501292 config objects, as data, for ARIES and REGULUS; the
+    tutorial's data (340 calibration clips, 30 FLEURS test clips per language scored)."""
     data = latest_params()
+    assert data["audio"]["calibration_clips"] == data["calibration"]["samples_per_language"] == 20
+    assert data["audio"]["eval_clips"] == 30 and data["labels"]["splits"] == ["calibration"]
     p = parse_params(data).compile.qbcompiler
     enc = qbcompiler.plan_calls("1.3", "encoder", p, gpu=True, input_features_shape=SHAPE, version="1.3.0")
     dec = qbcompiler.plan_calls("1.3", "decoder", p, gpu=True, input_features_shape=SHAPE, version="1.3.0")
