@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--decoder", type=Path, required=True, help="compiled/decoder")
     p.add_argument("--out", type=Path, required=True, help="compiled/mobilint-whisper")
     a = p.parse_args(argv)
+    npu = NpuParams.of(read(a.params))   # bad params fail before any input is read
     backend = compiled_backend_name(a.encoder, a.decoder)
     with atomic_output(a.out) as tmp:
         if backend != "qbcompiler":
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
                 "Compile with compile.backend = qbcompiler to get one.\n", encoding="utf-8")
             log.info("%s: %s backend, nothing for transformers-mblt", a.out, backend)
             return
-        mblt_folder.write_folder(tmp, a.model / "hf", a.encoder, a.decoder, NpuParams.of(read(a.params)))
+        mblt_folder.write_folder(tmp, a.model / "hf", a.encoder, a.decoder, npu)
     log.info("wrote Mobilint's model folder %s", a.out)
 
 

@@ -4,12 +4,13 @@ DVC then links every output file into its cache (`.dvc/cache/files/md5/ab/cdef..
 stage makes the calibration lists absolute for the compiler; following the links there would hand it cache
 objects instead of the `.npy` files its documented list format names. Run through the real `dvc` CLI up to
 both compile stages, with the STAND-IN compiler (tests/standin_qbcompiler: the real qbcompiler cannot be
-installed here), which logs the calibration entries it was given.
+installed here) in the SDK's own environment (conftest ``sdk_python``: transformers 4.50.0), which logs the
+calibration entries it was given.
 """
 from __future__ import annotations
 
 import json
-import os
+import shlex
 from pathlib import Path
 
 import pytest
@@ -20,15 +21,16 @@ STANDIN = Path(__file__).parent / "standin_qbcompiler"
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cache_type", ["symlink", "hardlink"])
-def test_compiler_gets_npy_paths_with_linked_cache(cache_type, tmp_path, tiny_model_dir) -> None:
+def test_compiler_gets_npy_paths_with_linked_cache(cache_type, tmp_path, tiny_model_dir, sdk_python) -> None:
+    log = tmp_path / "standin_calls.jsonl"
     params = tiny_params(tiny_model_dir / "hf", languages=("es_419",))
     params["compile"]["backend"] = "qbcompiler"
+    params["compile"]["qbcompiler"]["python"] = shlex.join([
+        "env", f"PYTHONPATH={STANDIN}", "STANDIN_QBCOMPILER_VERSION=0.12.0.0", f"STANDIN_QBCOMPILER_LOG={log}",
+        str(sdk_python("4.50.0"))])
     repo = make_project(tmp_path / "proj", params)
     run(["dvc", "config", "cache.type", cache_type], repo)
-    log = tmp_path / "standin_calls.jsonl"
-    env = {"PYTHONPATH": f"{repo}{os.pathsep}{STANDIN}", "STANDIN_QBCOMPILER_VERSION": "0.12.0.0",
-           "STANDIN_QBCOMPILER_LOG": str(log), "STANDIN_QBCOMPILER_BEHAVIOR": ""}
-    run(["dvc", "repro", "compile@encoder", "compile@decoder"], repo, env=env)
+    run(["dvc", "repro", "compile@encoder", "compile@decoder"], repo)
 
     listed = repo / "calibration" / "encoder" / "whisper_encoder_cali.txt"
     if cache_type == "symlink":

@@ -42,7 +42,9 @@ def from_transformers(model_id: str, revision: str | None, local_only: bool) -> 
     model = model.to(torch.float32).eval()
     config = _clean(model.config.to_dict())
     config["architectures"] = ["WhisperForConditionalGeneration"]
-    generation = _clean(model.generation_config.to_dict())
+    # only what differs from the defaults (as save_pretrained writes it): transformers 5 lists every key, most of
+    # them null, and the SDK's older transformers refuses some of those nulls (early_stopping: None)
+    generation = _clean(model.generation_config.to_diff_dict())
     with tempfile.TemporaryDirectory(prefix="whisper-npu-tok-") as tmp:
         tokenizer.save_pretrained(tmp)
         files = {n: (Path(tmp) / n).read_text(encoding="utf-8") for n in TOKENIZER_FILES if (Path(tmp) / n).is_file()}
