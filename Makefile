@@ -43,7 +43,7 @@ demo: setup  ## run the pipeline (dvc repro) on params.yaml, then print the per-
 	$(PY) -m whisper_npu.eval.report metrics/evaluate.json
 
 test: setup browser  ## the whole test suite, slow end-to-end tests included (not the `long` ones)
-	$(PY) -m pytest -m "not long"
+	$(PY) -m pytest -m "not long" -n 2 --dist loadfile
 
 test-long: setup  ## the runs over 20 minutes (the static INT8 accuracy floor on real English)
 	$(PY) -m pytest -m long

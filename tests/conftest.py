@@ -199,10 +199,28 @@ def make_tiny_model(dest: Path, seed: int = 0) -> Path:
     return dest
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """``build(folder)`` run once per test run, whichever pytest-xdist worker asks first (`make test` runs two
+    workers, each its own session): the others wait for it and share the folder. Read-only for the tests."""
+    import fcntl
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    out, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.is_file():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            build(out)
+            done.touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random multilingual Whisper in the full store layout (hf/, openai-whisper.pt, model.json)."""
-    return make_tiny_model(tmp_path_factory.mktemp("tiny_model") / "reference")
+    return built_once(tmp_path_factory, "tiny_model", lambda out: make_tiny_model(out / "reference")) / "reference"
 
 
 # ------------------------------------------------------------------------------ the tiny profile
@@ -237,11 +255,12 @@ def lock_hashes(repo: Path) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory, tiny_model_dir: Path) -> Path:
     """The tiny profile after one full `dvc repro`, committed. Do not modify: copy_project() it first."""
-    repo = make_project(tmp_path_factory.mktemp("tiny_pipeline") / "proj", tiny_params(tiny_model_dir / "hf"))
-    run(["dvc", "repro"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "tiny profile run"], repo)
-    return repo
+    def build(out: Path) -> None:
+        repo = make_project(out / "proj", tiny_params(tiny_model_dir / "hf"))
+        run(["dvc", "repro"], repo)
+        run(["git", "add", "-A"], repo)
+        run(["git", "commit", "-qm", "tiny profile run"], repo)
+    return built_once(tmp_path_factory, "tiny_pipeline", build) / "proj"
 
 
 # ------------------------------------------------------------------------------ plots in a real browser
@@ -275,6 +294,22 @@ def colour_counts(png: Path, tolerance: int = 12) -> list[int]:
     return [int(np.count_nonzero(np.abs(rgb - np.array(c)).max(axis=2) <= tolerance)) for c in VEGA_COLOURS]
 
 
+# The files whose tests read the shared real-English run: `make test`'s two pytest-xdist workers take whole files
+# (--dist loadfile), and these go to one worker together, so the other never waits for the run to be built.
+REAL_ENGLISH_FILES = ("test_accuracy_floor.py", "test_numerics_floor.py", "test_transcribe_cli.py",
+                      "test_bench_quick.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadFileScheduling
+
+    class Scheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = super()._split_scope(nodeid)
+            return "real English run" if Path(file).name in REAL_ENGLISH_FILES else file
+    return Scheduling(config, log)
+
+
 ENGLISH_EVAL_CLIPS = 24
 
 
@@ -288,10 +323,12 @@ def real_english_run(tmp_path_factory, reference_model_dir: Path) -> Path:
     p["model"].update(source="local", id=str(reference_model_dir / "hf"), name="whisper-base")
     p["audio"]["per_language"] = {"en_us": {"source": "asterisk", "calibration_clips": 6,
                                             "eval_clips": ENGLISH_EVAL_CLIPS, "selection": "seeded"}}
-    p["audio"]["asterisk"]["cache"] = str(tmp_path_factory.mktemp("debs"))
-    repo = make_project(tmp_path_factory.mktemp("english") / "proj", p)
-    run(["dvc", "repro", "score"], repo, timeout=3600)
-    return repo
+
+    def build(out: Path) -> None:
+        p["audio"]["asterisk"]["cache"] = str(out / "debs")
+        repo = make_project(out / "proj", p)
+        run(["dvc", "repro", "score"], repo, timeout=3600)
+    return built_once(tmp_path_factory, "english", build) / "proj"
 
 
 # The SDK's own environment, as a build host has it: its transformers is the one its Whisper parser was released with

@@ -201,3 +201,12 @@ def test_runtimes_and_compilers_stay_apart():
     for stage in ("transcribe_fp32", "transcribe_compiled", "score"):
         assert not [d for d in spec[stage] if "compilers" in d], stage
     assert not [d for d in spec["transcribe_fp32"] if d.endswith("/runtimes") or "runtimes/registry" in d]
+
+
+def test_every_user_of_the_real_english_run_is_scheduled_with_it() -> None:
+    """conftest.REAL_ENGLISH_FILES keeps the shared run's readers on one pytest-xdist worker (`make test`)."""
+    from conftest import REAL_ENGLISH_FILES
+
+    users = {f.name for f in Path(__file__).parent.glob("test_*.py")
+             if f.name != Path(__file__).name and "real_english_run" in f.read_text()}
+    assert users == set(REAL_ENGLISH_FILES)

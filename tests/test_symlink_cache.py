@@ -19,9 +19,16 @@ from conftest import make_project, run, tiny_params
 STANDIN = Path(__file__).parent / "standin_qbcompiler"
 
 
+def _entries(log: Path) -> list[str]:
+    """Every calibration file the stand-in's mxq_compile calls were given (both components)."""
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len({c["kwargs"]["calib_data_path"] for c in calls if c["fn"] == "mxq_compile"}) == 2
+    return [p for c in calls if c["fn"] == "mxq_compile" for entry in c["kwargs"]["calib_entries"] for p in entry]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("cache_type", ["symlink", "hardlink"])
-def test_compiler_gets_npy_paths_with_linked_cache(cache_type, tmp_path, tiny_model_dir, sdk_python) -> None:
+def test_compiler_gets_npy_paths_with_linked_cache(tmp_path, tiny_model_dir, sdk_python) -> None:
+    """Symlinks first, then the same workspace relinked as hardlinks and both compile stages rerun."""
     log = tmp_path / "standin_calls.jsonl"
     params = tiny_params(tiny_model_dir / "hf", languages=("es_419",))
     params["compile"]["backend"] = "qbcompiler"
@@ -29,18 +36,19 @@ def test_compiler_gets_npy_paths_with_linked_cache(cache_type, tmp_path, tiny_mo
         "env", f"PYTHONPATH={STANDIN}", "STANDIN_QBCOMPILER_VERSION=0.12.0.0", f"STANDIN_QBCOMPILER_LOG={log}",
         str(sdk_python("4.50.0"))])
     repo = make_project(tmp_path / "proj", params)
-    run(["dvc", "config", "cache.type", cache_type], repo)
-    run(["dvc", "repro", "compile@encoder", "compile@decoder"], repo)
-
     listed = repo / "calibration" / "encoder" / "whisper_encoder_cali.txt"
-    if cache_type == "symlink":
-        assert listed.is_symlink()  # the setting took: outputs are links into .dvc/cache
-    else:
-        assert listed.stat().st_nlink > 1
-    calls = [json.loads(line) for line in log.read_text().splitlines()]
-    entries = [p for c in calls if c["fn"] == "mxq_compile" for entry in c["kwargs"]["calib_entries"] for p in entry]
-    assert len({c["kwargs"]["calib_data_path"] for c in calls if c["fn"] == "mxq_compile"}) == 2  # both components
-    assert entries
     calibration = (repo / "calibration").absolute()
-    for p in entries:
-        assert p.endswith(".npy") and Path(p).is_relative_to(calibration), p   # not .dvc/cache/files/md5/...
+    for cache_type in ("symlink", "hardlink"):
+        run(["dvc", "config", "cache.type", cache_type], repo)
+        if cache_type == "symlink":
+            run(["dvc", "repro", "compile@encoder", "compile@decoder"], repo)
+            assert listed.is_symlink()  # the setting took: outputs are links into .dvc/cache
+        else:
+            log.unlink()
+            run(["dvc", "checkout", "--relink"], repo)
+            run(["dvc", "repro", "-f", "-s", "compile@encoder", "compile@decoder"], repo)
+            assert not listed.is_symlink() and listed.stat().st_nlink > 1
+        entries = _entries(log)
+        assert entries, cache_type
+        for p in entries:   # not .dvc/cache/files/md5/...
+            assert p.endswith(".npy") and Path(p).is_relative_to(calibration), (cache_type, p)
