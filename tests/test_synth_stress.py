@@ -15,7 +15,6 @@ from conftest import default_params, section
 
 from stages import audio as stage
 from whisper_npu.core.files import sha256_tree
-from whisper_npu.sources import loader
 
 BUSY_SECONDS = 900  # an upper bound; the processes are stopped as soon as the builds are done
 BUSY_LOOP = f"import time\nend = time.monotonic() + {BUSY_SECONDS}\nwhile time.monotonic() < end: pass\n"
