@@ -51,8 +51,10 @@ def test_where_things_live_names_every_registered_module():
 
 def test_nothing_points_outside_the_repository():
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    hits = [f for f in files if not f.endswith((".lock", ".json", ".svg")) and f != "tests/test_docs.py" and (ROOT / f).is_file()
-            and re.search(r"shared/notes|\.\./shared", (ROOT / f).read_text(errors="replace"))]
+    # the team's notes folder beside the checkout, which users do not have (spelled in parts so this file is no hit)
+    outside = re.compile("|".join(("shared" + "/notes", r"\.\./" + "shared")))
+    hits = [f for f in files if not f.endswith((".lock", ".json", ".svg")) and (ROOT / f).is_file()
+            and outside.search((ROOT / f).read_text(errors="replace"))]
     assert hits == [], hits
 
 
