@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import yaml
 from conftest import params_with, section
 
 from stages import score as score_stage
@@ -746,33 +747,28 @@ def test_dvc_metrics_and_plots_render(project):
 
 
 @pytest.mark.slow
-def test_pipeline_end_to_end_with_a_tiny_model(project, tiny_model_dir, tmp_path):
-    """`dvc repro score` from nothing (de_de synthetic, en_us real speech from the Asterisk packages fetched
-    by the audio stage, the tiny random model as a local folder), then `dvc metrics show` and `dvc plots show`.
+def test_pipeline_end_to_end_with_a_tiny_model(tiny_pipeline, tmp_path):
+    """The tests' tiny pipeline (es_419 and en_us synthetic, the tiny random model as a local folder: its full
+    `dvc repro` is the conftest fixture) with en_us switched to real speech from the Asterisk packages, fetched by
+    the audio stage into an empty cache, then `dvc repro score`, `dvc metrics show` and `dvc plots show`.
     Numbers from a random model are meaningless; the test checks that every stage connects, the real-speech
     source reaches the metrics, and the metrics/plots are where DVC looks for them."""
-    from conftest import default_params, run
+    from conftest import copy_project, run
 
-    params = default_params()
-    params["languages"] = ["de_de", "en_us"]
-    params["model"].update(source="local", id=str(tiny_model_dir / "hf"), name="whisper-tiny-random")
-    params["audio"].update(calibration_clips=2, eval_clips=1)
+    repo = copy_project(tiny_pipeline, tmp_path / "proj")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
     params["audio"]["per_language"] = {"en_us": {"source": "asterisk", "calibration_clips": 2, "eval_clips": 3,
                                                  "selection": "seeded"}}
     params["audio"]["asterisk"]["cache"] = str(tmp_path / "debs")
-    params["labels"].update(max_new_tokens=8)
-    params["calibration"].update(samples_per_language=2, max_new_tokens=8)
-    params["compile"].update(numerics_samples=1)
-    params["transcribe"].update(max_new_tokens=8)
     params["score"].update(bootstrap_samples=100, min_verdict_clips=3)
-    repo = project(params)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False))
     run(["dvc", "repro", "score"], repo, timeout=1800)
     m = json.loads((repo / "metrics" / "evaluate.json").read_text())
-    assert set(m["languages"]) == {"de_de", "en_us"} and m["backends"]["compiled"].startswith("onnxruntime")
-    de, en = m["languages"]["de_de"], m["languages"]["en_us"]
-    assert (de["clips"], de["speech"], de["source"]) == (1, "synthetic", "synth")
+    assert set(m["languages"]) == {"es_419", "en_us"} and m["backends"]["compiled"].startswith("onnxruntime")
+    es, en = m["languages"]["es_419"], m["languages"]["en_us"]
+    assert (es["clips"], es["speech"], es["source"]) == (1, "synthetic", "synth")
     assert (en["clips"], en["speech"], en["source"]) == (3, "real", "asterisk")
-    assert de["verdict"] == "inconclusive"                    # one clip < min_verdict_clips
+    assert es["verdict"] == "inconclusive"                    # one clip < min_verdict_clips
     assert set(m["budget"]["counts"]) == {"real", "synthetic"}
     assert m["compiled_run"] == {"status": "run", "reason": None}
     assert m["sizes"]["compiled_bytes"] > 0 and m["sizes"]["fp32_bytes"] > 0

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import VENV_BIN, assert_status_clean, run
+from test_experiments import assert_bars_drawn, exp_rows, param
 
 pytestmark = pytest.mark.slow
 
@@ -179,7 +180,7 @@ def test_push_clone_pull_round_trip(kind, tiny_pipeline, tmp_path, request):
 
 @pytest.mark.slow
 def test_experiment_shared_through_git_and_dvc_remotes(tiny_pipeline, tmp_path):
-    """README "Share results": an experiment run on machine A is pushed (`dvc exp push`: git refs to a git remote,
+    """README "Experiments" and "Share results": README's experiment, run on machine A is pushed (`dvc exp push`: git refs to a git remote,
     its outputs to the DVC remote); machine B pulls it (`dvc exp pull`), sees it in `dvc exp show` and gets its
     outputs byte-identical. Two clones of one bare git repository on disk stand for the two machines."""
     origin = tmp_path / "seed"
@@ -197,7 +198,20 @@ def test_experiment_shared_through_git_and_dvc_remotes(tiny_pipeline, tmp_path):
         run(["git", "config", "user.email", "test@example.com"], m)
         run(["git", "config", "user.name", "test"], m)
     run(["dvc", "pull"], machine_a)
-    run(["dvc", "exp", "run", "-n", "ratio-0.5", "-S", "calibration.translate_ratio=0.5"], machine_a)
+    # README "Experiments", as written: what reruns, `dvc exp show`, `dvc metrics diff`, `dvc plots diff`
+    out = run(["dvc", "exp", "run", "-n", "ratio-0.5", "-S", "calibration.translate_ratio=0.5"], machine_a).stdout
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert {"calibrate_decoder", "compile@decoder", "transcribe_compiled", "score"} <= ran, out
+    assert not ran & {"calibrate_encoder", "compile@encoder", "audio@en_us", "label@en_us", "transcribe_fp32@en_us",
+                      "transcribe_fp32@es_419"}, out
+    assert param(exp_rows(machine_a)["ratio-0.5"], "calibration.translate_ratio") == 0.5
+    run(["dvc", "exp", "show", "--md", "--drop", ".*", "--keep",
+         "Experiment|calibration.translate_ratio|summary.wer.(real|synthetic).(fp32|compiled|delta)"], machine_a)
+    run(["dvc", "metrics", "diff"], machine_a)
+    branch = run(["git", "branch", "--show-current"], machine_a).stdout.strip()
+    run(["dvc", "plots", "diff", branch, "ratio-0.5", "-o", str(tmp_path / "diff")], machine_a)
+    assert_bars_drawn(tmp_path / "diff", tmp_path, series=4)   # fp32 and compiled, at two revisions
+
     run(["dvc", "exp", "push", "origin", "ratio-0.5"], machine_a)
 
     listed = run(["dvc", "exp", "list", "origin"], machine_b).stdout

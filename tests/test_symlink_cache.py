@@ -2,8 +2,8 @@
 
 DVC then links every output file into its cache (`.dvc/cache/files/md5/ab/cdef...`, no extension). The compile
 stage makes the calibration lists absolute for the compiler; following the links there would hand it cache
-objects instead of the `.npy` files its documented list format names. Run through the real `dvc` CLI up to
-both compile stages, with the STAND-IN compiler (tests/standin_qbcompiler: the real qbcompiler cannot be
+objects instead of the `.npy` files its documented list format names. Run through the real `dvc` CLI: a copy
+of the tests' tiny pipeline relinked, then both compile stages rerun with the STAND-IN compiler (tests/standin_qbcompiler: the real qbcompiler cannot be
 installed here) in the SDK's own environment (conftest ``sdk_python``: transformers 4.50.0), which logs the
 calibration entries it was given.
 """
@@ -14,7 +14,8 @@ import shlex
 from pathlib import Path
 
 import pytest
-from conftest import make_project, run, tiny_params
+import yaml
+from conftest import copy_project, run
 
 STANDIN = Path(__file__).parent / "standin_qbcompiler"
 
@@ -27,20 +28,23 @@ def _entries(log: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_compiler_gets_npy_paths_with_linked_cache(tmp_path, tiny_model_dir, sdk_python) -> None:
+def test_compiler_gets_npy_paths_with_linked_cache(tmp_path, tiny_pipeline, sdk_python) -> None:
     """Symlinks first, then the same workspace relinked as hardlinks and both compile stages rerun."""
     log = tmp_path / "standin_calls.jsonl"
-    params = tiny_params(tiny_model_dir / "hf", languages=("es_419",))
+    repo = copy_project(tiny_pipeline, tmp_path / "proj")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
     params["compile"]["backend"] = "qbcompiler"
     params["compile"]["qbcompiler"]["python"] = shlex.join([
         "env", f"PYTHONPATH={STANDIN}", "STANDIN_QBCOMPILER_VERSION=0.12.0.0", f"STANDIN_QBCOMPILER_LOG={log}",
         str(sdk_python("4.50.0"))])
-    repo = make_project(tmp_path / "proj", params)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False))
     listed = repo / "calibration" / "encoder" / "whisper_encoder_cali.txt"
     calibration = (repo / "calibration").absolute()
     for cache_type in ("symlink", "hardlink"):
         run(["dvc", "config", "cache.type", cache_type], repo)
         if cache_type == "symlink":
+            assert not listed.is_symlink()   # the tiny pipeline ran with DVC's default cache type (copies)
+            run(["dvc", "checkout", "--relink", "calibrate_encoder", "calibrate_decoder"], repo)
             run(["dvc", "repro", "compile@encoder", "compile@decoder"], repo)
             assert listed.is_symlink()  # the setting took: outputs are links into .dvc/cache
         else:

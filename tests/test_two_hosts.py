@@ -1,6 +1,6 @@
 """Compile host vs NPU host through the real `dvc` CLI: two clones, one local remote.
 
-* compile host: the STAND-IN compiler (tests/standin_qbcompiler, NOT the real qbcompiler) and the real qbruntime
+* compile host (a copy of the tests' tiny pipeline, switched to the qbcompiler backend): the STAND-IN compiler (tests/standin_qbcompiler, NOT the real qbcompiler) and the real qbruntime
   1.5.0 without an NPU (this machine): `dvc repro` exits 0 with the compiled system recorded as not run; push.
 * NPU host: a fresh clone, `dvc pull`, no compiler, the STAND-IN runtime (tests/standin_qbruntime: the real
   qbruntime's method set, the fp32 reference inside) as `qbruntime` with an "NPU": a plain `dvc repro` exits 0,
@@ -15,7 +15,8 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import make_project, run, tiny_params
+import yaml
+from conftest import copy_project, run
 
 from whisper_npu.core.files import sha256_tree
 
@@ -24,10 +25,11 @@ pytestmark = pytest.mark.slow
 TESTS = Path(__file__).parent
 
 
-def test_plain_dvc_repro_on_the_npu_host_runs_the_pulled_mxq_files(tmp_path, tiny_model_dir):
-    params = tiny_params(tiny_model_dir / "hf")
+def test_plain_dvc_repro_on_the_npu_host_runs_the_pulled_mxq_files(tmp_path, tiny_pipeline):
+    repo = copy_project(tiny_pipeline, tmp_path / "compile-host")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
     params["compile"]["backend"] = "qbcompiler"
-    repo = make_project(tmp_path / "compile-host", params)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False))
     run(["dvc", "remote", "add", "-d", "storage", str(tmp_path / "remote")], repo)
     run(["dvc", "repro"], repo, env={"PYTHONPATH": f"{repo}{os.pathsep}{TESTS / 'standin_qbcompiler'}",
                                      "STANDIN_QBCOMPILER_VERSION": "1.3.0"}, timeout=2400)
