@@ -64,7 +64,7 @@ def qdq(path: Path) -> dict[str, int]:
     graph = onnx.load(str(path)).graph
     types = {i.name: i.data_type for i in graph.initializer}
     inits = set(types)
-    return {n.input[0]: types[n.input[2]] for n in graph.node
+    return {n.input[0].removesuffix("_QuantizeLinear_Input"): types[n.input[2]] for n in graph.node
             if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
 
 
@@ -129,6 +129,8 @@ def test_decoder_npu_proxy_runs(models, tmp_path):
     feed = dict(zip(NAMES["decoder"], reader("decoder", 1, 9).load(0)))
     out = ort.InferenceSession(str(tmp_path / "d.onnx")).run(None, feed)[0]
     assert np.isfinite(out).all()
+    # a quantized graph output: ORT renames its producer's output and the DequantizeLinear keeps the name
+    assert "logits" in sensitivity._qparams(tmp_path / "d.onnx") and "logits" in types
 
 
 def test_default_path_unchanged(models, tmp_path, monkeypatch):
@@ -161,6 +163,12 @@ def test_range_method_per_group(models, tmp_path):
     changed = {t for t in a if a[t] != b[t]}
     fc2 = groups.find(models["planted_pre"], "encoder", "npu")["encoder.1.fc2"]
     assert out in changed and changed <= set(fc2.tensors)
+    # a Softmax output keeps ORT's fixed [0, 1] (scale 1/255) unless its group names a method
+    soft = "/encoder/layers.0/self_attn/Softmax_output_0"
+    assert a[soft] == pytest.approx(1 / 255)
+    static(models["planted"], tmp_path / "soft.onnx", "encoder", proxy="npu",
+           groups={"encoder.0.self_attn.softmax": {"method": "minmax"}})
+    assert scales(tmp_path / "soft.onnx")[soft] < 0.1 / 255
 
 
 def test_params_keys():
@@ -195,9 +203,10 @@ def test_planted_layer_ranks_first(models):
     assert fc2["range"]["max"] > 10 * rows["encoder.0.fc2"]["range"]["max"]   # the outlier shows in the statistics
     assert all("alone_16bit" not in r for n, r in rows.items() if n not in report["ranking"])
     assert len(report["ranking"]) == 4
+    text = sensitivity.table(report)
+    assert text.splitlines()[4].startswith("| encoder.1.fc2 | 8 |") and text.count("\n| encoder.") == len(rows)
 
 
-@pytest.mark.slow
 def test_decoder_study(models):
     report = sensitivity.study(models["decoder"], reader("decoder", 2, 0), reader("decoder", 2, 1), proxy="npu",
                                top_k=2)

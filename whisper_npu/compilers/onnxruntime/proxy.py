@@ -9,7 +9,9 @@ range method (minmax, percentile, entropy), all from ONE pass over the calibrati
 * range method: the min/max ranges go to ORT as its calibration cache (``calibration_cache_path``: no
   calibration run inside ``quantize_static``) and a tensor whose method is not minmax gets that method's
   thresholds as ``rmin``/``rmax`` overrides (keys ORT's ``TensorQuantOverridesHelper`` accepts for activations;
-  ``calc_quant_params`` prefers them to the calibrated range). Softmax outputs keep ORT's fixed [0, 1].
+  ``calc_quant_params`` prefers them to the calibrated range). Softmax outputs keep ORT's fixed [0, 1] unless
+  their group names a method: at 8 bits that grid (step 1/255) is coarser than a uniform attention weight over
+  Whisper's 1500 encoder frames (1/1500), so near-uniform rows quantize to zero.
 
 A tensor shared by two groups (a LayerNorm output is the next q/k/v projections' input) has one Q/DQ pair:
 its bits are the largest any overriding group asks, its method the overriding group that WRITES it if there
@@ -45,6 +47,8 @@ def plan(pre: Path, proxy: str, op_types, nodes_to_exclude=()) -> Plan:
     found = groups_mod.find(pre, component, proxy, op_types)
     ops = groups_mod.quantized_op_types(op_types, proxy)
     graph = onnx.load(str(pre), load_external_data=False).graph
+    for name in [n for n, g in found.items() if set(g.quantized) <= set(nodes_to_exclude)]:
+        del found[name]   # kept float (keep_float / nodes_to_exclude): nothing to give bits or ranges to
     in_groups = {n for g in found.values() for n in g.quantized}
     extra = [n.name for n in graph.node if n.op_type in ops and n.op_type not in op_types and n.name not in in_groups]
     excluded = sorted(set(nodes_to_exclude) | set(extra))
@@ -76,7 +80,8 @@ def check_overrides(overrides: dict, p: Plan) -> dict[str, dict]:
 
 def resolve(p: Plan, by_group: dict[str, dict], default_method: str,
             high_precision: list[str] = ()) -> tuple[dict[str, int], dict[str, str]]:
-    """Per-tensor bits and range method (see the module docstring for shared tensors)."""
+    """Per-tensor bits (only those not 8) and range method (only where a group sets one; see the module
+    docstring for shared tensors)."""
     bits = {t: 16 for t in high_precision}
     group_bits: dict[str, int] = {}
     method: dict[str, tuple[int, str]] = {}
@@ -90,18 +95,20 @@ def resolve(p: Plan, by_group: dict[str, dict], default_method: str,
                 if t not in method or rank < method[t][0]:
                     method[t] = (rank, s["method"])
     bits.update(group_bits)
-    return {t: b for t, b in bits.items() if b != 8}, {t: m for t, (_, m) in method.items() if m != default_method}
+    return {t: b for t, b in bits.items() if b != 8}, {t: m for t, (_, m) in method.items()}
 
 
 def overrides_for(p: Plan, stats: ranges.Stats, bits: dict[str, int], method: dict[str, str], default_method: str,
                   act16) -> dict[str, list[dict]]:
-    """ORT ``TensorQuantOverrides``: quant_type for 16-bit tensors, rmin/rmax where the method is not minmax."""
+    """ORT ``TensorQuantOverrides``: quant_type for 16-bit tensors, rmin/rmax where the method is not minmax
+    (the min/max ranges are in the calibration cache already)."""
     softmax_out = {t for g in p.groups.values() if g.name.endswith(".softmax") for t in g.produced}
     by_method: dict[str, dict] = {}
     out: dict[str, dict] = {}
     for t in p.calibrate:
         m = method.get(t, default_method)
-        if m != "minmax" and t not in softmax_out and t in stats.lo:
+        # a Softmax output keeps ORT's fixed [0, 1] unless its group names a method (then the measured range)
+        if t in stats.lo and (t in method if t in softmax_out else m != "minmax"):
             if m not in by_method:
                 by_method[m] = stats.ranges(m)
             lo, hi = by_method[m][t]
@@ -152,4 +159,5 @@ def quantize(pre: Path, out_path: Path, reader, *, proxy: str, overrides: dict, 
                                default_method=calibrate_method, per_channel=per_channel,
                                activation_type=activation_type)
     return {"proxy": proxy, "groups": len(p.groups), "groups_overridden": sorted(by_group),
-            "tensors_16bit_activations": n16, "tensors_other_range_method": len(method)}
+            "tensors_16bit_activations": n16,
+            "tensors_other_range_method": sum(1 for m in method.values() if m != calibrate_method)}

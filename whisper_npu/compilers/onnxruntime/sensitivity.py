@@ -6,9 +6,11 @@ Axera's per-layer cosine), on the proxy of groups.py:
 (a) every group at 8 bits: per group, the SQNR of the tensor it writes in the quantized model against the float
     model (``sqnr_db``: error accumulated from the input up to there) and the SQNR of its own tensors quantized
     alone from float values with the quantized model's scales (``local_sqnr_db``, the worst of its tensors: what
-    8 bits cost the group itself, not what it inherits);
-(b) isolation: the ``top_k`` groups with the lowest local SQNR (accumulated SQNR falls with depth and would pick
-    the last blocks) are restored to 16 bits one at a time, everything else at 8; the model output is scored
+    8 bits cost the group itself, not what it inherits), and the same per channel of the last axis, median over
+    channels (``local_channel_sqnr_db``: an outlier channel hides the damage from the whole-tensor SQNR; the
+    whole-tensor value where the last axis changes size between samples);
+(b) isolation: the ``top_k`` groups with the lowest local channel SQNR (accumulated SQNR falls with depth and
+    would pick the last blocks) are restored to 16 bits one at a time, everything else at 8; the model output is scored
     against float: encoder cosine and SQNR of ``encoder_hidden_states``; decoder (teacher-forced: its inputs are
     the float transcript prefix, embedded, as in the calibration set) logit KL(float || quantized), top-1 agreement
     and P(end-of-text) over the first ``eot_steps`` positions;
@@ -42,6 +44,15 @@ def sqnr_db(signal: float, noise: float) -> float:
     return round(float(10 * np.log10(max(signal, 1e-30) / noise)), 4)
 
 
+def channel_sqnr_db(signal: np.ndarray, noise: np.ndarray) -> float:
+    """The median over last-axis channels of the per-channel SQNR. Why: one outlier channel (fc2's output in
+    Whisper's encoder) carries most of a tensor's energy, so the whole-tensor SQNR stays high while the int8 scale it
+    sets wipes out every other channel; the median channel shows that."""
+    with np.errstate(divide="ignore"):
+        per = 10 * np.log10(np.maximum(signal, 1e-30) / noise)
+    return round(float(np.median(per)), 4)
+
+
 def _session(path: Path):
     import onnxruntime as ort
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -61,7 +72,8 @@ def _qparams(path: Path) -> dict[str, tuple[float, int, int, int]]:
             if scale is None or zp is None or scale.size != 1:
                 continue
             info = np.iinfo(zp.dtype)
-            out[n.input[0]] = (float(scale), int(zp), int(info.min), int(info.max))
+            name = n.input[0].removesuffix("_QuantizeLinear_Input")   # a graph output's producer is renamed so
+            out[name] = (float(scale), int(zp), int(info.min), int(info.max))   # that the DQ output keeps the name
     return out
 
 
@@ -159,13 +171,21 @@ def study(fp32_path: str | Path, reader: quantize.ListReader, held: quantize.Lis
         dq = _dq_names(all8, [g.output for g in p.groups.values()])
         fp_sess = _session(ranges.with_outputs(pre, watched, tmp / "fp32_watch.onnx"))
         q_sess = _session(ranges.with_outputs(all8, sorted(set(dq.values())), tmp / "all8_watch.onnx"))
-        sums: dict[str, list[float]] = {}   # name -> [signal, noise]
+        # name -> [signal, noise, per-channel signal, per-channel noise]; channels = the last axis, dropped (None)
+        # when its size changes between samples (the decoder's attention scores: one per key position)
+        sums: dict[str, list] = {}
 
         def acc(key: str, x: np.ndarray, y: np.ndarray) -> None:
-            x64, d = x.astype(np.float64), x.astype(np.float64) - y.astype(np.float64)
-            s = sums.setdefault(key, [0.0, 0.0])
-            s[0] += float((x64 * x64).sum())
-            s[1] += float((d * d).sum())
+            x64 = x.astype(np.float64).reshape(-1, x.shape[-1] if x.ndim else 1)
+            d = x64 - y.astype(np.float64).reshape(x64.shape)
+            sig, noise = (x64 * x64).sum(0), (d * d).sum(0)
+            s = sums.setdefault(key, [0.0, 0.0, np.zeros_like(sig), np.zeros_like(noise)])
+            s[0] += float(sig.sum())
+            s[1] += float(noise.sum())
+            if s[2] is not None and s[2].shape == sig.shape:
+                s[2], s[3] = s[2] + sig, s[3] + noise
+            else:
+                s[2] = s[3] = None
 
         score8 = OutputScore(p.component, eot_id, eot_steps)
         held.rewind()
@@ -187,13 +207,17 @@ def study(fp32_path: str | Path, reader: quantize.ListReader, held: quantize.Lis
 
         rows = {}
         for name, g in p.groups.items():
-            local = [sqnr_db(*sums["local:" + t]) for t in g.tensors if "local:" + t in sums]
+            local = [sums["local:" + t] for t in g.tensors if "local:" + t in sums]
             written = [t for t in (g.output, *reversed(g.produced)) if t in stats.lo]
             summary_of = written[0] if written else g.tensors[0]
             rows[name] = {"group": name, "bits": 16 if any(bits.get(t, 8) == 16 for t in g.tensors) else 8,
-                          "nodes": g.quantized, "tensors": g.tensors, "sqnr_db": sqnr_db(*sums["out:" + name]),
-                          "local_sqnr_db": min(local) if local else float("inf"), "range": stats.summary(summary_of)}
-        candidates = sorted((n for n in rows if rows[n]["bits"] == 8), key=lambda n: rows[n]["local_sqnr_db"])[:top_k]
+                          "nodes": g.quantized, "tensors": g.tensors, "sqnr_db": sqnr_db(*sums["out:" + name][:2]),
+                          "local_sqnr_db": min((sqnr_db(v[0], v[1]) for v in local), default=float("inf")),
+                          "local_channel_sqnr_db": min((channel_sqnr_db(v[2], v[3]) if v[2] is not None
+                                                        else sqnr_db(v[0], v[1]) for v in local), default=float("inf")),
+                          "range": stats.summary(summary_of)}
+        candidates = sorted((n for n in rows if rows[n]["bits"] == 8),
+                            key=lambda n: (rows[n]["local_channel_sqnr_db"], rows[n]["local_sqnr_db"]))[:top_k]
         for name in tqdm(candidates, desc=f"isolation {p.component}", unit="group"):
             sess = _session(variant(tmp / "alone.onnx", p.groups[name].tensors))
             score = OutputScore(p.component, eot_id, eot_steps)
@@ -209,3 +233,21 @@ def study(fp32_path: str | Path, reader: quantize.ListReader, held: quantize.Lis
             "calibration_samples": stats.samples, "held_out_samples": len(held), "top_k": top_k,
             "primary_metric": "kl" if p.component == "decoder" else "sqnr_db", "all_8bit": all8_metrics,
             "ranking": ranking, "groups": list(rows.values())}
+
+
+def table(report: dict) -> str:
+    """The report as a Markdown table, ranked groups first (what a person reads)."""
+    metric = report["primary_metric"]
+    lines = [f"{report['component']} ({report['proxy']} proxy, {report['calibrate_method']}, "
+             f"{report['calibration_samples']} calibration / {report['held_out_samples']} held-out samples); "
+             f"all 8-bit: " + ", ".join(f"{k} {v}" for k, v in report["all_8bit"].items()), "",
+             f"| group | bits | SQNR all 8-bit dB | local SQNR dB | local channel SQNR dB | {metric} alone 16-bit "
+             "| isolation gain | min | max | abs p99.99 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = {r["group"]: r for r in report["groups"]}
+    for name in [*report["ranking"], *(n for n in rows if n not in report["ranking"])]:
+        r = rows[name]
+        alone = r.get("alone_16bit", {}).get(metric, "")
+        lines.append(f"| {name} | {r['bits']} | {r['sqnr_db']} | {r['local_sqnr_db']} | {r['local_channel_sqnr_db']} | {alone} | "
+                     f"{r.get('isolation_gain', '')} | {r['range']['min']} | {r['range']['max']} | "
+                     f"{r['range']['abs_p99.99']} |")
+    return "\n".join(lines) + "\n"
