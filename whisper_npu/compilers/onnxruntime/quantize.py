@@ -15,6 +15,9 @@ writes values up to ~460 into the residual stream next to values ~1: one int8 pe
 output wipes out the small ones. The attention logits
 (QK^T output) and probabilities (AV input) need the finer grid too.
 
+``proxy`` / ``groups`` (proxy.py, groups.py): Q/DQ also on residual Adds, LayerNorm and Softmax, and per-group
+bits and range method; sensitivity.py ranks the groups by what 8 bits cost them.
+
 What the variants do on whisper-base, with WER on real speech, is measured by ``python -m bench.static_int8``
 (docs/onnxruntime-int8.md, BENCHMARKS.md).
 
