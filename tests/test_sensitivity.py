@@ -145,8 +145,8 @@ def test_default_path_unchanged(models, tmp_path, monkeypatch):
 
 
 def test_range_method_per_group(models, tmp_path):
-    from onnx import numpy_helper
     import onnx
+    from onnx import numpy_helper
 
     def scales(path):
         graph = onnx.load(str(path)).graph

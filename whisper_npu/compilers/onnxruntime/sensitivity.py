@@ -238,16 +238,18 @@ def study(fp32_path: str | Path, reader: quantize.ListReader, held: quantize.Lis
 def table(report: dict) -> str:
     """The report as a Markdown table, ranked groups first (what a person reads)."""
     metric = report["primary_metric"]
-    lines = [f"{report['component']} ({report['proxy']} proxy, {report['calibrate_method']}, "
-             f"{report['calibration_samples']} calibration / {report['held_out_samples']} held-out samples); "
-             f"all 8-bit: " + ", ".join(f"{k} {v}" for k, v in report["all_8bit"].items()), "",
-             f"| group | bits | SQNR all 8-bit dB | local SQNR dB | local channel SQNR dB | {metric} alone 16-bit "
-             "| isolation gain | min | max | abs p99.99 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    head = (f"{report['component']} ({report['proxy']} proxy, {report['calibrate_method']}, "
+            f"{report['calibration_samples']} calibration / {report['held_out_samples']} held-out samples); "
+            "all 8-bit: " + ", ".join(f"{k} {v}" for k, v in report["all_8bit"].items()))
+    columns = (f"| group | bits | SQNR all 8-bit dB | local SQNR dB | local channel SQNR dB | {metric} alone 16-bit "
+               "| isolation gain | min | max | abs p99.99 |")
+    lines = [head, "", columns, "|---|---|---|---|---|---|---|---|---|---|"]
     rows = {r["group"]: r for r in report["groups"]}
     for name in [*report["ranking"], *(n for n in rows if n not in report["ranking"])]:
         r = rows[name]
         alone = r.get("alone_16bit", {}).get(metric, "")
-        lines.append(f"| {name} | {r['bits']} | {r['sqnr_db']} | {r['local_sqnr_db']} | {r['local_channel_sqnr_db']} | {alone} | "
+        lines.append(f"| {name} | {r['bits']} | {r['sqnr_db']} | {r['local_sqnr_db']} | {r['local_channel_sqnr_db']} "
+                     f"| {alone} | "
                      f"{r.get('isolation_gain', '')} | {r['range']['min']} | {r['range']['max']} | "
                      f"{r['range']['abs_p99.99']} |")
     return "\n".join(lines) + "\n"
