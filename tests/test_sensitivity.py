@@ -214,3 +214,41 @@ def test_decoder_study(models):
     m = report["all_8bit"]
     assert {"kl", "top1_agreement", "p_eot_first", "p_eot_first_fp32", "cosine", "sqnr_db"} <= set(m)
     assert all(np.isfinite(r["sqnr_db"]) for r in report["groups"])
+
+
+def test_chain_repairs_what_single_groups_cannot(models):
+    """With the npu proxy the planted outlier lives in the residual stream: fc2's output, the residual Add and the
+    final LayerNorm's input each have their own Q/DQ; restoring any one of them leaves the others at 8 bits, the
+    three together repair it."""
+    chain = ["encoder.1.fc2", "encoder.1.residual.ffn", "encoder.layer_norm"]
+    report = sensitivity.study(models["planted"], reader("encoder", 3, 0), reader("encoder", 2, 1), proxy="npu",
+                               top_k=3, chains={"encoder.1.ffn_out": chain})
+    rows = {r["group"]: r for r in report["groups"]}
+    assert report["ranking"][0] == "encoder.1.ffn_out" and rows["encoder.1.ffn_out"]["chain"] == chain
+    assert rows["encoder.1.ffn_out"]["isolation_gain"] > 10.0
+    assert all(rows[n]["isolation_gain"] < 1.0 for n in report["ranking"][1:])
+    assert rows["encoder.1.residual.ffn"]["local_channel_sqnr_db"] < 1.0   # the median channel is wiped out
+    assert rows["encoder.1.residual.ffn"]["local_sqnr_db"] > 20.0          # though the whole-tensor SQNR looks fine
+    assert "| encoder.1.ffn_out (encoder.1.fc2 + " in sensitivity.table(report)
+
+
+def test_compile_stage_takes_proxy_and_groups(tmp_path, tiny_model_dir):
+    """params.yaml's compile.onnxruntime.proxy / groups reach the compiled model through the compile stage."""
+    from test_static_int8 import compile_both, write_calib
+
+    from stages.toolchain import onnxruntime_record
+
+    config = json.loads((tiny_model_dir / "hf" / "config.json").read_text())
+    toolchain = tmp_path / "toolchain.json"
+    toolchain.write_text(json.dumps(onnxruntime_record()))
+    setup = (tmp_path, toolchain, {"a": write_calib(tmp_path / "calib", config, 0, n=3)})
+    ort = {"mode": "static", "keep_float": [], "high_precision": [], "calibration_samples": 2, "proxy": "npu",
+           "groups": {"encoder.*.fc2": {"bits": 16}, "decoder.1.encoder_attn.softmax": {"method": "minmax"}}}
+    paths = compile_both(setup, tiny_model_dir, "a", ort, "npu")
+    for comp, overridden in (("encoder", ["encoder.0.fc2", "encoder.1.fc2"]),
+                             ("decoder", ["decoder.1.encoder_attn.softmax"])):
+        prov = json.loads((paths[comp].parent / "provenance.json").read_text())["quantization"]
+        assert prov["proxy"] == "npu" and prov["groups_overridden"] == overridden, prov
+        types = qdq(paths[comp])
+        assert any("/layers.0/Add_output_0" in t for t in types)   # residual Adds quantized
+        assert (5 in types.values()) == (comp == "encoder")

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from whisper_npu.compilers.onnxruntime import groups as groups_mod
 from whisper_npu.compilers.onnxruntime import proxy as proxy_mod
 from whisper_npu.compilers.onnxruntime import quantize, ranges
 
@@ -141,9 +142,13 @@ def primary_gain(component: str, alone: dict, all8: dict) -> float:
 def study(fp32_path: str | Path, reader: quantize.ListReader, held: quantize.ListReader, *, proxy: str = "npu",
           groups: dict | None = None, calibrate_method: str = "minmax", percentile: float = 99.999,
           per_channel: bool = True, activation_type: str = "int8", op_types: Sequence[str] = ("MatMul", "Conv"),
-          top_k: int = 8, eot_id: int = EOT, eot_steps: int = 3) -> dict:
+          top_k: int = 8, eot_id: int = EOT, eot_steps: int = 3, chains: dict[str, list[str]] | None = None) -> dict:
     """The sensitivity report of the float ONNX model ``fp32_path`` (see the module docstring): ranges from
-    ``reader`` (calibration samples), scores on ``held`` (held-out samples, same input names)."""
+    ``reader`` (calibration samples), scores on ``held`` (held-out samples, same input names).
+
+    ``chains``: named sets of groups (names or patterns) also restored to 16 bits TOGETHER and ranked with the
+    single groups. Why: damage that lives in the residual stream (fc2's outlier channel, the residual Add after it,
+    the next LayerNorm's input) is one Q/DQ chain; restoring one link leaves the others at 8 bits."""
     if top_k < 0:
         raise ValueError(f"top_k = {top_k}: must be >= 0")
     if len(held) == 0:
@@ -218,16 +223,28 @@ def study(fp32_path: str | Path, reader: quantize.ListReader, held: quantize.Lis
                           "range": stats.summary(summary_of)}
         candidates = sorted((n for n in rows if rows[n]["bits"] == 8),
                             key=lambda n: (rows[n]["local_channel_sqnr_db"], rows[n]["local_sqnr_db"]))[:top_k]
-        for name in tqdm(candidates, desc=f"isolation {p.component}", unit="group"):
-            sess = _session(variant(tmp / "alone.onnx", p.groups[name].tensors))
+
+        def score_variant(tensors: Sequence[str]) -> dict:
+            sess = _session(variant(tmp / "alone.onnx", tensors))
             score = OutputScore(p.component, eot_id, eot_steps)
             held.rewind()
             for i in range(len(held)):
                 score.add(np.load(tmp / f"ref_{i}.npy"), sess.run([out_name], held.get_next())[0])
-            del sess
-            alone = score.result()
+            return score.result()
+
+        for name in tqdm(candidates, desc=f"isolation {p.component}", unit="group"):
+            alone = score_variant(p.groups[name].tensors)
             rows[name]["alone_16bit"] = alone
             rows[name]["isolation_gain"] = primary_gain(p.component, alone, all8_metrics)
+        for label, members in (chains or {}).items():
+            names = [n for m in members for n in groups_mod.select(p.groups, m)]
+            if not names:
+                raise ValueError(f"chains.{label}: {members} match no {p.component} group")
+            tensors = sorted({t for n in names for t in p.groups[n].tensors})
+            alone = score_variant(tensors)
+            rows[label] = {"group": label, "chain": names, "bits": 8, "tensors": tensors, "alone_16bit": alone,
+                           "isolation_gain": primary_gain(p.component, alone, all8_metrics)}
+            candidates.append(label)
         ranking = sorted(candidates, key=lambda n: -rows[n]["isolation_gain"])
     return {"component": p.component, "proxy": proxy, "calibrate_method": calibrate_method,
             "calibration_samples": stats.samples, "held_out_samples": len(held), "top_k": top_k,
@@ -248,6 +265,9 @@ def table(report: dict) -> str:
     for name in [*report["ranking"], *(n for n in rows if n not in report["ranking"])]:
         r = rows[name]
         alone = r.get("alone_16bit", {}).get(metric, "")
+        if "chain" in r:
+            lines.append(f"| {name} ({' + '.join(r['chain'])}) | 8 | | | | {alone} | {r['isolation_gain']} | | | |")
+            continue
         lines.append(f"| {name} | {r['bits']} | {r['sqnr_db']} | {r['local_sqnr_db']} | {r['local_channel_sqnr_db']} "
                      f"| {alone} | "
                      f"{r.get('isolation_gain', '')} | {r['range']['min']} | {r['range']['max']} | "
