@@ -63,6 +63,12 @@ class QbcompilerParams(Section):
         return self
 
 
+class GroupSetting(Section):
+    """One ``compile.onnxruntime.groups`` entry: the group's activation bits and range method (either may be left out)."""
+    bits: Literal[8, 16] | None = None
+    method: Literal["minmax", "percentile", "entropy"] | None = None
+
+
 class OrtParams(Section):
     mode: Literal["dynamic", "static"]
     per_channel: bool
@@ -76,9 +82,20 @@ class OrtParams(Section):
     smooth_quant: bool
     smooth_quant_alpha: float = Field(ge=0, le=1)
     calibration_samples: int = Field(ge=1)
+    proxy: Literal["matmul", "npu"]        # static: which ops get Q/DQ (groups.py)
+    groups: dict[str, GroupSetting]        # static: group name or pattern -> {bits, method}
 
     @model_validator(mode="after")
     def _groups(self) -> "OrtParams":
+        if self.mode != "static" and (self.proxy != "matmul" or self.groups):
+            key = "proxy" if self.proxy != "matmul" else "groups"
+            value = self.proxy if key == "proxy" else {k: v.model_dump(exclude_none=True) for k, v in self.groups.items()}
+            raise ValueError(f"{key} = {value!r}: only for mode = static (compile.onnxruntime.mode = "
+                             f"{self.mode}); set proxy: matmul and groups: {{}}")
+        for name in self.groups:
+            if not name.startswith(("encoder.", "decoder.")):
+                raise ValueError(f"groups.{name}: a group name starts with encoder. or decoder. (e.g. encoder.3.fc2, "
+                                 "decoder.*.self_attn.softmax)")
         for key in ("keep_float", "high_precision"):
             for i, g in enumerate(getattr(self, key)):
                 if g not in NODE_GROUPS and not g.startswith("/"):

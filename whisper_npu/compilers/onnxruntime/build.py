@@ -101,7 +101,8 @@ def build(model: Any, model_dir: Path, component: str, spec: ComponentSpec, cs: 
                 fp32, artifact, mode=o.mode, per_channel=o.per_channel, op_types=o.op_types,
                 nodes_to_exclude=o.nodes_to_exclude, keep_float=o.keep_float, calibrate_method=o.calibrate_method,
                 percentile=o.percentile, activation_type=o.activation_type, high_precision=o.high_precision,
-                reader=reader if o.mode == "static" else None)
+                reader=reader if o.mode == "static" else None, proxy=o.proxy,
+                groups={k: v.model_dump(exclude_none=True) for k, v in o.groups.items()})
         except (ValueError, RuntimeError) as e:
             raise StageError(f"onnxruntime quantization failed: {e}") from None
         held = [load(i) for i in held_idx]

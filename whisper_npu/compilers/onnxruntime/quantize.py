@@ -15,6 +15,9 @@ writes values up to ~460 into the residual stream next to values ~1: one int8 pe
 output wipes out the small ones. The attention logits
 (QK^T output) and probabilities (AV input) need the finer grid too.
 
+``proxy`` / ``groups`` (proxy.py, groups.py): Q/DQ also on residual Adds, LayerNorm and Softmax, and per-group
+bits and range method; sensitivity.py ranks the groups by what 8 bits cost them.
+
 What the variants do on whisper-base, with WER on real speech, is measured by ``python -m bench.static_int8``
 (docs/onnxruntime-int8.md, BENCHMARKS.md).
 
@@ -33,6 +36,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from whisper_npu.compilers.onnxruntime import proxy as proxy_mod
 
 log = logging.getLogger(__name__)
 
@@ -140,12 +145,15 @@ def preprocess(fp32_path: Path, out_path: Path) -> Path:
 def quantize(fp32_path: str | Path, out_path: str | Path, *, mode: str, per_channel: bool, op_types: Sequence[str],
              nodes_to_exclude: Sequence[str] = (), keep_float: Sequence[str] = (),
              calibrate_method: str = "minmax", percentile: float = 99.999, activation_type: str = "int8",
-             high_precision: Sequence[str] = (), reader: ListReader | None = None) -> dict:
+             high_precision: Sequence[str] = (), reader: ListReader | None = None, proxy: str = "matmul",
+             groups: dict | None = None) -> dict:
     """Quantize ``fp32_path`` to ``out_path``; returns what was done (for provenance).
 
     ``mode``: ``dynamic`` (int8 weights, activation scales at run time, no calibration data) or
     ``static`` (QDQ: weights int8, activations ``activation_type`` with static per-tensor ranges from
     ``reader``; the inputs of the ``high_precision`` nodes get 16-bit activations, weights staying int8).
+    ``proxy`` (``matmul``: MatMul/Conv as ever; ``npu``: also residual Adds, LayerNorm, Softmax) and ``groups``
+    (group -> {bits, method}) go through proxy.py; the defaults take the unchanged path below.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
@@ -170,6 +178,16 @@ def quantize(fp32_path: str | Path, out_path: str | Path, *, mode: str, per_chan
             act16 = QuantType.QInt16 if activation_type == "int8" else QuantType.QUInt16
             hp_nodes = [n for n in keep_float_nodes(pre, high_precision) if n not in excluded]
             hp_inputs = activation_tensors(pre, hp_nodes)
+            if proxy != "matmul" or groups:
+                done.update(proxy_mod.quantize(
+                    pre, out_path, reader, proxy=proxy, overrides=groups or {}, op_types=op_types,
+                    nodes_to_exclude=excluded, high_precision_tensors=hp_inputs, calibrate_method=calibrate_method,
+                    percentile=percentile, per_channel=per_channel, activation_type=activation_type))
+                done.update(calibrate_method=calibrate_method, calibration_samples=len(reader),
+                            activation_type=activation_type, nodes_16bit_activations=len(hp_nodes))
+                if calibrate_method == "percentile":
+                    done["percentile"] = percentile
+                return _written(out_path, mode, done, float_linear, linear)
             extra: dict = {"CalibStridedMinMax": 1}   # one sample per collect_data call: bounded memory
             if hp_inputs:
                 extra["TensorQuantOverrides"] = {t: [{"quant_type": act16}] for t in hp_inputs}
@@ -188,6 +206,10 @@ def quantize(fp32_path: str | Path, out_path: str | Path, *, mode: str, per_chan
                 done["percentile"] = percentile
         else:
             raise ValueError(f"unknown quantization mode {mode!r}")
+    return _written(out_path, mode, done, float_linear, linear)
+
+
+def _written(out_path: Path, mode: str, done: dict, float_linear: list, linear: list) -> dict:
     if not out_path.is_file() or out_path.stat().st_size == 0:
         raise RuntimeError(f"{out_path}: the quantizer wrote nothing")
     log.info("quantized %s (%s): %.1f MB, %d of %d linear layers in float", out_path.name, mode,
