@@ -17,6 +17,7 @@ from whisper_npu.params.labels import LabelsParams
 from whisper_npu.params.model import ModelParams
 from whisper_npu.params.npu import COMPONENTS, NpuParams
 from whisper_npu.params.score import ScoreParams
+from whisper_npu.params.sensitivity import SensitivityParams
 from whisper_npu.params.transcribe import TranscribeParams
 
 
@@ -33,6 +34,7 @@ class Params(Section):
     transcribe: TranscribeParams
     score: ScoreParams
     npu: NpuParams
+    sensitivity: SensitivityParams
 
     @field_validator("languages")
     @classmethod
