@@ -51,8 +51,8 @@ QB_NOTE = ("# qbcompiler recipe of the sensitivity study (docs/onnxruntime-int8.
            "compile_config.py; docs.mobilint.com/compiler/v1.3/en/model_quantization.html 'Layer-Level Overrides'). "
            "NOT VERIFIED: the layer names. They are guessed from the torch module path (dots as underscores); the "
            "compiler's own layer names cannot be seen without the compiler, and Mobilint's tutorial says the "
-           "quantizer silently ignores names that match no layer: check them in the compiler's resolved config "
-           "(config_save_path) before trusting the recipe.")
+           "quantizer silently ignores names that match no layer: compare them with the layer names of the .mblt "
+           "the compile stage keeps before trusting the recipe.")
 NAME = re.compile(r"^(encoder|decoder)\.(\d+)\.(.+)$")
 
 
