@@ -64,14 +64,16 @@ def compiled_backend_name(enc_dir: str | Path, dec_dir: str | Path) -> str:
 
 def ort_session(path: str | Path | bytes, threads: int | None = None) -> Any:
     """An ONNX Runtime CPU session over an ONNX artifact (a file or a serialized model), intra-op threads = every
-    core unless ``threads`` says otherwise. Both sides open ONNX artifacts with it (the compiler's numerics check,
-    the runtime)."""
+    core unless ``threads`` or OMP_NUM_THREADS says otherwise (the variable torch's threads follow: processes that
+    share the cores, such as parallel test workers, set it to 1 so that no thread pool spins against another).
+    Both sides open ONNX artifacts with it (the compiler's numerics check, the runtime)."""
     import os
 
     import onnxruntime as ort
 
+    omp = os.environ.get("OMP_NUM_THREADS", "")
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or os.cpu_count() or 1
+    opts.intra_op_num_threads = threads or (int(omp) if omp.isdigit() and int(omp) > 0 else os.cpu_count()) or 1
     opts.log_severity_level = 3
     return ort.InferenceSession(path if isinstance(path, bytes) else str(path), sess_options=opts,
                                 providers=["CPUExecutionProvider"])
