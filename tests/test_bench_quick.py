@@ -20,6 +20,7 @@ QUICK_TESTS = {
     "compiled_models": "test_compiled_models_quick",
     "evaluate_speed": "test_run_all_quick_runs_evaluate_speed",
     "run_all": "test_run_all_quick_runs_evaluate_speed",
+    "sensitivity_chains": "test_sensitivity_chains_on_the_tiny_pipeline",
     "incremental": "test_incremental_quick_from_the_tiny_pipeline",
     "label_speed": "test_label_speed_quick",
     "memory": "test_memory_quick",
@@ -164,3 +165,17 @@ def test_transcribe_rtf_quick_on_the_real_english_run(real_english_run):
     (fp32, compiled) = tables[0].rows
     assert fp32[:2] == ["fp32", "torch"] and compiled[:2] == ["compiled", "onnxruntime-dynamic"]
     assert fp32[4] == 1.0 and compiled[5] >= 1 and 0 <= compiled[6] < 0.5
+
+
+@pytest.mark.slow
+def test_sensitivity_chains_on_the_tiny_pipeline(tiny_pipeline):
+    """The families study on the tests' tiny pipeline (its reference model and calibration sets), the encoder only:
+    one row per family and the all-8-bit row, with finite metrics."""
+    import math
+
+    from bench import sensitivity_chains
+
+    (t,) = sensitivity_chains.run(["--workspace", str(tiny_pipeline), "--components", "encoder", "--samples", "1"])
+    markdown([t])
+    assert [r[0].split(" (")[0] for r in t.rows] == ["none", *sensitivity_chains.FAMILIES]
+    assert all(math.isfinite(v) for r in t.rows for v in r[1:])
