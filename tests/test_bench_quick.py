@@ -102,7 +102,7 @@ def test_memory_quick(tiny, tmp_path):
     markdown(tables)
     stages = {r[0] for r in tables[0].rows}
     assert stages == {"toolchain", "model", "audio@*", "label@*", "labels", "calibrate_encoder", "calibrate_decoder",
-                      "compile@encoder", "compile@decoder", "mobilint_model", "transcribe_fp32@*",
+                      "compile@encoder", "compile@decoder", "sensitivity", "mobilint_model", "transcribe_fp32@*",
                       "transcribe_compiled", "score"}
 
 

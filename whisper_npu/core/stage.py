@@ -21,9 +21,18 @@ def _raise_on_sigterm(signum: int, _frame: Any) -> None:
 
 def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
     """Run a stage's main: log to stderr, one-line errors for expected failures (StageError and its subclasses,
-    such as a params error), non-zero exit codes."""
+    such as a params error), non-zero exit codes.
+
+    Temporary files of the run (``tempfile``: exported models, quantizer work) live in one folder of their own,
+    removed when the stage ends however it ends, with SIGTERM ignored meanwhile: a SIGTERM that lands while a
+    TemporaryDirectory is being removed would otherwise abort that removal and leave the rest in /tmp."""
+    import shutil
+    import tempfile
+
     logging.basicConfig(level=os.environ.get("WHISPER_NPU_LOG", "INFO"),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    scratch = tempfile.mkdtemp(prefix="whisper-npu-stage-")
+    tempfile.tempdir = scratch
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
         main(argv)
@@ -36,6 +45,10 @@ def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None =
     except Terminated:
         say("terminated (SIGTERM); partial outputs removed")
         raise
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        tempfile.tempdir = None
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def say(message: str) -> None:
