@@ -35,28 +35,20 @@ METRICS = {"encoder": ("sqnr_db", "cosine"), "decoder": ("sqnr_db", "cosine", "k
 def study(workspace: Path, component: str, samples: int | None = None) -> dict:
     """The stage's study of ``component`` in ``workspace`` with the FAMILIES as chains and no single isolation
     (``samples``: held-out entries, default params.yaml's ``sensitivity.samples``)."""
-    import functools
-
     from stages import sensitivity as stage
-    from whisper_npu.compilers.onnxruntime import sensitivity
     from whisper_npu.model import store
     from whisper_npu.params.base import read
     from whisper_npu.params.compile import CompileParams
     from whisper_npu.params.sensitivity import SensitivityParams
+    from whisper_npu.specs import DECODER_JSON, ENCODER_LIST
 
     raw = read(workspace / "params.yaml")
     sp = SensitivityParams.of(raw)
     sp = sp.model_copy(update={"top_k": 0, "samples": samples or sp.samples})
     chains = {name: [p.format(c=component) for p in pats] for name, pats in FAMILIES.items()}
-    calibration = {"encoder": workspace / "calibration" / "encoder" / "whisper_encoder_cali.txt",
-                   "decoder": workspace / "calibration" / "decoder" / "whisper_decoder_calib.json"}[component]
+    calibration = workspace / "calibration" / component / {"encoder": ENCODER_LIST, "decoder": DECODER_JSON}[component]
     model, _ = store.load_hf(workspace / "models" / "reference")
-    original = sensitivity.study
-    sensitivity.study = functools.partial(original, chains=chains)
-    try:
-        return stage.study_component(component, model, calibration, sp, CompileParams.of(raw))
-    finally:
-        sensitivity.study = original
+    return stage.study_component(component, model, calibration, sp, CompileParams.of(raw), chains)
 
 
 def table(component: str, report: dict, cmd: str) -> Table:

@@ -180,8 +180,10 @@ def qbcompiler_overrides(chosen: dict[str, list[str]]) -> str:
 
 # ------------------------------------------------------------------------------------------- the study
 
-def study_component(component: str, model: Any, calibration: Path, sp: SensitivityParams, cp: CompileParams) -> dict:
-    """The sensitivity report of one component on its calibration set (held-out entries scored)."""
+def study_component(component: str, model: Any, calibration: Path, sp: SensitivityParams, cp: CompileParams,
+                    chains: dict[str, list[str]] | None = None) -> dict:
+    """The sensitivity report of one component on its calibration set (held-out entries scored); ``chains``: sets of
+    groups also restored to 16 bits together (bench/sensitivity_chains.py)."""
     from whisper_npu.calibration import sets as calib_sets
     from whisper_npu.compilers.onnxruntime import build, export, quantize, sensitivity
     from whisper_npu.specs import component_spec
@@ -206,7 +208,7 @@ def study_component(component: str, model: Any, calibration: Path, sp: Sensitivi
         report = sensitivity.study(fp32, reader, held, proxy=sp.proxy, calibrate_method=o.calibrate_method,
                                    percentile=o.percentile, per_channel=o.per_channel,
                                    activation_type=o.activation_type, op_types=o.op_types, top_k=sp.top_k,
-                                   eot_id=int(model.config.eos_token_id))
+                                   eot_id=int(model.config.eos_token_id), chains=chains)
     report["calibrated_on"], report["held_out"] = picked, held_idx
     return report
 
