@@ -11,10 +11,16 @@ most ``compile.onnxruntime.calibration_samples``, picked as the compile stage pi
   range statistics) with the decision per group;
 * ``sqnr.json``: plot rows (component, depth = block index, -1 before the blocks and the block count after them,
   group, sqnr_db of what the group writes with everything at 8 bits);
-* ``onnxruntime.overrides`` / ``qbcompiler.overrides``: the recipe, one DVC ``-S`` override a line: the groups whose
-  isolation gain reaches ``sensitivity.min_gain_db`` (encoder, dB) or ``sensitivity.min_kl_reduction`` (decoder,
-  nats), promoted to 16 bits. Apply with ``dvc exp run $(grep -v '^#' sensitivity/onnxruntime.overrides | sed
-  's/^/-S /')``. The qbcompiler file starts with comment lines saying which part of its mapping is verified.
+* ``promotion.json``: plot rows of the WER-vs-promoted-groups curve (step, groups at 16 bits, language, WER delta
+  and its 95 % interval); empty without the WER check;
+* ``onnxruntime.overrides`` / ``qbcompiler.overrides``: the recipe, one DVC ``-S`` override a line, the promoted
+  groups at 16 bits. With ``sensitivity.wer_languages`` listed, the groups of the first promotion step that holds
+  every listed language within ``sensitivity.max_wer_increase`` (whisper_npu/promotion.py: role families in rank
+  order, each step compiled by the compile stage's own code and decoded on ``--audio``'s evaluation clips against
+  the fp32 transcripts in ``--fp32``); with none listed, the single groups whose isolation gain reaches
+  ``sensitivity.min_gain_db`` (encoder, dB) or ``sensitivity.min_kl_reduction`` (decoder, nats). Apply with
+  ``dvc exp run $(grep -v '^#' sensitivity/onnxruntime.overrides | sed 's/^/-S /')``. The qbcompiler file starts
+  with comment lines saying which part of its mapping is verified.
 
 With ``sensitivity.enabled: false`` every output says the study did not run (no model is loaded: seconds), and both
 recipe files hold one comment line.
@@ -39,7 +45,7 @@ from whisper_npu.params.sensitivity import SensitivityParams
 
 log = logging.getLogger(__name__)
 
-OUTPUTS = ("report.json", "groups.md", "sqnr.json", "onnxruntime.overrides", "qbcompiler.overrides")
+OUTPUTS = ("report.json", "groups.md", "sqnr.json", "promotion.json", "onnxruntime.overrides", "qbcompiler.overrides")
 NOT_RUN = "sensitivity.enabled = false: the study did not run (run it: dvc exp run -S sensitivity.enabled=true)"
 # our group roles that are a torch module of WhisperForConditionalGeneration (a layer name can be derived from them);
 # the others (qk, av, softmax, residual.*, embed_positions) are single ops with no module name
@@ -89,34 +95,44 @@ def promoted(report: dict, sp: SensitivityParams) -> list[str]:
             and rows[n]["isolation_gain"] > 0 and rows[n]["isolation_gain"] >= limit]
 
 
-def decision(row: dict, chosen: list[str], limit: float) -> str:
+def decision(row: dict, chosen: list[str], limit: float | None) -> str:
+    if "chain" in row:
+        return "16 bit" if row["chain"] and set(row["chain"]) <= set(chosen) else "8 bit"
     if row["group"] in chosen:
         return "16 bit"
+    if limit is None:
+        return "8 bit"
     if "isolation_gain" not in row:
         return "8 bit (not isolated)"
     return f"8 bit (gain < {limit:g})"
 
 
-def groups_markdown(reports: dict[str, dict], chosen: dict[str, list[str]], sp: SensitivityParams) -> str:
-    """sensitivity.table per component with a decision column."""
+def groups_markdown(reports: dict[str, dict], chosen: dict[str, list[str]], sp: SensitivityParams,
+                    promotion: dict | None = None) -> str:
+    """sensitivity.table per component with a decision column, and the promotion steps when they ran."""
+    from whisper_npu import promotion as promotion_mod
     from whisper_npu.compilers.onnxruntime import sensitivity
 
     parts = ["# Per-group INT8 sensitivity (stage sensitivity)", ""]
     for component, report in reports.items():
         rows = {r["group"]: r for r in report["groups"]}
-        limit = threshold(component, sp)
+        limit = None if promotion else threshold(component, sp)
         unit = "nats of KL removed" if component == "decoder" else "dB of output SQNR"
-        parts += [f"## {component}", "", f"Promotion threshold: isolation gain >= {limit:g} ({unit}).", ""]
+        rule = ("Promoted: the role families of the WER-checked step below." if promotion else
+                f"Promotion threshold: isolation gain >= {limit:g} ({unit}).")
+        parts += [f"## {component}", "", rule, ""]
         for line in sensitivity.table(report).splitlines():
             if line.startswith("|---"):
                 line += "---|"
             elif line.startswith("| group |"):
                 line += " decision |"
             elif line.startswith("| "):
-                name = line.split("|")[1].strip()
+                name = line.split("|")[1].strip().split(" (")[0]   # a chain's row: "family:fc2 (4 groups together)"
                 line += f" {decision(rows[name], chosen[component], limit)} |"
             parts.append(line)
         parts.append("")
+    if promotion:
+        parts.append(promotion_mod.markdown(promotion))
     return "\n".join(parts)
 
 
@@ -183,9 +199,9 @@ def qbcompiler_overrides(chosen: dict[str, list[str]]) -> str:
 def study_component(component: str, model: Any, calibration: Path, sp: SensitivityParams, cp: CompileParams,
                     chains: dict[str, list[str]] | None = None) -> dict:
     """The sensitivity report of one component on its calibration set (held-out entries scored); ``chains``: sets of
-    groups also restored to 16 bits together (bench/sensitivity_chains.py)."""
+    groups also restored to 16 bits together (default: the role families of groups.py, those the proxy has)."""
     from whisper_npu.calibration import sets as calib_sets
-    from whisper_npu.compilers.onnxruntime import build, export, quantize, sensitivity
+    from whisper_npu.compilers.onnxruntime import build, export, groups, quantize, sensitivity
     from whisper_npu.specs import component_spec
 
     spec = component_spec(component, model.config)
@@ -208,35 +224,65 @@ def study_component(component: str, model: Any, calibration: Path, sp: Sensitivi
         report = sensitivity.study(fp32, reader, held, proxy=sp.proxy, calibrate_method=o.calibrate_method,
                                    percentile=o.percentile, per_channel=o.per_channel,
                                    activation_type=o.activation_type, op_types=o.op_types, top_k=sp.top_k,
-                                   eot_id=int(model.config.eos_token_id), chains=chains)
+                                   eot_id=int(model.config.eos_token_id),
+                                   chains=groups.family_chains(component) if chains is None else chains,
+                                   skip_empty_chains=chains is None)
     report["calibrated_on"], report["held_out"] = picked, held_idx
     return report
 
 
-def outputs(sp: SensitivityParams, cp: CompileParams, model_dir: Path, calibration: dict[str, Path]) -> dict[str, str | Any]:
+def outputs(sp: SensitivityParams, raw: Any, model_dir: Path, calibration: dict[str, Path], audio: Path,
+            fp32: Path) -> dict[str, str | Any]:
     """File name -> content (text, or data for JSON) of every output."""
     if not sp.enabled:
         line = f"# {NOT_RUN}\n"
         return {"report.json": {"enabled": False, "ran": False, "reason": NOT_RUN}, "groups.md": f"{NOT_RUN}\n",
-                "sqnr.json": [], "onnxruntime.overrides": line, "qbcompiler.overrides": line}
+                "sqnr.json": [], "promotion.json": [], "onnxruntime.overrides": line, "qbcompiler.overrides": line}
+    from stages.compile import compile_component
+    from whisper_npu import promotion as promotion_mod
+    from whisper_npu.calibration import sets as calib_sets
     from whisper_npu.model import store as model_store
+    from whisper_npu.params.base import seed_of
+    from whisper_npu.params.score import ScoreParams
+    from whisper_npu.params.transcribe import TranscribeParams
 
+    cp = CompileParams.of(raw)
     model, _ = model_store.load_hf(model_dir)
     blocks = {"encoder": model.config.encoder_layers, "decoder": model.config.decoder_layers}
     reports = {c: study_component(c, model, calibration[c], sp, cp) for c in sp.components}
-    chosen = {c: promoted(r, sp) for c, r in reports.items()}
+    promotion = None
+    if sp.wer_languages:
+        info = model_store.model_info(model_dir)
+        sets = {c: calib_sets.read_calib_set(c, calibration[c]) for c in ("encoder", "decoder")}
+
+        def compile_fn(component: str, candidate: CompileParams, out_dir: Path) -> None:
+            compile_component(component, "onnxruntime", candidate, model, model_dir, info, {}, sets[component],
+                              out_dir)
+
+        promotion = promotion_mod.promote(reports, compile_fn, model_dir=model_dir, cp=cp, sp=sp,
+                                          tp=TranscribeParams.of(raw), audio_root=audio, fp32_dir=fp32,
+                                          bootstrap_samples=ScoreParams.of(raw).bootstrap_samples, seed=seed_of(raw))
+        chosen = {c: promotion["promoted"].get(c, []) for c in reports}
+    else:
+        chosen = {c: promoted(r, sp) for c, r in reports.items()}
     report = {"enabled": True, "ran": True, "proxy": sp.proxy, "top_k": sp.top_k, "samples": sp.samples,
+              "rule": "wer" if promotion else "thresholds",
               "thresholds": {"encoder_min_gain_db": sp.min_gain_db, "decoder_min_kl_reduction": sp.min_kl_reduction},
-              "promoted": chosen, "promoted_count": sum(len(v) for v in chosen.values()), "components": reports}
-    return {"report.json": finite(report), "groups.md": groups_markdown(reports, chosen, sp),
-            "sqnr.json": sqnr_rows(reports, blocks), "onnxruntime.overrides": onnxruntime_overrides(chosen, sp.proxy),
+              "promoted": chosen, "promoted_count": sum(len(v) for v in chosen.values()), "promotion": promotion,
+              "components": reports}
+    return {"report.json": finite(report), "groups.md": groups_markdown(reports, chosen, sp, promotion),
+            "sqnr.json": sqnr_rows(reports, blocks),
+            "promotion.json": promotion_mod.curve_rows(promotion) if promotion else [],
+            "onnxruntime.overrides": onnxruntime_overrides(chosen, sp.proxy),
             "qbcompiler.overrides": qbcompiler_overrides(chosen)}
 
 
-def run(params_path: Path, model_dir: Path, encoder_calibration: Path, decoder_calibration: Path, out: Path) -> None:
+def run(params_path: Path, model_dir: Path, encoder_calibration: Path, decoder_calibration: Path, audio: Path,
+        fp32: Path, out: Path) -> None:
     raw = read(params_path)
-    sp, cp = SensitivityParams.of(raw), CompileParams.of(raw)
-    files = outputs(sp, cp, model_dir, {"encoder": encoder_calibration, "decoder": decoder_calibration})
+    sp = SensitivityParams.of(raw)
+    CompileParams.of(raw)   # a bad compile section fails before any work, also when the study is off
+    files = outputs(sp, raw, model_dir, {"encoder": encoder_calibration, "decoder": decoder_calibration}, audio, fp32)
     with contextlib.ExitStack() as stack:   # all or none: a failure leaves no output behind
         for name in OUTPUTS:
             tmp = stack.enter_context(atomic_output(out / name))
@@ -253,9 +299,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", type=Path, required=True, help="the reference model store (models/reference)")
     p.add_argument("--encoder-calibration", type=Path, required=True, help="the encoder's calibration list")
     p.add_argument("--decoder-calibration", type=Path, required=True, help="the decoder's calibration JSON")
+    p.add_argument("--audio", type=Path, required=True, help="audio root (data/audio): the evaluation clips decoded")
+    p.add_argument("--fp32", type=Path, required=True, help="the fp32 transcripts (data/transcripts/fp32)")
     p.add_argument("--out", type=Path, required=True, help="sensitivity/")
     a = p.parse_args(argv)
-    run(a.params, a.model, a.encoder_calibration, a.decoder_calibration, a.out)
+    run(a.params, a.model, a.encoder_calibration, a.decoder_calibration, a.audio, a.fp32, a.out)
 
 
 if __name__ == "__main__":

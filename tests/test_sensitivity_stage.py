@@ -48,6 +48,9 @@ def sensitivity_section(**changes) -> SensitivityParams:
     ("proxy", "all", r"sensitivity.proxy = 'all': must be one of matmul, npu"),
     ("min_gain_db", -1.0, r"sensitivity.min_gain_db = -1.0: must be >= 0"),
     ("enabled", "yes", r"sensitivity.enabled = 'yes': must be true or false"),
+    ("wer_languages", ["en_us", "en_us"], r"sensitivity.wer_languages = \['en_us', 'en_us'\]: each language once"),
+    ("wer_clips", 0, r"sensitivity.wer_clips = 0: must be >= 1"),
+    ("max_wer_increase", -0.01, r"sensitivity.max_wer_increase = -0.01: must be >= 0"),
 ])
 def test_params_errors_name_the_key(key, value, message):
     data = default_params()
@@ -63,12 +66,14 @@ def test_disabled_stage_is_fast_and_says_not_run(tmp_path):
     start = time.time()
     subprocess.run([sys.executable, "-m", "stages.sensitivity", "--params", str(ROOT / "params.yaml"),
                     "--model", str(tmp_path / "none"), "--encoder-calibration", str(tmp_path / "none.txt"),
-                    "--decoder-calibration", str(tmp_path / "none.json"), "--out", str(out)],
+                    "--decoder-calibration", str(tmp_path / "none.json"), "--audio", str(tmp_path / "none"),
+                    "--fp32", str(tmp_path / "none"), "--out", str(out)],
                    cwd=ROOT, check=True, capture_output=True)
     assert time.time() - start < 30
     report = json.loads((out / "report.json").read_text())
     assert report == {"enabled": False, "ran": False, "reason": stage.NOT_RUN}
     assert json.loads((out / "sqnr.json").read_text()) == []
+    assert json.loads((out / "promotion.json").read_text()) == []
     assert "did not run" in (out / "groups.md").read_text()
     for name in ("onnxruntime.overrides", "qbcompiler.overrides"):
         text = (out / name).read_text()
@@ -131,16 +136,23 @@ def test_depth_and_decisions():
 def test_stage_through_dvc_and_recipe_round_trip(tiny_pipeline: Path, tmp_path: Path) -> None:
     repo = copy_project(tiny_pipeline, tmp_path / "proj")
     start = time.time()
+    # WER-checked promotion on the tiny profile's two languages; the random model's WER is meaningless, so the goal is
+    # set where the first step passes (the loop's decisions are test_promotion_stops_at_a_failing_language's)
     run(["dvc", "exp", "run", "-S", "sensitivity.enabled=true", "-S", "sensitivity.samples=1",
-         "-S", "sensitivity.top_k=3", "-S", "sensitivity.min_gain_db=0", "-S", "sensitivity.min_kl_reduction=0",
-         "sensitivity"], repo)
+         "-S", "sensitivity.top_k=3", "-S", "sensitivity.wer_languages=[en_us,es_419]",
+         "-S", "sensitivity.max_wer_increase=100", "-S", "sensitivity.max_steps=2", "sensitivity"], repo)
     study_seconds = time.time() - start
     out = repo / "sensitivity"
     report = json.loads((out / "report.json").read_text())
     assert report["ran"] and set(report["components"]) == {"encoder", "decoder"}
     for component, rep in report["components"].items():
         names = [r["group"] for r in rep["groups"]]
-        assert f"{component}.1.fc2" in names and len(rep["ranking"]) == 3, (component, rep["ranking"])
+        singles = [n for n in rep["ranking"] if not n.startswith("family:")]
+        assert f"{component}.1.fc2" in names and len(singles) == 3, (component, rep["ranking"])
+        families = {r["group"]: r for r in rep["groups"] if r["group"].startswith("family:")}
+        assert set(families) == set(rep["ranking"]) - set(singles)
+        assert {"family:fc2", "family:residual", "family:layer_norm"} <= set(families)   # the npu proxy's roles
+        assert set(families["family:fc2"]["chain"]) == {f"{component}.0.fc2", f"{component}.1.fc2"}
         assert rep["held_out_samples"] == 1
         assert all(r["isolation_gain"] is not None for r in rep["groups"] if r["group"] in rep["ranking"])
     table = (out / "groups.md").read_text()
@@ -149,11 +161,28 @@ def test_stage_through_dvc_and_recipe_round_trip(tiny_pipeline: Path, tmp_path: 
     assert {r["component"] for r in rows} == {"encoder", "decoder"}
     assert {r["depth"] for r in rows if r["component"] == "encoder"} == {-1, 0, 1, 2}
     promoted = report["promoted"]
-    assert promoted["encoder"], report   # random weights, but restoring the worst groups to 16 bits helps some
+    promotion = report["promotion"]
+    assert report["rule"] == "wer" and promotion["chosen"] == 1 and len(promotion["steps"]) == 1
+    (step,) = promotion["steps"]
+    assert set(step["languages"]) == {"en_us", "es_419"} and step["passed"]
+    for r in step["languages"].values():
+        assert r["clips"] == 1 and r["passed"] and r["delta"] == round(r["wer"] - r["fp32_wer"], 6), r
+        assert r["ci95"]["low"] <= r["delta"] <= r["ci95"]["high"]
+    for component, rep in report["components"].items():   # step 1: each component's best family, whole
+        by_name = {r["group"]: r for r in rep["groups"]}
+        best = [n for n in rep["ranking"] if n.startswith("family:") and by_name[n]["isolation_gain"] > 0][:1]
+        assert step["families"][component] == best
+        assert promoted[component] == sorted(g for n in best for g in by_name[n]["chain"])
+    assert step["groups"] == sum(len(v) for v in promoted.values()) > 0
+    curve = json.loads((out / "promotion.json").read_text())
+    assert [(r["step"], r["lang"]) for r in curve] == [(1, "en_us"), (1, "es_419")]
+    assert "## Promotion checked by WER" in table and "Recipe: step 1." in table
     assert run(["dvc", "metrics", "show", "--json"], repo).returncode == 0
     plots = json.loads(run(["dvc", "plots", "show", "--json"], repo).stdout)["data"]
     (sqnr_plot,) = [v for k, v in plots.items() if k.startswith("SQNR per group against depth")]
     assert len(sqnr_plot[0]["content"]["data"]["values"]) == len(rows)
+    (wer_plot,) = [v for k, v in plots.items() if k.startswith("WER increase per language against groups")]
+    assert len(wer_plot[0]["content"]["data"]["values"]) == len(curve)
 
     # the recipe for qbcompiler: valid params
     qb_text = (out / "qbcompiler.overrides").read_text()
@@ -192,3 +221,83 @@ def sixteen_bit_tensors(path: Path) -> list[str]:
 def test_recipe_keeps_params_valid_when_nothing_is_promoted(tmp_path):
     data = applied(copy.deepcopy(default_params()), stage.onnxruntime_overrides({"encoder": []}, "matmul"), tmp_path)
     assert parse_params(data).compile.onnxruntime.groups == {}
+
+
+def family_report(component: str, gains: dict[str, float]) -> dict:
+    """A study report with role families only: ``gains`` family -> isolation gain (two groups each)."""
+    rows = [{"group": f"family:{f}", "chain": [f"{component}.0.{f}", f"{component}.1.{f}"], "isolation_gain": g}
+            for f, g in gains.items()]
+    return {"component": component, "groups": rows,
+            "ranking": [r["group"] for r in sorted(rows, key=lambda r: -r["isolation_gain"])]}
+
+
+def test_promotion_steps_follow_the_family_ranking():
+    from whisper_npu import promotion
+
+    reports = {"encoder": family_report("encoder", {"fc2": 1.0, "residual": 4.0, "softmax": -0.5}),
+               "decoder": family_report("decoder", {"layer_norm": 0.2})}
+    assert promotion.ranked_families(reports["encoder"]) == ["family:residual", "family:fc2"]   # no negative gain
+    assert promotion.steps_available(reports) == 2
+    assert promotion.step_groups(reports, 1) == {"encoder": ["encoder.0.residual", "encoder.1.residual"],
+                                                 "decoder": ["decoder.0.layer_norm", "decoder.1.layer_norm"]}
+    assert promotion.step_groups(reports, 2)["encoder"] == ["encoder.0.fc2", "encoder.0.residual", "encoder.1.fc2",
+                                                            "encoder.1.residual"]
+    assert promotion.step_groups(reports, 2)["decoder"] == promotion.step_groups(reports, 1)["decoder"]
+    cp = parse_params(default_params()).compile
+    cand = promotion.candidate_params(cp, "npu", promotion.step_groups(reports, 1)).onnxruntime
+    assert (cand.mode, cand.proxy, cand.keep_float, cand.high_precision) == ("static", "npu", [], [])
+    assert {k: v.model_dump(exclude_none=True) for k, v in cand.groups.items()} == \
+        {g: {"bits": 16} for g in ("encoder.0.residual", "encoder.1.residual", "decoder.0.layer_norm",
+                                  "decoder.1.layer_norm")}
+
+
+@pytest.mark.slow
+def test_promotion_stops_at_a_failing_language(tiny_pipeline: Path, monkeypatch, tmp_path):
+    """The loop's decisions, with the compiled model's decode replaced (named stand-in: hypotheses chosen per step;
+    a bad one is the fp32 text with 200 inserted words, so its WER is above fp32's): step 1 garbles en_us, so it
+    stops there (es_419 not decoded); step 2 garbles es_419 (decoded after en_us); step 3 decodes es_419 first,
+    matches fp32 everywhere and is the recipe."""
+    from whisper_npu import promotion
+    from whisper_npu.core.files import read_jsonl
+    from whisper_npu.decoding import run as run_mod
+    from whisper_npu.runtimes import onnxruntime as ort_runtime
+
+    fp32 = {r["id"]: r["text"] for lang in ("en_us", "es_419")
+            for r in read_jsonl(tiny_pipeline / "data" / "transcripts" / "fp32" / f"{lang}.jsonl")}
+    step = {"k": 0}
+    decoded, compiled = [], []
+
+    def fake_run_clips(system, backend, clips, features, cfg, to_text, batch_size):
+        decoded.append(system)
+        bad = (step["k"], clips[0].lang) in {(1, "en_us"), (2, "es_419")}
+        return [{"id": c.id, "lang": c.lang, "text": fp32[c.id] + " zzz" * 200 if bad else fp32[c.id]} for c in clips]
+
+    def fake_compile(component, candidate, out_dir):
+        step["k"] += component == "encoder"
+        compiled.append((component, sorted(candidate.onnxruntime.groups)))
+
+    monkeypatch.setattr(run_mod, "run_clips", fake_run_clips)
+    monkeypatch.setattr(ort_runtime, "load_ort_backend", lambda enc, dec: object())
+    reports = {"encoder": family_report("encoder", {"fc2": 1.0, "residual": 4.0, "attention": 0.5}),
+               "decoder": family_report("decoder", {"layer_norm": 0.2})}
+    raw = default_params()
+    raw["sensitivity"].update(wer_languages=["en_us", "es_419"], wer_clips=1, max_steps=5, max_wer_increase=0.01)
+    full = parse_params(raw)
+    out = promotion.promote(reports, fake_compile, model_dir=tiny_pipeline / "models" / "reference", cp=full.compile,
+                            sp=full.sensitivity, tp=full.transcribe, audio_root=tiny_pipeline / "data" / "audio",
+                            fp32_dir=tiny_pipeline / "data" / "transcripts" / "fp32", bootstrap_samples=200, seed=0)
+    assert decoded == ["step 1 en_us", "step 2 en_us", "step 2 es_419", "step 3 es_419", "step 3 en_us"]
+    s1, s2, s3 = out["steps"]
+    assert not s1["passed"] and list(s1["languages"]) == ["en_us"] and s1["languages"]["en_us"]["delta"] > 0.01
+    assert not s2["passed"] and s2["languages"]["en_us"]["passed"] and not s2["languages"]["es_419"]["passed"]
+    assert s3["passed"] and all(r["delta"] == 0 and r["passed"] for r in s3["languages"].values())
+    assert out["chosen"] == 3 and out["promoted"] == promotion.step_groups(reports, 3)
+    assert [g for c, g in compiled if c == "encoder"][2] == sorted(promotion.step_groups(reports, 3)["encoder"]
+                                                                    + promotion.step_groups(reports, 3)["decoder"])
+    text = promotion.markdown(out)
+    assert "Recipe: step 3." in text and "not decoded" in text   # es_419 at step 1
+    rows = promotion.curve_rows(out)
+    assert [(r["step"], r["lang"]) for r in rows] == [(1, "en_us"), (2, "en_us"), (2, "es_419"), (3, "en_us"),
+                                                      (3, "es_419")]
+    with pytest.raises(Exception, match="sensitivity.wer_languages entry 'fr_fr'"):
+        promotion.fp32_rows(tiny_pipeline / "data" / "transcripts" / "fp32", "fr_fr")

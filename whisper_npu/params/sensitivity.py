@@ -20,6 +20,10 @@ class SensitivityParams(Section):
     components: list[str]                 # encoder and/or decoder
     min_gain_db: float = Field(ge=0)      # encoder: output SQNR gained alone at 16 bits (dB) to be promoted
     min_kl_reduction: float = Field(ge=0)   # decoder: logit KL removed alone at 16 bits (nats) to be promoted
+    wer_languages: list[str]              # promotion checked by decoding these languages' evaluation clips; [] = off
+    wer_clips: int = Field(ge=1)          # evaluation clips per language decoded per promotion step (the first N)
+    max_wer_increase: float = Field(ge=0)   # the goal per language: candidate WER minus fp32 WER (0.01 = 1 point)
+    max_steps: int = Field(ge=1)          # promotion steps tried at most (one more role family per component each)
 
     @model_validator(mode="after")
     def _components(self) -> "SensitivityParams":
@@ -28,4 +32,6 @@ class SensitivityParams(Section):
                 raise ValueError(f"components[{i}] = {c!r}: must be one of {', '.join(COMPONENTS)}")
         if not self.components or len(set(self.components)) != len(self.components):
             raise ValueError(f"components = {self.components!r}: list encoder and/or decoder, each once")
+        if len(set(self.wer_languages)) != len(self.wer_languages):
+            raise ValueError(f"wer_languages = {self.wer_languages!r}: each language once")
         return self

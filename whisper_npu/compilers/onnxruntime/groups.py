@@ -30,6 +30,23 @@ from pathlib import Path
 PROXIES = ("matmul", "npu")
 NPU_OPS = ("Add", "LayerNormalization", "Softmax")   # what the npu proxy adds to the quantized op types
 LINEAR = ("q_proj", "k_proj", "v_proj", "out_proj")
+# Role FAMILIES: one role over every block of a component (fnmatch patterns after "<component>."), what the
+# sensitivity stage restores to 16 bits together and promotes one at a time (whisper_npu/promotion.py). Why
+# families: on whisper-base no single group gains much at 16 bits alone (the damage is spread over every block).
+FAMILIES = {
+    "residual": ["*.residual.*"],
+    "layer_norm": ["*layer_norm"],
+    "fc2": ["*.fc2"],
+    "attention": ["*.qk", "*.softmax", "*.av"],
+    "fc1": ["*.fc1"],
+    "projections": ["*.q_proj", "*.k_proj", "*.v_proj", "*.out_proj"],
+    "ends": ["*.conv1", "*.conv2", "*.embed_positions", "*.lm_head"],
+}
+
+
+def family_chains(component: str) -> dict[str, list[str]]:
+    """``family:<name>`` -> the component's patterns of that family (the study's ``chains``)."""
+    return {f"family:{name}": [f"{component}.{pat}" for pat in pats] for name, pats in FAMILIES.items()}
 _LAYER = re.compile(r"^/(encoder|decoder)/layers\.(\d+)/(.*)$")
 
 

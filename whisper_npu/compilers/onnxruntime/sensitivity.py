@@ -142,13 +142,16 @@ def primary_gain(component: str, alone: dict, all8: dict) -> float:
 def study(fp32_path: str | Path, reader: quantize.ListReader, held: quantize.ListReader, *, proxy: str = "npu",
           groups: dict | None = None, calibrate_method: str = "minmax", percentile: float = 99.999,
           per_channel: bool = True, activation_type: str = "int8", op_types: Sequence[str] = ("MatMul", "Conv"),
-          top_k: int = 8, eot_id: int = EOT, eot_steps: int = 3, chains: dict[str, list[str]] | None = None) -> dict:
+          top_k: int = 8, eot_id: int = EOT, eot_steps: int = 3, chains: dict[str, list[str]] | None = None,
+          skip_empty_chains: bool = False) -> dict:
     """The sensitivity report of the float ONNX model ``fp32_path`` (see the module docstring): ranges from
     ``reader`` (calibration samples), scores on ``held`` (held-out samples, same input names).
 
     ``chains``: named sets of groups (names or patterns) also restored to 16 bits TOGETHER and ranked with the
     single groups. Why: damage that lives in the residual stream (fc2's outlier channel, the residual Add after it,
-    the next LayerNorm's input) is one Q/DQ chain; restoring one link leaves the others at 8 bits."""
+    the next LayerNorm's input) is one Q/DQ chain; restoring one link leaves the others at 8 bits. A chain that
+    matches no group is an error, or left out with ``skip_empty_chains`` (role families the proxy does not
+    quantize: the matmul proxy has no residual Adds)."""
     if top_k < 0:
         raise ValueError(f"top_k = {top_k}: must be >= 0")
     if len(held) == 0:
@@ -238,6 +241,8 @@ def study(fp32_path: str | Path, reader: quantize.ListReader, held: quantize.Lis
             rows[name]["isolation_gain"] = primary_gain(p.component, alone, all8_metrics)
         for label, members in (chains or {}).items():
             names = [n for m in members for n in groups_mod.select(p.groups, m)]
+            if not names and skip_empty_chains:
+                continue
             if not names:
                 raise ValueError(f"chains.{label}: {members} match no {p.component} group")
             tensors = sorted({t for n in names for t in p.groups[n].tensors})
@@ -266,7 +271,8 @@ def table(report: dict) -> str:
         r = rows[name]
         alone = r.get("alone_16bit", {}).get(metric, "")
         if "chain" in r:
-            lines.append(f"| {name} ({' + '.join(r['chain'])}) | 8 | | | | {alone} | {r['isolation_gain']} | | | |")
+            lines.append(f"| {name} ({len(r['chain'])} groups together) | 8 | | | | {alone} | {r['isolation_gain']} "
+                         "| | | |")
             continue
         lines.append(f"| {name} | {r['bits']} | {r['sqnr_db']} | {r['local_sqnr_db']} | {r['local_channel_sqnr_db']} "
                      f"| {alone} | "
