@@ -257,3 +257,32 @@ def test_compile_stage_takes_proxy_and_groups(tmp_path, tiny_model_dir):
         types = qdq(paths[comp])
         assert any("/layers.0/Add_output_0" in t for t in types)   # residual Adds quantized
         assert (5 in types.values()) == (comp == "encoder")
+
+
+def test_range_collection_is_remembered_only_for_the_same_bytes(tmp_path):
+    """ranges.collect's memo (the promotion steps recalibrate the same export): the same model and inputs give the
+    stored statistics without a pass; another input, or another model file, is a new pass."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from whisper_npu.compilers.onnxruntime import quantize, ranges
+
+    def model(path: Path, scale: float) -> Path:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
+        w = helper.make_tensor("w", TensorProto.FLOAT, [1], [scale])
+        graph = helper.make_graph([helper.make_node("Mul", ["x", "w"], ["y"], name="mul")], "g", [x], [y], [w])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        return path
+
+    def reader(value: float):
+        arrays = [np.full((2, 3), value, np.float32), np.full((2, 3), -value, np.float32)]
+        return quantize.ListReader(["x"], lambda i: (arrays[i],), 2)
+
+    a, b = model(tmp_path / "a.onnx", 2.0), model(tmp_path / "b.onnx", 3.0)
+    first = ranges.collect(a, reader(1.0), ["y"], ("minmax",))
+    assert ranges.collect(a, reader(1.0), ["y"], ("minmax",)) is first
+    assert first.ranges("minmax")["y"] == pytest.approx((-2.0, 2.0))
+    other_input = ranges.collect(a, reader(5.0), ["y"], ("minmax",))
+    assert other_input is not first and other_input.ranges("minmax")["y"] == pytest.approx((-10.0, 10.0))
+    assert ranges.collect(b, reader(1.0), ["y"], ("minmax",)).ranges("minmax")["y"] == pytest.approx((-3.0, 3.0))

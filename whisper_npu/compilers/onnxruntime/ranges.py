@@ -8,11 +8,14 @@ time, so memory is one sample's intermediates whatever the set size) and per ten
 histogram of its Entropy calibrator (128 bins): ORT's own ``HistogramCollector`` does the merging, so the
 thresholds are the ones its calibrators compute for the same samples. ``write_cache`` writes the min/max
 ranges as ORT's calibration cache (``quantize_static(calibration_cache_path=...)``), so quantizing a variant
-needs no calibration pass.
+needs no calibration pass. ``collect`` remembers its last few results in the process, keyed by the model's bytes,
+the inputs' bytes and its arguments: the sensitivity stage's promotion steps compile the same export on the same
+samples with other bit widths, and the same bytes in give the same statistics out.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import tempfile
 from collections.abc import Iterable
@@ -101,6 +104,9 @@ def collect(model_path: str | Path, reader, tensors: Iterable[str], methods: Ite
     from tqdm import tqdm
 
     tensors = sorted(set(tensors))
+    key = _fingerprint(model_path, reader, tensors, methods, percentile)
+    if key in _MEMO:
+        return _MEMO[key]
     stats = Stats(methods, percentile)
     with tempfile.TemporaryDirectory(prefix="whisper-npu-ranges-") as tmp:
         path = with_outputs(model_path, tensors, Path(tmp) / "augmented.onnx")
@@ -114,7 +120,27 @@ def collect(model_path: str | Path, reader, tensors: Iterable[str], methods: Ite
             stats.add(dict(zip(tensors, session.run(tensors, feed))))
     if stats.samples == 0:
         raise ValueError("range collection needs at least one calibration sample")
+    _MEMO[key] = stats
+    while len(_MEMO) > MEMO_SIZE:
+        del _MEMO[next(iter(_MEMO))]
     return stats
+
+
+MEMO_SIZE = 4   # results kept (the promotion compiles two components)
+_MEMO: dict[str, Stats] = {}
+
+
+def _fingerprint(model_path: str | Path, reader, tensors: list[str], methods: Iterable[str], percentile: float) -> str:
+    """sha256 of the model file, every input array of ``reader`` (name, dtype, shape, bytes) and the arguments."""
+    h = hashlib.sha256(Path(model_path).read_bytes())
+    h.update(repr((tensors, sorted(set(methods)), float(percentile))).encode())
+    reader.rewind()
+    while (feed := reader.get_next()) is not None:
+        for name in sorted(feed):
+            a = np.ascontiguousarray(feed[name])
+            h.update(f"{name}|{a.dtype}|{a.shape}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def write_cache(stats: Stats, path: str | Path) -> Path:
