@@ -279,9 +279,14 @@ def outputs(sp: SensitivityParams, raw: Any, model_dir: Path, calibration: dict[
 
 def run(params_path: Path, model_dir: Path, encoder_calibration: Path, decoder_calibration: Path, audio: Path,
         fp32: Path, out: Path) -> None:
+    from whisper_npu.params.base import seed_of
+    from whisper_npu.params.score import ScoreParams
+    from whisper_npu.params.transcribe import TranscribeParams
+
     raw = read(params_path)
     sp = SensitivityParams.of(raw)
-    CompileParams.of(raw)   # a bad compile section fails before any work, also when the study is off
+    # every section it reads fails before any work, also when the study is off
+    CompileParams.of(raw), TranscribeParams.of(raw), ScoreParams.of(raw), seed_of(raw)
     files = outputs(sp, raw, model_dir, {"encoder": encoder_calibration, "decoder": decoder_calibration}, audio, fp32)
     with contextlib.ExitStack() as stack:   # all or none: a failure leaves no output behind
         for name in OUTPUTS:

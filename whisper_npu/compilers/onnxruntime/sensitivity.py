@@ -271,8 +271,8 @@ def table(report: dict) -> str:
         r = rows[name]
         alone = r.get("alone_16bit", {}).get(metric, "")
         if "chain" in r:
-            lines.append(f"| {name} ({len(r['chain'])} groups together) | 8 | | | | {alone} | {r['isolation_gain']} "
-                         "| | | |")
+            members = " + ".join(r["chain"]) if len(r["chain"]) <= 4 else f"{len(r['chain'])} groups together"
+            lines.append(f"| {name} ({members}) | 8 | | | | {alone} | {r['isolation_gain']} | | | |")
             continue
         lines.append(f"| {name} | {r['bits']} | {r['sqnr_db']} | {r['local_sqnr_db']} | {r['local_channel_sqnr_db']} "
                      f"| {alone} | "
