@@ -2,8 +2,8 @@
 
 The study (whisper_npu/compilers/onnxruntime/sensitivity.py) ranks role FAMILIES (one role over every block of a
 component: the residual Adds, the LayerNorms, fc2, ...; compilers/onnxruntime/groups.py) by what restoring each
-alone to 16 bits gains. Step k promotes, in each component, its k best-ranked families with a positive gain (all
-of the others stay 8 bit), compiles both components with exactly that recipe (the compile stage's own code: the
+alone to 16 bits gains. Step k promotes, in each component, its k best-ranked families (all of the others stay 8
+bit; a family that gains nothing alone is still ranked, last), compiles both components with exactly that recipe (the compile stage's own code: the
 recipe file applied with ``dvc exp run`` builds the same models) and decodes the evaluation clips of
 ``sensitivity.wer_languages`` (transcribe task, the ``transcribe`` decode options) against the fp32 transcripts the
 pipeline already has. The first step where no language's WER rose more than ``sensitivity.max_wer_increase`` is the
@@ -29,9 +29,9 @@ log = logging.getLogger(__name__)
 
 
 def ranked_families(report: dict) -> list[str]:
-    """The families of one component's report with a positive isolation gain, best first."""
-    rows = {r["group"]: r for r in report["groups"]}
-    return [n for n in report["ranking"] if n.startswith("family:") and rows[n]["isolation_gain"] > 0]
+    """The families of one component's report, best isolation gain first. Those that gain nothing alone come last
+    but stay in: on whisper-base the encoder's fc2 loses alone and is what the others need (docs/onnxruntime-int8.md)."""
+    return [n for n in report["ranking"] if n.startswith("family:")]
 
 
 def step_groups(reports: dict[str, dict], step: int) -> dict[str, list[str]]:
@@ -131,8 +131,11 @@ def promote(reports: dict[str, dict], compile_fn: Callable[[str, Any, Path], Any
                                     lambda c: npu_features(processor.feature_extractor, read_wav(c.audio)), cfg,
                                     to_text, tp.batch_size)
                 hyps = {r["id"]: r["text"] for r in records}
+                seconds = sum(r["seconds"] for r in records)
                 rng = np.random.default_rng([seed, k, sorted(order).index(lang)])
                 res = language_delta(lang, clips[lang], fp32[lang], hyps, bootstrap_samples, rng)
+                audio_seconds = sum(c.duration for c in clips[lang])
+                res["rtf"] = round(seconds / audio_seconds, 4) if audio_seconds > 0 else None   # this machine's CPU
                 res["passed"] = res["delta"] is not None and res["delta"] <= sp.max_wer_increase
                 row["languages"][lang] = res
                 log.info("step %d (%d groups) %s: WER %s -> %s, delta %s, 95 %% CI %s: %s", k, row["groups"], lang,

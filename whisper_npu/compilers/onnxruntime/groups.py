@@ -40,7 +40,7 @@ FAMILIES = {
     "attention": ["*.qk", "*.softmax", "*.av"],
     "fc1": ["*.fc1"],
     "projections": ["*.q_proj", "*.k_proj", "*.v_proj", "*.out_proj"],
-    "ends": ["*.conv1", "*.conv2", "*.embed_positions", "*.lm_head"],
+    "ends": ["conv1", "conv2", "embed_positions", "lm_head"],   # the per-component groups (encoder.conv1, ...)
 }
 
 
