@@ -39,9 +39,11 @@ from typing import Any
 from whisper_npu.core.errors import StageError
 from whisper_npu.core.files import atomic_output, write_json
 from whisper_npu.core.stage import run_stage
-from whisper_npu.params.base import read
+from whisper_npu.params.base import read, seed_of
 from whisper_npu.params.compile import CompileParams
+from whisper_npu.params.score import ScoreParams
 from whisper_npu.params.sensitivity import SensitivityParams
+from whisper_npu.params.transcribe import TranscribeParams
 
 log = logging.getLogger(__name__)
 
@@ -231,8 +233,8 @@ def study_component(component: str, model: Any, calibration: Path, sp: Sensitivi
     return report
 
 
-def outputs(sp: SensitivityParams, raw: Any, model_dir: Path, calibration: dict[str, Path], audio: Path,
-            fp32: Path) -> dict[str, str | Any]:
+def outputs(sp: SensitivityParams, cp: CompileParams, tp: TranscribeParams, bootstrap_samples: int, seed: int,
+            model_dir: Path, calibration: dict[str, Path], audio: Path, fp32: Path) -> dict[str, str | Any]:
     """File name -> content (text, or data for JSON) of every output."""
     if not sp.enabled:
         line = f"# {NOT_RUN}\n"
@@ -242,11 +244,7 @@ def outputs(sp: SensitivityParams, raw: Any, model_dir: Path, calibration: dict[
     from whisper_npu import promotion as promotion_mod
     from whisper_npu.calibration import sets as calib_sets
     from whisper_npu.model import store as model_store
-    from whisper_npu.params.base import seed_of
-    from whisper_npu.params.score import ScoreParams
-    from whisper_npu.params.transcribe import TranscribeParams
 
-    cp = CompileParams.of(raw)
     model, _ = model_store.load_hf(model_dir)
     blocks = {"encoder": model.config.encoder_layers, "decoder": model.config.decoder_layers}
     reports = {c: study_component(c, model, calibration[c], sp, cp) for c in sp.components}
@@ -260,8 +258,8 @@ def outputs(sp: SensitivityParams, raw: Any, model_dir: Path, calibration: dict[
                               out_dir)
 
         promotion = promotion_mod.promote(reports, compile_fn, model_dir=model_dir, cp=cp, sp=sp,
-                                          tp=TranscribeParams.of(raw), audio_root=audio, fp32_dir=fp32,
-                                          bootstrap_samples=ScoreParams.of(raw).bootstrap_samples, seed=seed_of(raw))
+                                          tp=tp, audio_root=audio, fp32_dir=fp32,
+                                          bootstrap_samples=bootstrap_samples, seed=seed)
         chosen = {c: promotion["promoted"].get(c, []) for c in reports}
     else:
         chosen = {c: promoted(r, sp) for c, r in reports.items()}
@@ -279,15 +277,12 @@ def outputs(sp: SensitivityParams, raw: Any, model_dir: Path, calibration: dict[
 
 def run(params_path: Path, model_dir: Path, encoder_calibration: Path, decoder_calibration: Path, audio: Path,
         fp32: Path, out: Path) -> None:
-    from whisper_npu.params.base import seed_of
-    from whisper_npu.params.score import ScoreParams
-    from whisper_npu.params.transcribe import TranscribeParams
-
     raw = read(params_path)
-    sp = SensitivityParams.of(raw)
-    # every section it reads fails before any work, also when the study is off
-    CompileParams.of(raw), TranscribeParams.of(raw), ScoreParams.of(raw), seed_of(raw)
-    files = outputs(sp, raw, model_dir, {"encoder": encoder_calibration, "decoder": decoder_calibration}, audio, fp32)
+    # every section it reads is checked before any work, also when the study is off
+    sp, cp, tp = SensitivityParams.of(raw), CompileParams.of(raw), TranscribeParams.of(raw)
+    bootstrap_samples, seed = ScoreParams.of(raw).bootstrap_samples, seed_of(raw)
+    files = outputs(sp, cp, tp, bootstrap_samples, seed, model_dir,
+                    {"encoder": encoder_calibration, "decoder": decoder_calibration}, audio, fp32)
     with contextlib.ExitStack() as stack:   # all or none: a failure leaves no output behind
         for name in OUTPUTS:
             tmp = stack.enter_context(atomic_output(out / name))
