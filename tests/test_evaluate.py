@@ -796,3 +796,22 @@ def test_report_table_lists_every_language_the_summaries_and_the_verdicts():
     assert "| wer | synthetic | 1 | 2 |" in text and "| cer | synthetic | 1 | 1 |" in text
     assert "+0.000..+0.500 | inconclusive" in text
     assert "verdict fail" in text and "synthetic: 1 fail, 1 inconclusive" in text
+
+
+def test_normalizers_are_whispers_own_without_importing_torch():
+    """The score stage loads openai-whisper's normalizers from their files (no ``whisper/__init__``: torch, numba):
+    same text out as ``whisper.normalizers``, and a fresh interpreter that scores never imports torch."""
+    import subprocess
+    import sys
+
+    from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
+
+    from whisper_npu.eval.metrics import normalize
+
+    for text in ("Hello, Mr. Smith! It's 20 dollars, isn't it?", "colour  1st 2nd"):
+        assert normalize(text, "en_us") == " ".join(EnglishTextNormalizer()(text).split())
+    assert normalize("¡Opción inválida, señor!", "es_419") == " ".join(BasicTextNormalizer()("¡Opción inválida, señor!").split())
+    code = ("import sys; from whisper_npu.eval.metrics import normalize; normalize('Mr. Smith', 'en_us'); "
+            "normalize('¡Hola!', 'es_419'); print(sorted(m for m in ('torch', 'whisper', 'numba') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

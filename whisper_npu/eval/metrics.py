@@ -38,10 +38,33 @@ BASIC_NORMALIZER = "whisper.normalizers.BasicTextNormalizer"
 
 @lru_cache(maxsize=None)
 def _normalizer(name: str) -> Callable[[str], str]:
-    # Imported lazily: whisper's package import pulls torch and numba (about 2 s).
-    from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
+    module = _whisper_normalizers()
+    return module.EnglishTextNormalizer() if name == ENGLISH_NORMALIZER else module.BasicTextNormalizer()
 
-    return EnglishTextNormalizer() if name == ENGLISH_NORMALIZER else BasicTextNormalizer()
+
+def _whisper_normalizers():
+    """openai-whisper's ``whisper.normalizers`` package, loaded from its files without running ``whisper/__init__``
+    (which imports torch, numba and the model code: about 2 of the score stage's 3.5 s)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    name = "whisper_npu._whisper_normalizers"
+    if name not in sys.modules:
+        found = importlib.util.find_spec("whisper")   # locates the package, does not import it
+        if found is None or found.origin is None:
+            raise ModuleNotFoundError("openai-whisper is not installed (its text normalizers score WER)")
+        folder = Path(found.origin).parent / "normalizers"
+        spec = importlib.util.spec_from_file_location(name, folder / "__init__.py",
+                                                      submodule_search_locations=[str(folder)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
 
 
 def normalizer_name(lang: str) -> str:
