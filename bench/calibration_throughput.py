@@ -240,7 +240,9 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
     import torch
 
     from whisper_npu.audio.clips import read_clips
-    from whisper_npu.model.store import load_hf
+    from transformers import WhisperProcessor
+
+    from whisper_npu.model.store import hf_dir, load_hf
     from whisper_npu.params.base import read
     from whisper_npu.params.calibration import CalibrationParams
 
@@ -254,7 +256,11 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
         workdir.mkdir(parents=True, exist_ok=True)
         audio = synth_audio(workdir, args.languages, per_lang)
         clips = read_clips(audio, args.languages, "calibration", per_lang)[: args.clips]
-        model, processor = load_hf(reference_model(args.model, workdir))
+        reference = reference_model(args.model, workdir)
+        model, _ = load_hf(reference)
+        # the tutorial's WhisperProcessor (called on audio, batch_decode); the project's side reads only its
+        # feature_extractor and tokenizer, as the stages read those of store.load_processor
+        processor = WhisperProcessor.from_pretrained(str(hf_dir(reference)), local_files_only=True)
         results = measure(model, processor, clips, cp, args.repeats, workdir, args.baseline_max_new_tokens)
     name = "whisper-base" if args.model == "base" else "tiny random Whisper, code path only"
     return [table(results, command(MODULE, argv), name, cp,

@@ -427,8 +427,9 @@ def test_tiny_model_store_loads_everywhere(tiny_model_dir):
 
     model, processor = model_store.load_hf(tiny_model_dir)
     assert not model.training and model.dtype == torch.float32 and model.config.d_model == 64
-    assert isinstance(processor, WhisperProcessor)
+    assert isinstance(processor, model_store.Processor)
     hf = model_store.hf_dir(tiny_model_dir)
+    assert isinstance(WhisperProcessor.from_pretrained(hf, local_files_only=True), WhisperProcessor)
     gen = json.loads((hf / "generation_config.json").read_text())
     for cls in (WhisperTokenizer, WhisperTokenizerFast):
         tok = cls.from_pretrained(hf, local_files_only=True)
@@ -569,3 +570,32 @@ def test_model_stage_through_dvc_is_deterministic(project, reference_model_dir):
     assert model_store.model_info(repo / "models" / "reference")["files"] == model_store.model_info(reference_model_dir)["files"]
     run(["dvc", "repro", "-f", "model"], repo, timeout=900)
     assert (repo / "dvc.lock").read_text() == lock
+
+
+def test_store_readers_equal_transformers_classes_without_importing_torch(tiny_model_dir):
+    """load_processor / load_configs read the store's files without transformers' processor and config classes
+    (they import torch): the filterbank, feature settings and tokenizer equal WhisperProcessor's, the ids and sizes
+    equal WhisperConfig's and GenerationConfig's, and a fresh interpreter that loads them never imports torch."""
+    from transformers import GenerationConfig, WhisperConfig, WhisperProcessor
+
+    hf = model_store.hf_dir(tiny_model_dir)
+    ours, theirs = model_store.load_processor(tiny_model_dir), WhisperProcessor.from_pretrained(str(hf))
+    for key in ("sampling_rate", "n_fft", "hop_length", "n_samples"):
+        assert getattr(ours.feature_extractor, key) == getattr(theirs.feature_extractor, key), key
+    a, b = np.asarray(ours.feature_extractor.mel_filters), np.asarray(theirs.feature_extractor.mel_filters)
+    assert a.dtype == b.dtype and a.shape == b.shape == (201, 80) and a.tobytes() == b.tobytes()
+    assert type(ours.tokenizer) is type(theirs.tokenizer)
+    tokens = theirs.tokenizer("<|startoftranscript|><|en|><|transcribe|> Hello there, café!").input_ids
+    assert ours.tokenizer(" Hello there, café!").input_ids == theirs.tokenizer(" Hello there, café!").input_ids
+    assert ours.tokenizer.decode(tokens, skip_special_tokens=True) == theirs.tokenizer.decode(tokens, skip_special_tokens=True)
+    config, generation = model_store.load_configs(tiny_model_dir)
+    hf_config, hf_generation = WhisperConfig.from_pretrained(str(hf)), GenerationConfig.from_pretrained(str(hf))
+    for key in ("vocab_size", "max_target_positions", "max_source_positions", "d_model", "scale_embedding"):
+        assert getattr(config, key) == getattr(hf_config, key), key
+    for key in ("decoder_start_token_id", "eos_token_id", "no_timestamps_token_id", "lang_to_id", "task_to_id",
+                "suppress_tokens", "begin_suppress_tokens"):
+        assert generation[key] == getattr(hf_generation, key), key
+    code = ("import sys; from whisper_npu.model import store; store.load_processor(sys.argv[1]); "
+            "store.load_configs(sys.argv[1]); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tiny_model_dir)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -12,7 +12,9 @@ Layout of ``models/reference/`` (``model_dir`` below)::
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from whisper_npu.core.errors import StageError
@@ -54,23 +56,61 @@ def hf_dir(model_dir: str | Path) -> Path:
     return check_store(model_dir) / HF_DIR
 
 
-def load_processor(model_dir: str | Path) -> Any:
-    """The WhisperProcessor (feature extractor + tokenizer) of the store, offline."""
-    from transformers import WhisperProcessor
+@dataclass(frozen=True)
+class MelSettings:
+    """What the feature code (whisper_npu/audio/features.py ``log_mel``) reads of transformers'
+    ``WhisperFeatureExtractor``: the same attribute names and the same filterbank, built by the same call
+    (transformers.audio_utils ``mel_filter_bank`` with the extractor's arguments) without importing the extractor's
+    module, which imports torch."""
+    sampling_rate: int
+    n_fft: int
+    hop_length: int
+    n_samples: int
+    mel_filters: Any   # [n_fft // 2 + 1, feature_size] float64, as the extractor's
 
-    return WhisperProcessor.from_pretrained(str(hf_dir(model_dir)), local_files_only=True)
+
+@dataclass(frozen=True)
+class Processor:
+    """The parts of a WhisperProcessor the stages use: ``feature_extractor`` (:class:`MelSettings`) and
+    ``tokenizer`` (transformers' WhisperTokenizer of the store)."""
+    feature_extractor: MelSettings
+    tokenizer: Any
 
 
-def load_configs(model_dir: str | Path) -> tuple[Any, Any]:
-    """(WhisperConfig, GenerationConfig) of the store, without the weights."""
-    from transformers import GenerationConfig, WhisperConfig
+def load_processor(model_dir: str | Path) -> Processor:
+    """Feature settings and tokenizer of the store, offline. Read from preprocessor_config.json and the tokenizer
+    files directly: transformers' WhisperProcessor imports torch and its processing machinery (about 4 s of every
+    stage that decodes); a test checks both parts equal the WhisperProcessor's."""
+    from transformers import WhisperTokenizer
+    from transformers.audio_utils import mel_filter_bank
 
     folder = hf_dir(model_dir)
-    return WhisperConfig.from_pretrained(str(folder)), GenerationConfig.from_pretrained(str(folder))
+    pre = read_json(folder / "preprocessor_config.json")
+    try:
+        n_fft, rate = int(pre["n_fft"]), int(pre["sampling_rate"])
+        fe = MelSettings(sampling_rate=rate, n_fft=n_fft, hop_length=int(pre["hop_length"]),
+                         n_samples=int(pre["n_samples"]),
+                         mel_filters=mel_filter_bank(num_frequency_bins=1 + n_fft // 2,
+                                                     num_mel_filters=int(pre["feature_size"]), min_frequency=0.0,
+                                                     max_frequency=8000.0, sampling_rate=rate, norm="slaney",
+                                                     mel_scale="slaney"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise StageError(f"{folder / 'preprocessor_config.json'}: not a Whisper feature extractor config ({e!r}); "
+                         "rerun the model stage") from None
+    return Processor(fe, WhisperTokenizer.from_pretrained(str(folder), local_files_only=True))
+
+
+def load_configs(model_dir: str | Path) -> tuple[SimpleNamespace, dict[str, Any]]:
+    """(config.json as attributes, generation_config.json as a dict) of the store, without the weights: the ids and
+    sizes the decoding loop and the runtimes read. Plain JSON, no transformers config classes (their module imports
+    torch): the store's config.json is complete (writer.py writes the whole ``to_dict()``), so no class default is
+    needed."""
+    folder = hf_dir(model_dir)
+    return SimpleNamespace(**read_json(folder / "config.json")), dict(read_json(folder / "generation_config.json"))
 
 
 def load_hf(model_dir: str | Path) -> tuple[Any, Any]:
-    """(WhisperForConditionalGeneration in eval mode, float32 on CPU; WhisperProcessor), offline."""
+    """(WhisperForConditionalGeneration in eval mode, float32 on CPU; Processor: feature settings and tokenizer), offline."""
     import torch
     from transformers import WhisperForConditionalGeneration
 

@@ -107,7 +107,7 @@ class TorchBackend:
 
 
 def load_torch_backend(model_dir: str | Path, device: str = "cpu") -> tuple[TorchBackend, Any]:
-    """(backend, WhisperProcessor) from the reference model store (models/reference), the model on ``device``
+    """(backend, store.Processor) from the reference model store (models/reference), the model on ``device``
     (cpu or cuda:N; float32 either way: it is the reference)."""
     from whisper_npu.model.store import load_hf
 
