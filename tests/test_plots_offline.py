@@ -47,3 +47,25 @@ def test_plots_show_and_diff_draw_bars_offline(project, tmp_path: Path) -> None:
         counts = colour_counts(png)
         # fp32 and compiled (show); fp32 and compiled at each of two revisions (diff)
         assert all(n >= MIN_PIXELS for n in counts[:series]), (name, counts)
+
+
+def test_sensitivity_plots_draw_components_languages_and_intervals_offline(project, tmp_path: Path) -> None:
+    """The sensitivity stage's two plots (rows in its sqnr.json / promotion.json format) in `dvc plots show`: SQNR
+    points coloured by component, the promotion curve's points coloured by language with their 95 % interval as a
+    vertical bar; only these two plots have data here, so vega's first two colours are theirs."""
+    repo = project()
+    (repo / "sensitivity").mkdir()
+    sqnr = [{"component": c, "depth": d, "group": f"{c}.{d}.fc2", "sqnr_db": 10.0 + 3 * d + (5 if c == "decoder" else 0)}
+            for c in ("encoder", "decoder") for d in range(-1, 6)]
+    curve = [{"step": s, "groups": 30 * s, "lang": lang, "delta_wer": 0.1 / s + k * 0.01,
+              "ci_low": 0.1 / s - 0.05, "ci_high": 0.1 / s + 0.08} for s in (1, 2, 3) for k, lang in enumerate(("en_us", "it_it"))]
+    (repo / "sensitivity" / "sqnr.json").write_text(json.dumps(sqnr))
+    (repo / "sensitivity" / "promotion.json").write_text(json.dumps(curve))
+    run(["dvc", "plots", "show", "-o", str(tmp_path / "show")], repo)
+    html = (tmp_path / "show" / "index.html").read_text(encoding="utf-8")
+    assert "<script src" not in html and '"ci_high"' in html and '"component"' in html
+    png = tmp_path / "show.png"
+    screenshot(tmp_path / "show" / "index.html", png, tmp_path / "chromium")
+    counts = colour_counts(png)
+    # encoder/en_us (first colour) and decoder/it_it (second): 14 points + 6 points with bars, and legend swatches
+    assert counts[0] >= 150 and counts[1] >= 150 and counts[2] < 50, counts
