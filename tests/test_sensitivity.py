@@ -286,3 +286,23 @@ def test_range_collection_is_remembered_only_for_the_same_bytes(tmp_path):
     other_input = ranges.collect(a, reader(5.0), ["y"], ("minmax",))
     assert other_input is not first and other_input.ranges("minmax")["y"] == pytest.approx((-10.0, 10.0))
     assert ranges.collect(b, reader(1.0), ["y"], ("minmax",)).ranges("minmax")["y"] == pytest.approx((-3.0, 3.0))
+
+
+def test_minmax_ranges_keep_histograms_only_where_read():
+    """Minmax alone bins nothing but the ``summarized`` tensors (their range columns); percentile bins every tensor;
+    the min/max ranges, and so the calibration cache ORT reads, are the same either way."""
+    from whisper_npu.compilers.onnxruntime import ranges
+
+    rng = np.random.default_rng(0)
+    samples = [{"a": rng.normal(size=(4, 8)).astype(np.float32), "b": rng.normal(size=(3,)).astype(np.float32) * 5}
+               for _ in range(3)]
+    lean, full = ranges.Stats(("minmax",), summarized=["b"]), ranges.Stats(("minmax", "percentile"))
+    for s in samples:
+        lean.add(s)
+        full.add(s)
+    assert set(lean.absolute.histogram_dict) == {"b"} and set(full.absolute.histogram_dict) == {"a", "b"}
+    assert lean.ranges("minmax") == full.ranges("minmax")
+    assert lean.summary("b") == full.summary("b")
+    with pytest.raises(ValueError, match="no histogram of 'a'"):
+        lean.summary("a")
+    assert not ranges.Stats(("minmax",)).histogrammed   # the compile stage's case: nothing binned

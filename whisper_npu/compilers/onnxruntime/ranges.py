@@ -6,7 +6,10 @@ Here the graph's tensors become extra outputs, each sample is run once (``reader
 time, so memory is one sample's intermediates whatever the set size) and per tensor we keep the min/max
 (ORT's MinMax), the |x| histogram of ORT's Percentile calibrator (2048 bins, symmetric) and the real-value
 histogram of its Entropy calibrator (128 bins): ORT's own ``HistogramCollector`` does the merging, so the
-thresholds are the ones its calibrators compute for the same samples. ``write_cache`` writes the min/max
+thresholds are the ones its calibrators compute for the same samples. Histograms are kept only where something
+reads them: every tensor for percentile / entropy, else only the ``summarized`` tensors (the study's range
+columns). Minmax alone keeps none: binning every activation of every sample cost the whisper-base encoder about
+15 s a sample, several times the forward pass, and min/max ranges do not depend on it. ``write_cache`` writes the min/max
 ranges as ORT's calibration cache (``quantize_static(calibration_cache_path=...)``), so quantizing a variant
 needs no calibration pass. ``collect`` remembers its last few results in the process, keyed by the model's bytes,
 the inputs' bytes and its arguments: the sensitivity stage's promotion steps compile the same export on the same
@@ -48,10 +51,12 @@ def with_outputs(model_path: str | Path, tensors: Iterable[str], out_path: str |
 class Stats:
     """Streaming per-tensor statistics; ``add`` one sample's tensors at a time."""
 
-    def __init__(self, methods: Iterable[str] = METHODS, percentile: float = 99.999):
+    def __init__(self, methods: Iterable[str] = METHODS, percentile: float = 99.999, summarized: Iterable[str] = ()):
         from onnxruntime.quantization.calibrate import HistogramCollector
 
         self.methods, self.percentile = set(methods), percentile
+        # tensors whose |x| histogram is kept (None: all): percentile ranges need them all, summary() its own
+        self.histogrammed = None if "percentile" in self.methods else set(summarized)
         self.lo: dict[str, float] = {}
         self.hi: dict[str, float] = {}
         # the absolute histogram also gives the range statistics (|x| percentiles) the report shows
@@ -70,7 +75,10 @@ class Stats:
                 raise ValueError(f"tensor {t!r} has non-finite values ({lo}, {hi}): it cannot get a static range")
             self.lo[t] = min(lo, self.lo.get(t, lo))
             self.hi[t] = max(hi, self.hi.get(t, hi))
-        self.absolute.collect_absolute_value(arrays)
+        if self.histogrammed is None:
+            self.absolute.collect_absolute_value(arrays)
+        elif kept := {t: a for t, a in arrays.items() if t in self.histogrammed}:
+            self.absolute.collect_absolute_value(kept)
         if self.real is not None:
             self.real.collect_value(arrays)
         self.samples += 1
@@ -87,7 +95,10 @@ class Stats:
         return {t: (float(v[0]), float(v[1])) for t, v in found.items()}
 
     def summary(self, tensor: str, percentiles=(99.0, 99.9, 99.99)) -> dict[str, float]:
-        """min, max and |x| percentiles (from the 2048-bin histogram: bin upper edges) of one tensor."""
+        """min, max and |x| percentiles (from the 2048-bin histogram: bin upper edges) of one tensor (one of the
+        ``summarized`` tensors, or any with percentile collected)."""
+        if self.histogrammed is not None and tensor not in self.histogrammed:
+            raise ValueError(f"no histogram of {tensor!r}: pass it in summarized")
         hist, edges = self.absolute.histogram_dict[tensor][:2]
         cdf = np.cumsum(hist) / max(hist.sum(), 1)
         out = {"min": self.lo[tensor], "max": self.hi[tensor]}
@@ -97,17 +108,17 @@ class Stats:
 
 
 def collect(model_path: str | Path, reader, tensors: Iterable[str], methods: Iterable[str] = METHODS,
-            percentile: float = 99.999, progress: str | None = None) -> Stats:
+            percentile: float = 99.999, progress: str | None = None, summarized: Iterable[str] = ()) -> Stats:
     """Statistics of ``tensors`` of the float graph at ``model_path`` over every sample of ``reader``
-    (a ``quantize.ListReader``), one sample at a time."""
+    (a ``quantize.ListReader``), one sample at a time; ``summarized``: tensors :meth:`Stats.summary` is asked for."""
     import onnxruntime as ort
     from tqdm import tqdm
 
-    tensors = sorted(set(tensors))
-    key = _fingerprint(model_path, reader, tensors, methods, percentile)
+    tensors, summarized = sorted(set(tensors)), sorted(set(summarized))
+    key = _fingerprint(model_path, reader, tensors, methods, percentile, summarized)
     if key in _MEMO:
         return _MEMO[key]
-    stats = Stats(methods, percentile)
+    stats = Stats(methods, percentile, summarized)
     with tempfile.TemporaryDirectory(prefix="whisper-npu-ranges-") as tmp:
         path = with_outputs(model_path, tensors, Path(tmp) / "augmented.onnx")
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -130,10 +141,11 @@ MEMO_SIZE = 4   # results kept (the promotion compiles two components)
 _MEMO: dict[str, Stats] = {}
 
 
-def _fingerprint(model_path: str | Path, reader, tensors: list[str], methods: Iterable[str], percentile: float) -> str:
+def _fingerprint(model_path: str | Path, reader, tensors: list[str], methods: Iterable[str], percentile: float,
+                 summarized: list[str]) -> str:
     """sha256 of the model file, every input array of ``reader`` (name, dtype, shape, bytes) and the arguments."""
     h = hashlib.sha256(Path(model_path).read_bytes())
-    h.update(repr((tensors, sorted(set(methods)), float(percentile))).encode())
+    h.update(repr((tensors, sorted(set(methods)), float(percentile), summarized)).encode())
     reader.rewind()
     while (feed := reader.get_next()) is not None:
         for name in sorted(feed):

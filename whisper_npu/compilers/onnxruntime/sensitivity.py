@@ -86,6 +86,13 @@ def _dq_names(path: Path, tensors: Sequence[str]) -> dict[str, str]:
     return {t: f"{t}_DequantizeLinear_Output" if f"{t}_DequantizeLinear_Output" in outs else t for t in tensors}
 
 
+def _summary_tensor(g, calibrated: set[str]) -> str:
+    """The tensor whose range statistics a group's row shows: what it writes (its output, else its last produced
+    tensor) when that is calibrated, else its first tensor."""
+    written = [t for t in (g.output, *reversed(g.produced)) if t in calibrated]
+    return written[0] if written else g.tensors[0]
+
+
 def _fake_quant(x: np.ndarray, q: tuple[float, int, int, int]) -> np.ndarray:
     scale, zp, lo, hi = q
     return ((np.clip(np.rint(x / scale) + zp, lo, hi) - zp) * scale).astype(np.float32)
@@ -162,7 +169,10 @@ def study(fp32_path: str | Path, reader: quantize.ListReader, held: quantize.Lis
         p = proxy_mod.plan(pre, proxy, op_types)
         by_group = proxy_mod.check_overrides(groups or {}, p)
         wanted = {calibrate_method} | {s["method"] for s in by_group.values() if "method" in s}
-        stats = ranges.collect(pre, reader, p.calibrate, wanted, percentile, progress=f"ranges {p.component}")
+        calibrated = set(p.calibrate)
+        summarized = {g.name: _summary_tensor(g, calibrated) for g in p.groups.values()}
+        stats = ranges.collect(pre, reader, p.calibrate, wanted, percentile, progress=f"ranges {p.component}",
+                               summarized=[t for t in summarized.values() if t in calibrated])
         cache = ranges.write_cache(stats, tmp / "ranges.json")
         bits, method = proxy_mod.resolve(p, by_group, calibrate_method)
 
@@ -216,8 +226,7 @@ def study(fp32_path: str | Path, reader: quantize.ListReader, held: quantize.Lis
         rows = {}
         for name, g in p.groups.items():
             local = [sums["local:" + t] for t in g.tensors if "local:" + t in sums]
-            written = [t for t in (g.output, *reversed(g.produced)) if t in stats.lo]
-            summary_of = written[0] if written else g.tensors[0]
+            summary_of = summarized[name]
             rows[name] = {"group": name, "bits": 16 if any(bits.get(t, 8) == 16 for t in g.tensors) else 8,
                           "nodes": g.quantized, "tensors": g.tensors, "sqnr_db": sqnr_db(*sums["out:" + name][:2]),
                           "local_sqnr_db": min((sqnr_db(v[0], v[1]) for v in local), default=float("inf")),
