@@ -306,3 +306,15 @@ def test_minmax_ranges_keep_histograms_only_where_read():
     with pytest.raises(ValueError, match="no histogram of 'a'"):
         lean.summary("a")
     assert not ranges.Stats(("minmax",)).histogrammed   # the compile stage's case: nothing binned
+
+
+def test_summary_histograms_stop_after_summary_samples(monkeypatch):
+    """The study's range columns bin only the first SUMMARY_SAMPLES samples (min/max still see every sample)."""
+    from whisper_npu.compilers.onnxruntime import ranges
+
+    monkeypatch.setattr(ranges, "SUMMARY_SAMPLES", 2)
+    stats = ranges.Stats(("minmax",), summarized=["b"])
+    for value in (1.0, 2.0, 50.0):
+        stats.add({"b": np.full((4,), value, np.float32)})
+    assert stats.ranges("minmax")["b"] == (1.0, 50.0)
+    assert stats.summary("b")["abs_p99.99"] < 3.0 and stats.summary("b")["max"] == 50.0

@@ -8,7 +8,7 @@ time, so memory is one sample's intermediates whatever the set size) and per ten
 histogram of its Entropy calibrator (128 bins): ORT's own ``HistogramCollector`` does the merging, so the
 thresholds are the ones its calibrators compute for the same samples. Histograms are kept only where something
 reads them: every tensor for percentile / entropy, else only the ``summarized`` tensors (the study's range
-columns). Minmax alone keeps none: binning every activation of every sample cost the whisper-base encoder about
+columns), over the first ``SUMMARY_SAMPLES`` samples. Minmax alone keeps none: binning every activation of every sample cost the whisper-base encoder about
 15 s a sample, several times the forward pass, and min/max ranges do not depend on it. ``write_cache`` writes the min/max
 ranges as ORT's calibration cache (``quantize_static(calibration_cache_path=...)``), so quantizing a variant
 needs no calibration pass. ``collect`` remembers its last few results in the process, keyed by the model's bytes,
@@ -27,6 +27,9 @@ from pathlib import Path
 import numpy as np
 
 METHODS = ("minmax", "percentile", "entropy")
+# samples whose |x| histogram feeds the summary-only percentiles (binning the encoder's attention tensors costs
+# several seconds a sample: 94 samples took 12 min where the min/max pass takes about one)
+SUMMARY_SAMPLES = 16
 
 
 def with_outputs(model_path: str | Path, tensors: Iterable[str], out_path: str | Path) -> Path:
@@ -77,7 +80,7 @@ class Stats:
             self.hi[t] = max(hi, self.hi.get(t, hi))
         if self.histogrammed is None:
             self.absolute.collect_absolute_value(arrays)
-        elif kept := {t: a for t, a in arrays.items() if t in self.histogrammed}:
+        elif self.samples < SUMMARY_SAMPLES and (kept := {t: a for t, a in arrays.items() if t in self.histogrammed}):
             self.absolute.collect_absolute_value(kept)
         if self.real is not None:
             self.real.collect_value(arrays)
@@ -95,8 +98,9 @@ class Stats:
         return {t: (float(v[0]), float(v[1])) for t, v in found.items()}
 
     def summary(self, tensor: str, percentiles=(99.0, 99.9, 99.99)) -> dict[str, float]:
-        """min, max and |x| percentiles (from the 2048-bin histogram: bin upper edges) of one tensor (one of the
-        ``summarized`` tensors, or any with percentile collected)."""
+        """min, max (every sample) and |x| percentiles (from the 2048-bin histogram: bin upper edges; the first
+        ``SUMMARY_SAMPLES`` samples unless percentile ranges were collected) of one tensor (one of the ``summarized``
+        tensors, or any with percentile collected)."""
         if self.histogrammed is not None and tensor not in self.histogrammed:
             raise ValueError(f"no histogram of {tensor!r}: pass it in summarized")
         hist, edges = self.absolute.histogram_dict[tensor][:2]
