@@ -134,9 +134,11 @@ def repro(repo: Path, timeout: float) -> tuple[ReproOutput, float]:
     return parse_repro(proc.stdout + "\n" + proc.stderr), seconds
 
 
-def profile_params(profile: str, workdir: Path, eval_clips: int | None = None) -> dict:
+def profile_params(profile: str, workdir: Path, eval_clips: int | None = None, static: bool = False) -> dict:
     """The profile's params; ``eval_clips``: that many evaluation clips per language, transcribed with params.yaml's
-    ``transcribe.max_new_tokens`` (the profiles' 8 tokens cut sentences short: decoding would cost next to nothing)."""
+    ``transcribe.max_new_tokens`` (the profiles' 8 tokens cut sentences short: decoding would cost next to nothing);
+    ``static``: ``compile.onnxruntime.mode: static``, where the calibration set shapes the compiled model (the
+    default dynamic mode reads none: a calibration change stops at the compile stage's unchanged output)."""
     c = test_helpers()
     store = reference_model("base" if profile == "base" else "tiny", workdir)
     p = c.tiny_params(store / "hf")
@@ -145,6 +147,8 @@ def profile_params(profile: str, workdir: Path, eval_clips: int | None = None) -
     if eval_clips:
         p["audio"]["eval_clips"] = eval_clips
         p["transcribe"]["max_new_tokens"] = c.default_params()["transcribe"]["max_new_tokens"]
+    if static:
+        p["compile"]["onnxruntime"]["mode"] = "static"
     return p
 
 
@@ -223,6 +227,8 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
     p.add_argument("--eval-clips", type=int, default=None, metavar="N",
                    help="evaluation clips per language (default: the profile's 1), decoded with params.yaml's "
                         "transcribe.max_new_tokens: what a change that reruns transcription costs at a real size")
+    p.add_argument("--static", action="store_true",
+                   help="compile.onnxruntime.mode: static (calibration changes then reach the compiled transcription)")
     p.add_argument("--quick", action="store_true", help="tiny profile, 1 no-op run")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
@@ -235,7 +241,7 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
             repo = c.copy_project(args.repo, workdir / "proj")
             params = yaml.safe_load((repo / "params.yaml").read_text())
         else:
-            params = profile_params(args.profile, workdir, args.eval_clips)
+            params = profile_params(args.profile, workdir, args.eval_clips, args.static)
             repo = c.make_project(workdir / "proj", params)
         m = measure(repo, params, args.noop_runs, args.add_language, args.timeout, ran_already=args.repo is not None,
                     only=args.changes)

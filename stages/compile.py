@@ -11,7 +11,7 @@ Outputs, in ``--out`` (compiled/<component>/), named after the reference model (
 * decoder, both backends: ``embed_tokens.npy`` / ``embed_positions.npy``, the tables the runtime adds on
   the CPU (they are not inside the compiled decoder);
 * ``provenance.json``: backend and tool versions, every compile option and what it resolved to, the
-  calibration set's hash, model id/revision/name, input/output specs.
+  calibration set's hash (when the compiler read it: not dynamic INT8), model id/revision/name, input/output specs.
 
 And ``--metrics``: compiled vs fp32 (torch) on held-out inputs, per output: cosine (mean, min), max abs
 error (decoder: also top-1 agreement of the logits). Held-out inputs are ``compile.numerics_samples``
@@ -72,12 +72,23 @@ def compile_component(component: str, backend: str, cp: CompileParams, model: An
         "model": {k: info.get(k) for k in ("name", "source", "id", "revision")},
         "toolchain": tools, "options": cp.model_dump(), "resolved": resolved,
         "quantization": quantization,
-        "calibration": {"file": cs.source.name, "sha256_tree": sha256_tree(cs.source.parent),
-                        "entries": len(cs), "held_out": built.held_out},
+        "calibration": calibration_record(cs, resolved, built.held_out),
         "specs": spec.to_dict(),
     }
     write_json(out_dir / PROVENANCE, provenance)
-    return {"component": component, "backend": backend, "held_out_samples": len(built.held_out), **built.numerics}
+    return {"component": component, "backend": backend, "held_out_samples": len(built.held_out),
+            "held_out": built.held_out, **built.numerics}
+
+
+def calibration_record(cs: calib_sets.CalibSet, resolved: dict[str, Any], held_out: list[int]) -> dict[str, Any]:
+    """The calibration set in provenance.json: its hash when the compiler read it, else only that it did not.
+    Dynamic INT8 without smoothing computes activation ranges at run time: its artifacts do not depend on the
+    set, so recording the set's hash would change the output folder (and rerun every compiled transcription)
+    on a calibration change that leaves the model byte-identical."""
+    if not resolved.get("calibrated_on"):
+        return {"used": False}
+    return {"used": True, "file": cs.source.name, "sha256_tree": sha256_tree(cs.source.parent), "entries": len(cs),
+            "held_out": held_out}
 
 
 # ------------------------------------------------------------------------------------------- stage

@@ -205,9 +205,11 @@ def test_experiment_shared_through_git_and_dvc_remotes(tiny_pipeline, tmp_path):
     # README "Experiments", as written: what reruns, `dvc exp show`, `dvc metrics diff`, `dvc plots diff`
     out = run(["dvc", "exp", "run", "-n", "ratio-0.5", "-S", "calibration.translate_ratio=0.5"], machine_a).stdout
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert {"calibrate_decoder", "compile@decoder", "transcribe_compiled", "score"} <= ran, out
+    assert {"calibrate_decoder", "compile@decoder"} <= ran, out
+    # the default dynamic INT8 reads no calibration set: compiled/decoder comes out byte-identical, so no
+    # transcription reruns (nor anything before the decoder set)
     assert not ran & {"calibrate_encoder", "compile@encoder", "audio@en_us", "label@en_us", "transcribe_fp32@en_us",
-                      "transcribe_fp32@es_419"}, out
+                      "transcribe_fp32@es_419", "mobilint_model", "transcribe_compiled", "score"}, out
     assert param(exp_rows(machine_a)["ratio-0.5"], "calibration.translate_ratio") == 0.5
     run(["dvc", "exp", "show", "--md", "--drop", ".*", "--keep",
          "Experiment|calibration.translate_ratio|summary.wer.(real|synthetic).(fp32|compiled|delta)"], machine_a)

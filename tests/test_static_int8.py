@@ -13,6 +13,7 @@ import yaml
 from conftest import default_params
 
 from stages import compile as compile_stage
+from whisper_npu.core.files import sha256_tree
 from whisper_npu.calibration import lists as calibration
 from whisper_npu.params.base import ParamsError
 from whisper_npu.params.full import parse_params
@@ -106,6 +107,8 @@ def test_dynamic_model_ignores_the_calibration_set(setup, tiny_model_dir):
     b = compile_both(setup, tiny_model_dir, "b", dynamic, "dynamic_b")
     for comp in ("encoder", "decoder"):
         assert a[comp].read_bytes() == b[comp].read_bytes()
+        # the whole output folder (provenance.json included): a calibration change reruns no compiled transcription
+        assert sha256_tree(a[comp].parent) == sha256_tree(b[comp].parent)
 
 
 def test_static_graph_is_int8_with_16bit_where_asked(setup, tiny_model_dir):

@@ -4,7 +4,7 @@ the runtimes load it (whisper_npu/runtimes/). A leaf: it imports nothing of eith
 ``compiled/<component>/`` holds the backend's artifacts (``provenance.json`` names the one that runs as
 ``artifacts.model``), the decoder's host-side tables (token and position embeddings: the runtime adds them on the
 CPU, they are not inside the compiled decoder) and ``provenance.json`` (backend, tool versions, options and what
-they resolved to, calibration set hash, model, specs).
+they resolved to, calibration set hash when the compiler read it, model, specs).
 """
 from __future__ import annotations
 

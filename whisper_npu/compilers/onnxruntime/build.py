@@ -86,7 +86,8 @@ def build(model: Any, model_dir: Path, component: str, spec: ComponentSpec, cs: 
     load = _checked_loader(cs, spec)
     reference = export.npu_module(model, component)
     picked = calib_sets.pick_evenly(calib_idx, o.calibration_samples)
-    resolved: dict[str, Any] = {"calibrated_on": picked if o.mode == "static" else []}
+    # what read the set: static mode's ranges, SmoothQuant's scales (in dynamic mode too); dynamic alone reads none
+    resolved: dict[str, Any] = {"calibrated_on": picked if o.mode == "static" or o.smooth_quant else []}
     to_export = reference
     if o.smooth_quant:
         to_export, resolved["smooth_quant"] = smoothing.smooth(reference, (load(i) for i in picked),
