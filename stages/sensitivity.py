@@ -14,10 +14,11 @@ most ``compile.onnxruntime.calibration_samples``, picked as the compile stage pi
 * ``promotion.json``: plot rows of the WER-vs-promoted-groups curve (step, groups at 16 bits, language, WER delta
   and its 95 % interval); empty without the WER check;
 * ``onnxruntime.overrides`` / ``qbcompiler.overrides``: the recipe, one DVC ``-S`` override a line, the promoted
-  groups at 16 bits. With ``sensitivity.wer_languages`` listed, the groups of the first promotion step that holds
+  groups at 16 bits. With ``sensitivity.wer_languages`` listed, the groups of the smallest promotion step that holds
   every listed language within ``sensitivity.max_wer_increase`` (whisper_npu/promotion.py: role families in rank
-  order, each step compiled by the compile stage's own code and decoded on ``--audio``'s evaluation clips against
-  the fp32 transcripts in ``--fp32``); with none listed, the single groups whose isolation gain reaches
+  order, steps found by bisection or in turn (``sensitivity.search``), each step compiled by the compile stage's
+  own code and decoded on ``--audio``'s evaluation clips against the fp32 transcripts in ``--fp32``); with none
+  listed, the single groups whose isolation gain reaches
   ``sensitivity.min_gain_db`` (encoder, dB) or ``sensitivity.min_kl_reduction`` (decoder, nats). Apply with
   ``dvc exp run $(grep -v '^#' sensitivity/onnxruntime.overrides | sed 's/^/-S /')``. The qbcompiler file starts
   with comment lines saying which part of its mapping is verified.

@@ -255,12 +255,10 @@ def test_promotion_steps_follow_the_family_ranking():
                                   "decoder.1.layer_norm")}
 
 
-@pytest.mark.slow
-def test_promotion_stops_at_a_failing_language(tiny_pipeline: Path, monkeypatch, tmp_path):
-    """The loop's decisions, with the compiled model's decode replaced (named stand-in: hypotheses chosen per step;
-    a bad one is the fp32 text with 200 inserted words, so its WER is above fp32's): step 1 garbles en_us, so it
-    stops there (es_419 not decoded); step 2 garbles es_419 (decoded after en_us); step 3 decodes es_419 first,
-    matches fp32 everywhere and is the recipe."""
+def _promote_with_standins(tiny_pipeline: Path, monkeypatch, search: str, bad: set[tuple[int, str]]):
+    """``promotion.promote`` on two languages of the tiny pipeline with the compiled model's decode replaced (named
+    stand-in: hypotheses chosen per step; a bad one is the fp32 text with 200 inserted words, so its WER is above
+    fp32's). Returns (result, decoded systems in order, step of each encoder compile, reports)."""
     from whisper_npu import promotion
     from whisper_npu.core.files import read_jsonl
     from whisper_npu.decoding import run as run_mod
@@ -268,37 +266,50 @@ def test_promotion_stops_at_a_failing_language(tiny_pipeline: Path, monkeypatch,
 
     fp32 = {r["id"]: r["text"] for lang in ("en_us", "es_419")
             for r in read_jsonl(tiny_pipeline / "data" / "transcripts" / "fp32" / f"{lang}.jsonl")}
-    step = {"k": 0}
-    decoded, compiled = [], []
+    reports = {"encoder": family_report("encoder", {"fc2": 1.0, "residual": 4.0, "attention": 0.5}),
+               "decoder": family_report("decoder", {"layer_norm": 0.2})}
+    by_groups = {tuple(sorted(g for gs in promotion.step_groups(reports, k).values() for g in gs)): k
+                 for k in (1, 2, 3)}
+    current, decoded, compiled = {"k": 0}, [], []
 
     def fake_run_clips(system, backend, clips, features, cfg, to_text, batch_size):
         decoded.append(system)
-        bad = (step["k"], clips[0].lang) in {(1, "en_us"), (2, "es_419")}
+        garbled = (current["k"], clips[0].lang) in bad
         return [{"id": c.id, "lang": c.lang, "seconds": 0.1,
-                 "text": fp32[c.id] + " zzz" * 200 if bad else fp32[c.id]} for c in clips]
+                 "text": fp32[c.id] + " zzz" * 200 if garbled else fp32[c.id]} for c in clips]
 
     def fake_compile(component, candidate, out_dir):
-        step["k"] += component == "encoder"
-        compiled.append((component, sorted(candidate.onnxruntime.groups)))
+        current["k"] = by_groups[tuple(sorted(candidate.onnxruntime.groups))]   # the step, from the recipe itself
+        if component == "encoder":
+            compiled.append(current["k"])
 
     monkeypatch.setattr(run_mod, "run_clips", fake_run_clips)
     monkeypatch.setattr(ort_runtime, "load_ort_backend", lambda enc, dec: object())
-    reports = {"encoder": family_report("encoder", {"fc2": 1.0, "residual": 4.0, "attention": 0.5}),
-               "decoder": family_report("decoder", {"layer_norm": 0.2})}
     raw = default_params()
-    raw["sensitivity"].update(wer_languages=["en_us", "es_419"], wer_clips=1, max_steps=5, max_wer_increase=0.01)
+    raw["sensitivity"].update(wer_languages=["en_us", "es_419"], wer_clips=1, max_steps=5, max_wer_increase=0.01,
+                              search=search)
     full = parse_params(raw)
     out = promotion.promote(reports, fake_compile, model_dir=tiny_pipeline / "models" / "reference", cp=full.compile,
                             sp=full.sensitivity, tp=full.transcribe, audio_root=tiny_pipeline / "data" / "audio",
                             fp32_dir=tiny_pipeline / "data" / "transcripts" / "fp32", bootstrap_samples=200, seed=0)
+    return out, decoded, compiled, reports
+
+
+@pytest.mark.slow
+def test_promotion_stops_at_a_failing_language(tiny_pipeline: Path, monkeypatch, tmp_path):
+    """``search: linear``: step 1 garbles en_us, so it stops there (es_419 not decoded); step 2 garbles es_419
+    (decoded after en_us); step 3 decodes es_419 first, matches fp32 everywhere and is the recipe."""
+    from whisper_npu import promotion
+
+    out, decoded, compiled, reports = _promote_with_standins(tiny_pipeline, monkeypatch, "linear",
+                                                             {(1, "en_us"), (2, "es_419")})
     assert decoded == ["step 1 en_us", "step 2 en_us", "step 2 es_419", "step 3 es_419", "step 3 en_us"]
+    assert compiled == [1, 2, 3]
     s1, s2, s3 = out["steps"]
     assert not s1["passed"] and list(s1["languages"]) == ["en_us"] and s1["languages"]["en_us"]["delta"] > 0.01
     assert not s2["passed"] and s2["languages"]["en_us"]["passed"] and not s2["languages"]["es_419"]["passed"]
     assert s3["passed"] and all(r["delta"] == 0 and r["passed"] for r in s3["languages"].values())
     assert out["chosen"] == 3 and out["promoted"] == promotion.step_groups(reports, 3)
-    assert [g for c, g in compiled if c == "encoder"][2] == sorted(promotion.step_groups(reports, 3)["encoder"]
-                                                                    + promotion.step_groups(reports, 3)["decoder"])
     text = promotion.markdown(out)
     assert "Recipe: step 3." in text and "not decoded" in text   # es_419 at step 1
     rows = promotion.curve_rows(out)
@@ -306,3 +317,21 @@ def test_promotion_stops_at_a_failing_language(tiny_pipeline: Path, monkeypatch,
                                                       (3, "es_419")]
     with pytest.raises(Exception, match="sensitivity.wer_languages entry 'fr_fr'"):
         promotion.fp32_rows(tiny_pipeline / "data" / "transcripts" / "fp32", "fr_fr")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bad, decoded, chosen", [
+    # the middle step fails on es_419, so only the last is left: 2 steps decoded where linear decodes 3
+    ({(1, "en_us"), (2, "es_419")}, ["step 2 en_us", "step 2 es_419", "step 3 es_419", "step 3 en_us"], 3),
+    # the middle step passes and step 1 fails: step 2 is the smallest passing one
+    ({(1, "en_us")}, ["step 2 en_us", "step 2 es_419", "step 1 en_us"], 2),
+    # nothing passes: the most promoted step tried is the one reported
+    ({(k, "en_us") for k in (1, 2, 3)}, ["step 2 en_us", "step 3 en_us"], None),
+])
+def test_promotion_bisects_to_the_smallest_passing_step(tiny_pipeline: Path, monkeypatch, bad, decoded, chosen):
+    from whisper_npu import promotion
+
+    out, got, _, reports = _promote_with_standins(tiny_pipeline, monkeypatch, "bisect", bad)
+    assert got == decoded and out["chosen"] == chosen and out["search"] == "bisect"
+    assert [s["step"] for s in out["steps"]] == sorted({int(d.split()[1]) for d in decoded})   # in step order
+    assert out["promoted"] == promotion.step_groups(reports, chosen or 3)

@@ -6,9 +6,12 @@ alone to 16 bits gains. Step k promotes, in each component, its k best-ranked fa
 bit; a family that gains nothing alone is still ranked, last), compiles both components with exactly that recipe (the compile stage's own code: the
 recipe file applied with ``dvc exp run`` builds the same models) and decodes the evaluation clips of
 ``sensitivity.wer_languages`` (transcribe task, the ``transcribe`` decode options) against the fp32 transcripts the
-pipeline already has. The first step where no language's WER rose more than ``sensitivity.max_wer_increase`` is the
-recipe. A step stops at its first failing language (a broken model decodes to the token cap, slowly); the next
-step decodes that language first. Every step's per-language delta carries its paired-bootstrap 95 % interval.
+pipeline already has. The smallest step where no language's WER rose more than ``sensitivity.max_wer_increase`` is
+the recipe: found by bisection of 1..max_steps (``sensitivity.search: bisect``: 3 decoded steps of 7, the smallest
+passing one if a passing step stays passing with more families at 16 bits, as measured on whisper-base) or by trying
+step 1, 2, ... in turn (``linear``). A step stops at its first failing language (a broken model decodes to the
+token cap, slowly); the next step decodes that language first. Every step's per-language delta carries its
+paired-bootstrap 95 % interval.
 """
 from __future__ import annotations
 
@@ -111,9 +114,10 @@ def promote(reports: dict[str, dict], compile_fn: Callable[[str, Any, Path], Any
             raise StageError(f"{fp32_dir / (lang + '.jsonl')}: no fp32 transcript for evaluation clips {missing[:3]} "
                              "(rerun `dvc repro transcribe_fp32`)")
     order = list(sp.wer_languages)
-    steps, chosen, promoted = [], None, {c: [] for c in reports}
-    last = min(steps_available(reports), sp.max_steps)
-    for k in range(1, last + 1):
+    steps: list[dict] = []
+
+    def step(k: int) -> dict[str, Any]:
+        nonlocal order
         promoted = step_groups(reports, k)
         start = time.perf_counter()
         row: dict[str, Any] = {"step": k, "families": {c: ranked_families(r)[:k] for c, r in reports.items()},
@@ -146,11 +150,20 @@ def promote(reports: dict[str, dict], compile_fn: Callable[[str, Any, Path], Any
         row["passed"] = len(row["languages"]) == len(order) and all(r["passed"] for r in row["languages"].values())
         row["seconds"] = round(time.perf_counter() - start, 1)
         steps.append(row)
-        if row["passed"]:
-            chosen = k
-            break
+        return row
+
+    chosen, lo, hi = None, 1, min(steps_available(reports), sp.max_steps)
+    while lo <= hi:   # every step below lo failed; bisect: every step above hi that was tried passed
+        k = (lo + hi) // 2 if sp.search == "bisect" else lo
+        if step(k)["passed"]:
+            chosen, hi = k, (k - 1 if sp.search == "bisect" else 0)
+        else:
+            lo = k + 1
+    steps.sort(key=lambda r: r["step"])
+    shown = chosen or (steps[-1]["step"] if steps else 0)   # none passed: the most promoted step tried
     return {"languages": list(sp.wer_languages), "clips_per_language": sp.wer_clips,
-            "max_wer_increase": sp.max_wer_increase, "steps": steps, "chosen": chosen, "promoted": promoted}
+            "max_wer_increase": sp.max_wer_increase, "search": sp.search, "steps": steps, "chosen": chosen,
+            "promoted": step_groups(reports, shown) if shown else {c: [] for c in reports}}
 
 
 def curve_rows(promotion: dict) -> list[dict]:
@@ -181,6 +194,8 @@ def markdown(promotion: dict) -> str:
         lines.append(f"| {s['step']} | {fams} | {s['groups']} | " + " | ".join(cells)
                      + f" | {'yes' if s['passed'] else 'no'} | {s['seconds']} |")
     chosen = promotion["chosen"]
+    if promotion.get("search") == "bisect":
+        lines += ["", "Steps chosen by bisection (`sensitivity.search: bisect`): steps not listed were not decoded."]
     lines += ["", f"Recipe: step {chosen}." if chosen else
-              "No step reached the goal: the recipe files hold the last step tried, which did not pass."]
+              "No step reached the goal: the recipe files hold the most promoted step tried, which did not pass."]
     return "\n".join(lines) + "\n"

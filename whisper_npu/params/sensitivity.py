@@ -24,6 +24,7 @@ class SensitivityParams(Section):
     wer_clips: int = Field(ge=1)          # evaluation clips per language decoded per promotion step (the first N)
     max_wer_increase: float = Field(ge=0)   # the goal per language: candidate WER minus fp32 WER (0.01 = 1 point)
     max_steps: int = Field(ge=1)          # promotion steps tried at most (one more role family per component each)
+    search: Literal["bisect", "linear"]   # which steps are decoded: bisection of 1..max_steps, or each in turn
 
     @model_validator(mode="after")
     def _components(self) -> "SensitivityParams":
