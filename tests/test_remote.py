@@ -1,16 +1,17 @@
 """Share results through DVC remotes: a local folder and an S3-compatible server (moto) on loopback.
 
 Round trip through the real `dvc` CLI: run the tiny profile, push, clone the repo fresh, pull, `dvc status`
-clean and every output byte-identical; an interrupted push completes when re-run; an object corrupted in
-the remote is detected (remotes are configured with `verify = true`, as the README says) instead of used.
+clean and every output byte-identical; a push that died during its upload completes when re-run; an object
+corrupted in the remote is detected (remotes are configured with `verify = true`, as the README says) instead of
+used. A push interrupted while DVC is still collecting what to push is an upstream failure (dvc-data 3.18.3):
+the test below pins it and the recovery docs/experiments.md gives.
 """
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -139,24 +140,16 @@ def test_push_clone_pull_round_trip(kind, tiny_pipeline, tmp_path, request):
     run(["git", "commit", "-qm", "remote"], repo)
     assert "secret_access_key" not in (repo / ".dvc" / "config").read_text()
 
-    # An interrupted push: kill it early, then the re-run must complete.
-    full_env = {**os.environ, **env, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
-    proc = subprocess.Popen(["dvc", "push", "-j", "1"], cwd=repo, env=full_env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.5)
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=120)
-    # Also make the remote deterministically partial, as a push that died half way leaves it: some file
-    # objects uploaded, the directory manifests (.dir, which DVC uploads last) not yet.
+    # A push that died half way through its upload leaves some file objects and none of the directory manifests
+    # (.dir, which DVC uploads last): push fully, then make the remote exactly that partial. The re-run must complete.
+    # (A push interrupted while still "Collecting" is a different, upstream failure: see the test below.)
+    run(["dvc", "push"], repo, env=env)
     objs = _remote_objects(repo, kind, tmp_path, s3)
     _delete_objects([o for i, o in enumerate(objs) if str(o).endswith(".dir") or i % 2], kind, s3)
-    pushed = run(["dvc", "push", "-v"], repo, env=env)
+    assert len(_remote_objects(repo, kind, tmp_path, s3)) < len(objs)
+    run(["dvc", "push"], repo, env=env)
     status = run(["dvc", "status", "--cloud"], repo, env=env).stdout
-    # Seen twice in about ten loaded full runs (s3 only, not reproduced alone): push exits 0 and status lists every
-    # output as new. The message carries what the next occurrence needs to explain it.
-    assert "in sync" in status or "up to date" in status.lower(), (
-        f"{status}\nremote objects now: {len(_remote_objects(repo, kind, tmp_path, s3))}\n"
-        f"dvc push -v (tail):\n{(pushed.stdout + pushed.stderr)[-4000:]}")
+    assert "in sync" in status, status
 
     # Fresh clone, pull: identical bytes, clean status.
     clone = tmp_path / "clone"
@@ -180,6 +173,55 @@ def test_push_clone_pull_round_trip(kind, tiny_pipeline, tmp_path, request):
     original = _files(repo)
     for name, data in _files(again).items():
         assert data == original[name], f"{name} was checked out corrupted"
+
+
+# Ctrl-C, exactly where dvc-data's collect() stores its per-output results: after the first output's, before the
+# second's. The interrupt is the real KeyboardInterrupt DVC's CLI handles; only its moment is chosen.
+_PUSH_INTERRUPTED_WHILE_COLLECTING = """
+import sys
+import dvc_data.index.collect as collect
+from dvc.cli import main
+calls, original = [], collect._collect_from_index
+def interrupted(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+        raise KeyboardInterrupt
+    return original(*args, **kwargs)
+collect._collect_from_index = interrupted
+sys.exit(main(["push"]))
+"""
+
+
+def test_push_interrupted_while_collecting_needs_a_fresh_collection(tmp_path):
+    """Upstream failure (dvc 3.67.1, dvc-data 3.18.3), documented in docs/experiments.md: `dvc push` stores its
+    collection of what to push, output by output, in DVC's site cache, keyed by the data it pushes; interrupted
+    after the first output, that partial collection is trusted by the next push of the same data, which exits 0
+    with outputs missing from the remote. `dvc status -c` shows it; a push with a fresh site cache
+    (`DVC_SITE_CACHE_DIR=$(mktemp -d) dvc push`) completes it. If a DVC upgrade fixes this, the assertion on the
+    re-push's status fails: then drop the recovery note."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    site = {"DVC_SITE_CACHE_DIR": str(tmp_path / "site")}  # this test's own, so nothing leaks to other runs
+    run(["git", "init", "-q"], repo)
+    run(["dvc", "init", "-q"], repo)
+    for d in "abc":
+        (repo / d).mkdir()
+        for i in range(3):
+            (repo / d / f"f{i}").write_text(f"{d}{i}")
+        run(["dvc", "add", "-q", d], repo, env=site)
+    run(["dvc", "remote", "add", "-d", "storage", str(tmp_path / "remote")], repo)
+
+    interrupted = run([sys.executable, "-c", _PUSH_INTERRUPTED_WHILE_COLLECTING], repo, check=False, env=site)
+    assert interrupted.returncode != 0 and "interrupted" in interrupted.stderr, interrupted.stderr
+    assert not (tmp_path / "remote").exists()  # nothing was uploaded: collection comes first
+    run(["dvc", "push"], repo, env=site)  # exits 0 ...
+    status = run(["dvc", "status", "--cloud"], repo, env=site).stdout
+    assert "new:" in status, status  # ... and two of the three outputs are not on the remote
+
+    run(["dvc", "push"], repo, env={"DVC_SITE_CACHE_DIR": str(tmp_path / "fresh-site")})
+    status = run(["dvc", "status", "--cloud"], repo, env=site).stdout
+    assert "in sync" in status, status
+    assert len([f for f in (tmp_path / "remote").rglob("*") if f.is_file()]) == 12  # 9 files + 3 manifests
 
 
 @pytest.mark.slow
