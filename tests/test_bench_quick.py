@@ -28,6 +28,7 @@ QUICK_TESTS = {
     "sweep_queue": "test_sweep_queue_dry_run",
     "sweep_table": "test_sweep_table_on_the_recorded_sweep",
     "transcribe_rtf": "test_transcribe_rtf_quick_on_the_real_english_run",
+    "weight_quantization": "test_weight_quantization_quick",
 }
 
 
@@ -179,3 +180,14 @@ def test_sensitivity_chains_on_the_tiny_pipeline(tiny_pipeline):
     markdown([t])
     assert [r[0].split(" (")[0] for r in t.rows] == ["none", *sensitivity_chains.FAMILIES]
     assert all(math.isfinite(v) for r in t.rows for v in r[1:])
+
+
+def test_weight_quantization_quick(tiny):
+    """ORT's per-channel loop and the at-once computation on the tiny model's decoder (its lm_head has the real
+    vocabulary's 51,865 channels): a row with both times, and the script itself checks the bytes are identical."""
+    from bench import weight_quantization
+
+    (t,) = weight_quantization.run(["--quick", "--components", "decoder"])
+    markdown([t])
+    ((component, loop, once, ratio, same),) = t.rows
+    assert component == "decoder" and same == "yes" and loop > 0 and once > 0 and ratio == once / loop

@@ -151,3 +151,58 @@ def test_node_patterns(tmp_path, tiny_model_dir):
     data["compile"]["onnxruntime"]["high_precision"] = ["ffn"]
     with pytest.raises(ParamsError, match=r"compile.onnxruntime.high_precision\[0\] = 'ffn'"):
         parse_params(data)
+
+
+def test_per_channel_weights_at_once_are_orts_bytes(tmp_path, monkeypatch):
+    """quantize.py's per_channel_weights_at_once: ONNX Runtime's own per-channel loop replaced by one vectorized
+    computation. Against ORT's ``quantize_data`` channel by channel (int8/uint8, symmetric or not, reduced range
+    or not, an all-zero and an all-positive channel), and through ``quantize_dynamic`` on a graph of MatMuls:
+    the same bytes, and ORT's per-channel function is no longer called for plain weights."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, base_quantizer, quantize_dynamic
+    from onnxruntime.quantization.quant_utils import quantize_data
+
+    from whisper_npu.compilers.onnxruntime.quantize import channel_params, per_channel_weights_at_once
+
+    rng = np.random.default_rng(0)
+    for shape, axis in (((24, 40), 1), ((40, 24), 0), ((6, 8, 3), 0)):
+        w = (rng.standard_normal(shape) * 0.05).astype(np.float32)
+        np.moveaxis(w, axis, 0)[2] = 0
+        np.moveaxis(w, axis, 0)[3] = np.abs(np.moveaxis(w, axis, 0)[3])
+        for qtype in (TensorProto.INT8, TensorProto.UINT8):
+            for symmetric in (True, False):
+                for reduce_range in (False, True):
+                    zp, scale, q = channel_params(w, axis, qtype, symmetric, reduce_range)
+                    for i in range(w.shape[axis]):
+                        want = quantize_data(w.take(i, axis).flatten(), qtype, symmetric, reduce_range=reduce_range)
+                        got = (np.array(zp[i]), np.array(scale[i]), q[i])
+                        for a, b in zip(want, got):
+                            assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), (shape, qtype, symmetric, i)
+
+    w0 = (rng.standard_normal((32, 500)) * 0.1).astype(np.float32)
+    w1 = (rng.standard_normal((500, 32)) * 0.1).astype(np.float32)
+    w1[:, 7] = 0   # an all-zero output channel
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w0"], ["h"], name="mm0"),
+         helper.make_node("MatMul", ["h", "w1"], ["y"], name="mm1")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])],
+        [numpy_helper.from_array(w0, "w0"), numpy_helper.from_array(w1, "w1")])
+    fp32 = tmp_path / "fp32.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(fp32))
+    outs = {}
+    for fast in (False, True):
+        outs[fast] = tmp_path / f"int8_{fast}.onnx"
+        calls = []
+        original = base_quantizer.quantize_data
+        monkeypatch.setattr(base_quantizer, "quantize_data", lambda *a, **k: calls.append(1) or original(*a, **k))
+        if fast:
+            with per_channel_weights_at_once():
+                quantize_dynamic(str(fp32), str(outs[fast]), per_channel=True, weight_type=QuantType.QInt8)
+        else:
+            quantize_dynamic(str(fp32), str(outs[fast]), per_channel=True, weight_type=QuantType.QInt8)
+        monkeypatch.setattr(base_quantizer, "quantize_data", original)
+        assert len(calls) == (0 if fast else 500 + 32), len(calls)   # one call per output channel
+    assert outs[True].read_bytes() == outs[False].read_bytes()
+    assert base_quantizer.BaseQuantizer.quantize_weight_per_channel_impl.__name__ == "quantize_weight_per_channel_impl"
