@@ -155,11 +155,13 @@ def _flow(mapping: dict) -> str:
     return str(mapping)
 
 
-def onnxruntime_overrides(chosen: dict[str, list[str]], proxy: str) -> str:
+def onnxruntime_overrides(chosen: dict[str, list[str]], proxy: str, methods: dict[str, str] | None = None) -> str:
     """The ONNX Runtime recipe: static mode with the study's proxy, nothing else at 16 bits or in float (as the study
-    measured it), the promoted groups at 16 bits. ``++`` because groups is an empty mapping in params.yaml: Hydra
-    refuses new keys under an existing one without it (and merges them into what is set)."""
-    groups = {name: {"bits": 16} for names in chosen.values() for name in names}
+    measured it), the promoted groups at 16 bits, the chosen range methods. ``++`` because groups is an empty mapping
+    in params.yaml: Hydra refuses new keys under an existing one without it (and merges them into what is set)."""
+    from whisper_npu.promotion import recipe_groups
+
+    groups = recipe_groups(chosen, methods or {})
     lines = ["compile.onnxruntime.mode=static", f"compile.onnxruntime.proxy={proxy}",
              "compile.onnxruntime.keep_float=[]", "compile.onnxruntime.high_precision=[]",
              f"++compile.onnxruntime.groups={_flow(groups)}"]
@@ -179,8 +181,19 @@ def layer_name(group: str) -> str | None:
     return path.replace(".", "_")
 
 
-def qbcompiler_overrides(chosen: dict[str, list[str]]) -> str:
+# ONNX Runtime's range methods and the calibration mode of Mobilint's CalibrationConfig they correspond to (mode 0
+# Max, 1 MaxPercentile, 2 Histogram: mobilint/mblt-sdk-tutorial's quantization-config guide); how
+# calibration.layerOverrides.method spells a method is not documented
+QB_METHODS = {"minmax": "Max", "percentile": "MaxPercentile", "entropy": "Histogram"}
+
+
+def qbcompiler_overrides(chosen: dict[str, list[str]], methods: dict[str, str] | None = None) -> str:
     lines = [QB_NOTE]
+    if methods:
+        named = [f"{layer_name(g) or g}={QB_METHODS[m]}" for g, m in sorted(methods.items())]
+        lines.append("# range methods chosen by the study, NOT applied: Mobilint's docs (v1.3) name "
+                     "calibration.layerOverrides.method but not its value format; layer (guessed, as below) = the "
+                     "matching CalibrationConfig mode: " + ", ".join(named))
     body, unmapped = [], []
     for component, names in chosen.items():
         layers = [layer_name(n) for n in names]
@@ -229,7 +242,7 @@ def study_component(component: str, model: Any, calibration: Path, sp: Sensitivi
                                    activation_type=o.activation_type, op_types=o.op_types, top_k=sp.top_k,
                                    eot_id=int(model.config.eos_token_id),
                                    chains=groups.family_chains(component) if chains is None else chains,
-                                   skip_empty_chains=chains is None)
+                                   skip_empty_chains=chains is None, range_methods=sp.range_methods)
     report["calibrated_on"], report["held_out"] = picked, held_idx
     return report
 
@@ -264,16 +277,17 @@ def outputs(sp: SensitivityParams, cp: CompileParams, tp: TranscribeParams, boot
         chosen = {c: promotion["promoted"].get(c, []) for c in reports}
     else:
         chosen = {c: promoted(r, sp) for c, r in reports.items()}
+    methods = promotion_mod.range_methods(reports)
     report = {"enabled": True, "ran": True, "proxy": sp.proxy, "top_k": sp.top_k, "samples": sp.samples,
               "rule": "wer" if promotion else "thresholds",
               "thresholds": {"encoder_min_gain_db": sp.min_gain_db, "decoder_min_kl_reduction": sp.min_kl_reduction},
-              "promoted": chosen, "promoted_count": sum(len(v) for v in chosen.values()), "promotion": promotion,
-              "components": reports}
+              "promoted": chosen, "promoted_count": sum(len(v) for v in chosen.values()), "range_methods": methods,
+              "promotion": promotion, "components": reports}
     return {"report.json": finite(report), "groups.md": groups_markdown(reports, chosen, sp, promotion),
             "sqnr.json": sqnr_rows(reports, blocks),
             "promotion.json": promotion_mod.curve_rows(promotion) if promotion else [],
-            "onnxruntime.overrides": onnxruntime_overrides(chosen, sp.proxy),
-            "qbcompiler.overrides": qbcompiler_overrides(chosen)}
+            "onnxruntime.overrides": onnxruntime_overrides(chosen, sp.proxy, methods),
+            "qbcompiler.overrides": qbcompiler_overrides(chosen, methods)}
 
 
 def run(params_path: Path, model_dir: Path, encoder_calibration: Path, decoder_calibration: Path, audio: Path,

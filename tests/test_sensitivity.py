@@ -207,6 +207,34 @@ def test_planted_layer_ranks_first(models):
     assert text.splitlines()[4].startswith("| encoder.1.fc2 | 8 |") and text.count("\n| encoder.") == len(rows)
 
 
+def test_range_method_chosen_per_group_where_it_beats_the_default(models):
+    """(d): each method's ranges applied alone to the held-out values. A Softmax output's default is ORT's fixed [0, 1]
+    grid, which zeroes the tiny model's near-uniform attention weights: a measured range wins there, by far. The
+    planted fc2 output keeps the default: its outlier channel carries most of the energy, so no clipping range helps
+    its mean-square error. Every choice beats the all-8-bit SQNR by the margin; no other method would have."""
+    report = sensitivity.study(models["planted"], reader("encoder", 3, 0), reader("encoder", 2, 1), proxy="npu",
+                               top_k=0, range_methods=["minmax", "percentile", "entropy"])
+    assert report["range_methods"] == ["minmax", "percentile", "entropy"]
+    rows = {r["group"]: r for r in report["groups"]}
+    softmax = rows["encoder.1.self_attn.softmax"]
+    assert softmax["method_sqnr_db"]["all_8bit"] < 5.0 and softmax["range_method"] in ("minmax", "percentile", "entropy")
+    assert softmax["method_sqnr_db"][softmax["range_method"]] > 30.0
+    assert rows["encoder.1.fc2"]["range_method"] is None
+    for r in rows.values():
+        scores = r["method_sqnr_db"]
+        best = max(v for k, v in scores.items() if k != "all_8bit")
+        if r["range_method"]:
+            assert scores[r["range_method"]] == best >= scores["all_8bit"] + sensitivity.METHOD_MARGIN_DB, r
+        else:
+            assert best < scores["all_8bit"] + sensitivity.METHOD_MARGIN_DB, r
+    assert "| encoder.1.self_attn.softmax | 8 |" in sensitivity.table(report)
+    # no choice asked for: no column, no choice
+    plain = sensitivity.study(models["encoder"], reader("encoder", 2, 0), reader("encoder", 1, 1), proxy="npu", top_k=0,
+                              range_methods=["minmax"])
+    assert plain["range_methods"] == [] and not any("range_method" in r for r in plain["groups"])
+    assert "range method" not in sensitivity.table(plain)
+
+
 def test_decoder_study(models):
     report = sensitivity.study(models["decoder"], reader("decoder", 2, 0), reader("decoder", 2, 1), proxy="npu",
                                top_k=2)
@@ -306,6 +334,27 @@ def test_minmax_ranges_keep_histograms_only_where_read():
     with pytest.raises(ValueError, match="no histogram of 'a'"):
         lean.summary("a")
     assert not ranges.Stats(("minmax",)).histogrammed   # the compile stage's case: nothing binned
+
+
+def test_binned_tensors_alone_keep_histograms_with_the_same_ranges():
+    """A recipe's few percentile / entropy groups bin only their tensors (proxy.binned), every sample; their
+    ranges are the ones binning every tensor gives."""
+    from whisper_npu.compilers.onnxruntime import proxy, ranges
+
+    rng = np.random.default_rng(1)
+    samples = [{"a": rng.normal(size=(4, 8)).astype(np.float32), "b": rng.standard_t(2, size=(64,)).astype(np.float32)}
+               for _ in range(5)]
+    methods = ("minmax", "percentile", "entropy")
+    some, every = ranges.Stats(methods, 99.0, binned=["b"]), ranges.Stats(methods, 99.0)
+    for s in samples:
+        some.add(s)
+        every.add(s)
+    assert set(some.absolute.histogram_dict) == {"b"} and set(some.real.histogram_dict) == {"b"}
+    for m in ("percentile", "entropy"):
+        assert some.ranges(m) == {"b": every.ranges(m)["b"]}
+    assert some.ranges("minmax") == every.ranges("minmax")
+    assert proxy.binned({"x": "percentile", "y": "minmax", "z": "entropy"}, "minmax") == ["x", "z"]
+    assert proxy.binned({"y": "minmax"}, "percentile") is None   # the default method needs every tensor's
 
 
 def test_summary_histograms_stop_after_summary_samples(monkeypatch):

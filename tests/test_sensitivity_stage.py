@@ -17,6 +17,7 @@ import yaml
 from conftest import ROOT, copy_project, default_params, run
 
 from stages import sensitivity as stage
+from whisper_npu import promotion as promotion_mod
 from whisper_npu.params.base import ParamsError
 from whisper_npu.params.full import parse_params
 from whisper_npu.params.sensitivity import SensitivityParams
@@ -51,6 +52,8 @@ def sensitivity_section(**changes) -> SensitivityParams:
     ("wer_languages", ["en_us", "en_us"], r"sensitivity.wer_languages = \['en_us', 'en_us'\]: each language once"),
     ("wer_clips", 0, r"sensitivity.wer_clips = 0: must be >= 1"),
     ("max_wer_increase", -0.01, r"sensitivity.max_wer_increase = -0.01: must be >= 0"),
+    ("range_methods", ["minmax", "max"], r"sensitivity.range_methods\[1\] = 'max': must be one of minmax, percentile"),
+    ("range_methods", ["entropy", "entropy"], r"sensitivity.range_methods = \['entropy', 'entropy'\]: each method once"),
 ])
 def test_params_errors_name_the_key(key, value, message):
     data = default_params()
@@ -93,6 +96,27 @@ def test_onnxruntime_recipe_through_dvc_override_parser(tmp_path):
     assert (ort.mode, ort.proxy, ort.keep_float, ort.high_precision) == ("static", "npu", [], [])
     assert {k: v.model_dump(exclude_none=True) for k, v in ort.groups.items()} == \
         {n: {"bits": 16} for names in CHOSEN.values() for n in names}
+
+
+def test_recipe_with_range_methods_round_trip(tmp_path):
+    """The study's range methods (8-bit groups, and a promoted one: its tensors' ranges either way) reach
+    compile.onnxruntime.groups through DVC's override parser; for qbcompiler they are a comment (the value format of
+    calibration.layerOverrides.method is not documented), and the file still parses into params."""
+    methods = {"encoder.0.self_attn.softmax": "minmax", "encoder.1.fc2": "percentile", "decoder.lm_head": "entropy"}
+    data = applied(default_params(), stage.onnxruntime_overrides(CHOSEN, "npu", methods), tmp_path)
+    groups = {k: v.model_dump(exclude_none=True) for k, v in parse_params(data).compile.onnxruntime.groups.items()}
+    want = {n: {"bits": 16} for names in CHOSEN.values() for n in names}
+    want["encoder.1.fc2"]["method"] = "percentile"
+    want["decoder.lm_head"]["method"] = "entropy"
+    want["encoder.0.self_attn.softmax"] = {"method": "minmax"}
+    assert groups == want
+    text = stage.qbcompiler_overrides(CHOSEN, methods)
+    (note,) = [ln for ln in text.splitlines() if "range methods" in ln]
+    assert note.startswith("# ") and "NOT applied" in note and "layerOverrides.method" in note
+    assert "model_encoder_layers_1_fc2=MaxPercentile" in note and "proj_out=Histogram" in note
+    assert "encoder.0.self_attn.softmax=Max" in note   # an op group: no layer name to guess
+    qb = parse_params(applied(default_params(), text, tmp_path)).compile.qbcompiler
+    assert "calibration" not in qb.encoder_configs and qb.encoder_configs["bit"]
 
 
 def test_qbcompiler_recipe_parses_into_params(tmp_path):
@@ -157,7 +181,12 @@ def test_stage_through_dvc_and_recipe_round_trip(tiny_pipeline: Path, tmp_path: 
         assert set(families["family:fc2"]["chain"]) == {f"{component}.0.fc2", f"{component}.1.fc2"}
         assert rep["held_out_samples"] == 1
         assert all(r["isolation_gain"] is not None for r in rep["groups"] if r["group"] in rep["ranking"])
+        chosen = {r["group"]: r["range_method"] for r in rep["groups"] if r.get("range_method")}
+        assert chosen and all(report["range_methods"][g] == m for g, m in chosen.items())
+        softmax = [r for r in rep["groups"] if r["group"].endswith(".softmax")]   # ORT's fixed [0, 1] grid zeroes
+        assert softmax and all(r["range_method"] for r in softmax), softmax     # a random model's attention weights
     table = (out / "groups.md").read_text()
+    assert "range method (local SQNR dB: all 8-bit / minmax / percentile / entropy) | decision |" in table
     assert "| decision |" in table and "| encoder.1.fc2 |" in table and "| decoder.lm_head |" in table
     rows = json.loads((out / "sqnr.json").read_text())
     assert {r["component"] for r in rows} == {"encoder", "decoder"}
@@ -197,7 +226,8 @@ def test_stage_through_dvc_and_recipe_round_trip(tiny_pipeline: Path, tmp_path: 
                "compile@encoder compile@decoder")
     run(["bash", "-c", command], repo)
     ort = yaml.safe_load((repo / "params.yaml").read_text())["compile"]["onnxruntime"]
-    want = {n: {"bits": 16} for names in promoted.values() for n in names}
+    methods = report["range_methods"]
+    want = promotion_mod.recipe_groups(promoted, methods)
     assert ort["groups"] == want and ort["mode"] == "static" and ort["proxy"] == "npu"
     diff = run(["dvc", "params", "diff", "--json"], repo).stdout
     assert "compile.onnxruntime.groups" in diff, diff
@@ -205,7 +235,8 @@ def test_stage_through_dvc_and_recipe_round_trip(tiny_pipeline: Path, tmp_path: 
         prov = json.loads((repo / "compiled" / component / "provenance.json").read_text())
         assert prov != before[component]
         q = prov["quantization"]
-        assert q["proxy"] == "npu" and q["groups_overridden"] == sorted(promoted[component]), q
+        assert q["proxy"] == "npu" and q["groups_overridden"] == sorted(g for g in want if g.startswith(component)), q
+        assert q["tensors_other_range_method"] > 0, q   # the study chose ranges (Softmax outputs: minmax or another)
         if promoted[component]:
             model = next((repo / "compiled" / component).glob("*.onnx"))
             assert sixteen_bit_tensors(model), f"{component}: no int16 Q/DQ in {model}"

@@ -50,11 +50,26 @@ def steps_available(reports: dict[str, dict]) -> int:
     return max((len(ranked_families(r)) for r in reports.values()), default=0)
 
 
-def candidate_params(cp: Any, proxy: str, promoted: dict[str, list[str]]) -> Any:
+def range_methods(reports: dict[str, dict]) -> dict[str, str]:
+    """group -> the range method the study chose for it (only groups where one beat the default)."""
+    return {r["group"]: r["range_method"] for report in reports.values() for r in report["groups"]
+            if r.get("range_method")}
+
+
+def recipe_groups(promoted: dict[str, list[str]], methods: dict[str, str]) -> dict[str, dict]:
+    """``compile.onnxruntime.groups`` of a recipe: the promoted groups at 16 bits, and each group the study chose
+    a range method for, with it (whatever its bits: the ranges are the same tensors')."""
+    out: dict[str, dict] = {name: {"bits": 16} for names in promoted.values() for name in names}
+    for name, method in methods.items():
+        out[name] = {**out.get(name, {}), "method": method}
+    return out
+
+
+def candidate_params(cp: Any, proxy: str, promoted: dict[str, list[str]], methods: dict[str, str] | None = None) -> Any:
     """``compile`` params with the recipe applied, as ``sensitivity/onnxruntime.overrides`` applies it."""
     from whisper_npu.params.compile import GroupSetting
 
-    groups = {name: GroupSetting(bits=16) for names in promoted.values() for name in names}
+    groups = {name: GroupSetting(**setting) for name, setting in recipe_groups(promoted, methods or {}).items()}
     o = cp.onnxruntime.model_copy(update={"mode": "static", "proxy": proxy, "keep_float": [], "high_precision": [],
                                           "groups": groups})
     return cp.model_copy(update={"backend": "onnxruntime", "onnxruntime": o})
@@ -124,7 +139,7 @@ def promote(reports: dict[str, dict], compile_fn: Callable[[str, Any, Path], Any
                                "groups": sum(len(v) for v in promoted.values()), "languages": {}}
         with tempfile.TemporaryDirectory(prefix="whisper-npu-promotion-") as tmp:
             dirs = {c: Path(tmp) / c for c in ("encoder", "decoder")}
-            cand = candidate_params(cp, sp.proxy, promoted)
+            cand = candidate_params(cp, sp.proxy, promoted, range_methods(reports))
             for component, out in dirs.items():
                 out.mkdir()
                 compile_fn(component, cand, out)

@@ -25,6 +25,8 @@ class SensitivityParams(Section):
     max_wer_increase: float = Field(ge=0)   # the goal per language: candidate WER minus fp32 WER (0.01 = 1 point)
     max_steps: int = Field(ge=1)          # promotion steps tried at most (one more role family per component each)
     search: Literal["bisect", "linear"]   # which steps are decoded: bisection of 1..max_steps, or each in turn
+    # range methods chosen among per group for what stays at 8 bits; fewer than two: no choice
+    range_methods: list[Literal["minmax", "percentile", "entropy"]]
 
     @model_validator(mode="after")
     def _components(self) -> "SensitivityParams":
@@ -35,4 +37,6 @@ class SensitivityParams(Section):
             raise ValueError(f"components = {self.components!r}: list encoder and/or decoder, each once")
         if len(set(self.wer_languages)) != len(self.wer_languages):
             raise ValueError(f"wer_languages = {self.wer_languages!r}: each language once")
+        if len(set(self.range_methods)) != len(self.range_methods):
+            raise ValueError(f"range_methods = {self.range_methods!r}: each method once")
         return self

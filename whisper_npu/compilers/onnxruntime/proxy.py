@@ -98,6 +98,15 @@ def resolve(p: Plan, by_group: dict[str, dict], default_method: str,
     return {t: b for t, b in bits.items() if b != 8}, {t: m for t, (_, m) in method.items()}
 
 
+def binned(method: dict[str, str], default_method: str) -> list[str] | None:
+    """The tensors whose histograms a range collection must keep: those whose method is not minmax (None: every
+    tensor, when the default method is not minmax). Binning every activation of the whisper-base encoder costs
+    several times its forward pass, so a few groups with a percentile range should not pay for all."""
+    if default_method != "minmax":
+        return None
+    return sorted(t for t, m in method.items() if m != "minmax")
+
+
 def overrides_for(p: Plan, stats: ranges.Stats, bits: dict[str, int], method: dict[str, str], default_method: str,
                   act16) -> dict[str, list[dict]]:
     """ORT ``TensorQuantOverrides``: quant_type for 16-bit tensors, rmin/rmax where the method is not minmax
@@ -150,9 +159,9 @@ def quantize(pre: Path, out_path: Path, reader, *, proxy: str, overrides: dict, 
     """The static mode with ``proxy`` and per-group ``overrides``; returns what was done (for provenance)."""
     p = plan(pre, proxy, op_types, nodes_to_exclude)
     by_group = check_overrides(overrides, p)
-    wanted = {calibrate_method} | {s["method"] for s in by_group.values() if "method" in s}
-    stats = ranges.collect(pre, reader, p.calibrate, wanted, percentile)
     bits, method = resolve(p, by_group, calibrate_method, [t for t in high_precision_tensors if t in p.calibrate])
+    stats = ranges.collect(pre, reader, p.calibrate, {calibrate_method, *method.values()}, percentile,
+                           binned=binned(method, calibrate_method))
     with tempfile.TemporaryDirectory(prefix="whisper-npu-proxy-") as tmp:
         cache = ranges.write_cache(stats, Path(tmp) / "ranges.json")
         n16 = quantize_planned(pre, out_path, p, stats, cache, bits=bits, method=method,

@@ -7,8 +7,9 @@ time, so memory is one sample's intermediates whatever the set size) and per ten
 (ORT's MinMax), the |x| histogram of ORT's Percentile calibrator (2048 bins, symmetric) and the real-value
 histogram of its Entropy calibrator (128 bins): ORT's own ``HistogramCollector`` does the merging, so the
 thresholds are the ones its calibrators compute for the same samples. Histograms are kept only where something
-reads them: every tensor for percentile / entropy, else only the ``summarized`` tensors (the study's range
-columns), over the first ``SUMMARY_SAMPLES`` samples. Minmax alone keeps none: binning every activation of every sample cost the whisper-base encoder about
+reads them: for percentile / entropy the ``binned`` tensors (those whose range method needs them; every tensor
+when the default method does), else only the ``summarized`` tensors (the study's range columns), over the first
+``SUMMARY_SAMPLES`` samples. Minmax alone keeps none: binning every activation of every sample cost the whisper-base encoder about
 15 s a sample, several times the forward pass, and min/max ranges do not depend on it. ``write_cache`` writes the min/max
 ranges as ORT's calibration cache (``quantize_static(calibration_cache_path=...)``), so quantizing a variant
 needs no calibration pass. ``collect`` remembers its last few results in the process, keyed by the model's bytes,
@@ -54,12 +55,19 @@ def with_outputs(model_path: str | Path, tensors: Iterable[str], out_path: str |
 class Stats:
     """Streaming per-tensor statistics; ``add`` one sample's tensors at a time."""
 
-    def __init__(self, methods: Iterable[str] = METHODS, percentile: float = 99.999, summarized: Iterable[str] = ()):
+    def __init__(self, methods: Iterable[str] = METHODS, percentile: float = 99.999, summarized: Iterable[str] = (),
+                 binned: Iterable[str] | None = None):
         from onnxruntime.quantization.calibrate import HistogramCollector
 
         self.methods, self.percentile = set(methods), percentile
-        # tensors whose |x| histogram is kept (None: all): percentile ranges need them all, summary() its own
-        self.histogrammed = None if "percentile" in self.methods else set(summarized)
+        # tensors whose histograms are kept over every sample for percentile / entropy ranges (None: all)
+        self.binned = None if binned is None else set(binned)
+        # tensors whose |x| histogram is kept (None: all): percentile ranges need the binned ones, summary() its own
+        if "percentile" not in self.methods:
+            self.histogrammed = set(summarized)
+        else:
+            self.histogrammed = None if self.binned is None else self.binned | set(summarized)
+        self.summarized = set(summarized)
         self.lo: dict[str, float] = {}
         self.hi: dict[str, float] = {}
         # the absolute histogram also gives the range statistics (|x| percentiles) the report shows
@@ -80,10 +88,15 @@ class Stats:
             self.hi[t] = max(hi, self.hi.get(t, hi))
         if self.histogrammed is None:
             self.absolute.collect_absolute_value(arrays)
-        elif self.samples < SUMMARY_SAMPLES and (kept := {t: a for t, a in arrays.items() if t in self.histogrammed}):
-            self.absolute.collect_absolute_value(kept)
+        else:
+            every = self.binned if "percentile" in self.methods else set()
+            early = self.summarized if self.samples < SUMMARY_SAMPLES else set()
+            if kept := {t: a for t, a in arrays.items() if t in every or t in early}:
+                self.absolute.collect_absolute_value(kept)
         if self.real is not None:
-            self.real.collect_value(arrays)
+            kept = arrays if self.binned is None else {t: a for t, a in arrays.items() if t in self.binned}
+            if kept:
+                self.real.collect_value(kept)
         self.samples += 1
 
     def ranges(self, method: str) -> dict[str, tuple[float, float]]:
@@ -95,7 +108,8 @@ class Stats:
         collector = self.real if method == "entropy" else self.absolute
         with contextlib.redirect_stdout(io.StringIO()):   # ORT prints progress lines
             found = collector.compute_collection_result()
-        return {t: (float(v[0]), float(v[1])) for t, v in found.items()}
+        # only the binned tensors saw every sample (the summarized ones only the first few)
+        return {t: (float(v[0]), float(v[1])) for t, v in found.items() if self.binned is None or t in self.binned}
 
     def summary(self, tensor: str, percentiles=(99.0, 99.9, 99.99)) -> dict[str, float]:
         """min, max (every sample) and |x| percentiles (from the 2048-bin histogram: bin upper edges; the first
@@ -112,17 +126,20 @@ class Stats:
 
 
 def collect(model_path: str | Path, reader, tensors: Iterable[str], methods: Iterable[str] = METHODS,
-            percentile: float = 99.999, progress: str | None = None, summarized: Iterable[str] = ()) -> Stats:
+            percentile: float = 99.999, progress: str | None = None, summarized: Iterable[str] = (),
+            binned: Iterable[str] | None = None) -> Stats:
     """Statistics of ``tensors`` of the float graph at ``model_path`` over every sample of ``reader``
-    (a ``quantize.ListReader``), one sample at a time; ``summarized``: tensors :meth:`Stats.summary` is asked for."""
+    (a ``quantize.ListReader``), one sample at a time; ``summarized``: tensors :meth:`Stats.summary` is asked for;
+    ``binned``: the tensors whose percentile / entropy ranges are asked for (None: all)."""
     import onnxruntime as ort
     from tqdm import tqdm
 
     tensors, summarized = sorted(set(tensors)), sorted(set(summarized))
-    key = _fingerprint(model_path, reader, tensors, methods, percentile, summarized)
+    binned = None if binned is None else sorted(set(binned))
+    key = _fingerprint(model_path, reader, tensors, methods, percentile, summarized, binned)
     if key in _MEMO:
         return _MEMO[key]
-    stats = Stats(methods, percentile, summarized)
+    stats = Stats(methods, percentile, summarized, binned)
     with tempfile.TemporaryDirectory(prefix="whisper-npu-ranges-") as tmp:
         path = with_outputs(model_path, tensors, Path(tmp) / "augmented.onnx")
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -146,10 +163,10 @@ _MEMO: dict[str, Stats] = {}
 
 
 def _fingerprint(model_path: str | Path, reader, tensors: list[str], methods: Iterable[str], percentile: float,
-                 summarized: list[str]) -> str:
+                 summarized: list[str], binned: list[str] | None) -> str:
     """sha256 of the model file, every input array of ``reader`` (name, dtype, shape, bytes) and the arguments."""
     h = hashlib.sha256(Path(model_path).read_bytes())
-    h.update(repr((tensors, sorted(set(methods)), float(percentile), summarized)).encode())
+    h.update(repr((tensors, sorted(set(methods)), float(percentile), summarized, binned)).encode())
     reader.rewind()
     while (feed := reader.get_next()) is not None:
         for name in sorted(feed):

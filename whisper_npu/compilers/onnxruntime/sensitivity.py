@@ -15,7 +15,13 @@ Axera's per-layer cosine), on the proxy of groups.py:
     the float transcript prefix, embedded, as in the calibration set) logit KL(float || quantized), top-1 agreement
     and P(end-of-text) over the first ``eot_steps`` positions;
 (c) the ranking by isolation gain (primary metric, positive = better than all 8-bit: encoder output SQNR in dB,
-    decoder KL reduction) and per-group range statistics (min, max, |x| percentiles of what it writes).
+    decoder KL reduction) and per-group range statistics (min, max, |x| percentiles of what it writes);
+(d) a range method per group for what stays at 8 bits (``range_methods``): each method's range of every quantized
+    tensor, from the first ``ranges.SUMMARY_SAMPLES`` calibration samples, applied alone to the float held-out values
+    (``method_sqnr_db``, the worst of the group's tensors, as ``local_sqnr_db``); a group gets the best method when it
+    beats what the all-8-bit model does (its default method, or ORT's fixed [0, 1] for a Softmax output) by
+    ``METHOD_MARGIN_DB``. SQNR is a mean-square criterion: a range that clips a tensor's rare large values wins only
+    where they carry little of its energy (Whisper's outlier channels carry most of it, and are needed).
 
 SQNR = 10 log10(sum x^2 / sum (x - y)^2) over all samples (ORT qdq_loss_debug's 20 log10(|x| / |x - y|)).
 Samples are streamed one at a time and only sums are kept (float outputs go to a temporary folder), so peak memory
@@ -37,6 +43,9 @@ from whisper_npu.compilers.onnxruntime import proxy as proxy_mod
 from whisper_npu.compilers.onnxruntime import quantize, ranges
 
 EOT = 50257   # Whisper's <|endoftext|>
+# dB of local SQNR a range method must gain over the all-8-bit model's range to be chosen for a group (ties and
+# noise-level differences keep the default)
+METHOD_MARGIN_DB = 0.5
 
 
 def sqnr_db(signal: float, noise: float) -> float:
@@ -91,6 +100,15 @@ def _summary_tensor(g, calibrated: set[str]) -> str:
     tensor) when that is calibrated, else its first tensor."""
     written = [t for t in (g.output, *reversed(g.produced)) if t in calibrated]
     return written[0] if written else g.tensors[0]
+
+
+def _range_qparams(lo: float, hi: float, like: tuple[float, int, int, int]) -> tuple[float, int, int, int]:
+    """(scale, zero point, qmin, qmax) ORT gives an activation of range [lo, hi] (asymmetric, as its static
+    quantizer does by default), in the integer type of ``like`` (the all-8-bit model's parameters)."""
+    from onnxruntime.quantization.quant_utils import compute_scale_zp
+
+    zp, scale = compute_scale_zp(np.float32(lo), np.float32(hi), np.int32(like[2]), np.int32(like[3]))
+    return float(scale), int(zp), like[2], like[3]
 
 
 def _fake_quant(x: np.ndarray, q: tuple[float, int, int, int]) -> np.ndarray:
@@ -150,7 +168,7 @@ def study(fp32_path: str | Path, reader: quantize.ListReader, held: quantize.Lis
           groups: dict | None = None, calibrate_method: str = "minmax", percentile: float = 99.999,
           per_channel: bool = True, activation_type: str = "int8", op_types: Sequence[str] = ("MatMul", "Conv"),
           top_k: int = 8, eot_id: int = EOT, eot_steps: int = 3, chains: dict[str, list[str]] | None = None,
-          skip_empty_chains: bool = False) -> dict:
+          skip_empty_chains: bool = False, range_methods: Sequence[str] = ()) -> dict:
     """The sensitivity report of the float ONNX model ``fp32_path`` (see the module docstring): ranges from
     ``reader`` (calibration samples), scores on ``held`` (held-out samples, same input names).
 
@@ -158,7 +176,8 @@ def study(fp32_path: str | Path, reader: quantize.ListReader, held: quantize.Lis
     single groups. Why: damage that lives in the residual stream (fc2's outlier channel, the residual Add after it,
     the next LayerNorm's input) is one Q/DQ chain; restoring one link leaves the others at 8 bits. A chain that
     matches no group is an error, or left out with ``skip_empty_chains`` (role families the proxy does not
-    quantize: the matmul proxy has no residual Adds)."""
+    quantize: the matmul proxy has no residual Adds). ``range_methods``: the methods (d) chooses among (fewer than
+    two: no choice)."""
     if top_k < 0:
         raise ValueError(f"top_k = {top_k}: must be >= 0")
     if len(held) == 0:
@@ -168,13 +187,14 @@ def study(fp32_path: str | Path, reader: quantize.ListReader, held: quantize.Lis
         pre = quantize.preprocess(Path(fp32_path), tmp / "pre.onnx")
         p = proxy_mod.plan(pre, proxy, op_types)
         by_group = proxy_mod.check_overrides(groups or {}, p)
-        wanted = {calibrate_method} | {s["method"] for s in by_group.values() if "method" in s}
+        bits, method = proxy_mod.resolve(p, by_group, calibrate_method)
         calibrated = set(p.calibrate)
         summarized = {g.name: _summary_tensor(g, calibrated) for g in p.groups.values()}
-        stats = ranges.collect(pre, reader, p.calibrate, wanted, percentile, progress=f"ranges {p.component}",
-                               summarized=[t for t in summarized.values() if t in calibrated])
+        stats = ranges.collect(pre, reader, p.calibrate, {calibrate_method, *method.values()}, percentile,
+                               progress=f"ranges {p.component}",
+                               summarized=[t for t in summarized.values() if t in calibrated],
+                               binned=proxy_mod.binned(method, calibrate_method))
         cache = ranges.write_cache(stats, tmp / "ranges.json")
-        bits, method = proxy_mod.resolve(p, by_group, calibrate_method)
 
         def variant(path: Path, extra16: Sequence[str] = ()) -> Path:
             proxy_mod.quantize_planned(pre, path, p, stats, cache, bits={**bits, **{t: 16 for t in extra16}},
@@ -187,6 +207,16 @@ def study(fp32_path: str | Path, reader: quantize.ListReader, held: quantize.Lis
         watched = sorted({g.output for g in p.groups.values()} | {t for g in p.groups.values() for t in g.tensors})
         qp = _qparams(all8)
         dq = _dq_names(all8, [g.output for g in p.groups.values()])
+        choose = list(dict.fromkeys(range_methods)) if len(set(range_methods)) > 1 else []
+        probe_q: dict[tuple[str, str], tuple] = {}   # (method, tensor) -> its quantization parameters
+        if choose:
+            tensors = sorted({t for g in p.groups.values() for t in g.tensors if t in qp})
+            first = quantize.ListReader(reader.names, reader.load, min(len(reader), ranges.SUMMARY_SAMPLES))
+            probe = ranges.collect(pre, first, tensors, choose, percentile, progress=f"range methods {p.component}",
+                                   binned=tensors)
+            for m in choose:
+                found = probe.ranges(m)
+                probe_q.update({(m, t): _range_qparams(*found[t], qp[t]) for t in tensors})
         fp_sess = _session(ranges.with_outputs(pre, watched, tmp / "fp32_watch.onnx"))
         q_sess = _session(ranges.with_outputs(all8, sorted(set(dq.values())), tmp / "all8_watch.onnx"))
         # name -> [signal, noise, per-channel signal, per-channel noise]; channels = the last axis, dropped (None)
@@ -219,6 +249,8 @@ def study(fp32_path: str | Path, reader: quantize.ListReader, held: quantize.Lis
             for t in watched:
                 if t in qp:
                     acc("local:" + t, fp[t], _fake_quant(fp[t], qp[t]))
+            for (m, t), q in probe_q.items():
+                acc(f"method:{m}:{t}", fp[t], _fake_quant(fp[t], q))
             del fp, qo
         del fp_sess, q_sess
         all8_metrics = score8.result()
@@ -233,6 +265,15 @@ def study(fp32_path: str | Path, reader: quantize.ListReader, held: quantize.Lis
                           "local_channel_sqnr_db": min((channel_sqnr_db(v[2], v[3]) if v[2] is not None
                                                         else sqnr_db(v[0], v[1]) for v in local), default=float("inf")),
                           "range": stats.summary(summary_of)}
+        for name, g in p.groups.items():
+            quantized = [t for t in g.tensors if (choose[0], t) in probe_q] if choose else []
+            if not quantized:
+                continue
+            base = min(sqnr_db(*sums["local:" + t][:2]) for t in quantized)
+            by_method = {m: min(sqnr_db(*sums[f"method:{m}:{t}"][:2]) for t in quantized) for m in choose}
+            best = max(choose, key=lambda m: (by_method[m], m == calibrate_method))
+            rows[name]["method_sqnr_db"] = {"all_8bit": base, **by_method}
+            rows[name]["range_method"] = best if by_method[best] >= base + METHOD_MARGIN_DB else None
         candidates = sorted((n for n in rows if rows[n]["bits"] == 8),
                             key=lambda n: (rows[n]["local_channel_sqnr_db"], rows[n]["local_sqnr_db"]))[:top_k]
 
@@ -262,6 +303,7 @@ def study(fp32_path: str | Path, reader: quantize.ListReader, held: quantize.Lis
         ranking = sorted(candidates, key=lambda n: -rows[n]["isolation_gain"])
     return {"component": p.component, "proxy": proxy, "calibrate_method": calibrate_method,
             "calibration_samples": stats.samples, "held_out_samples": len(held), "top_k": top_k,
+            "range_methods": choose,
             "primary_metric": "kl" if p.component == "decoder" else "sqnr_db", "all_8bit": all8_metrics,
             "ranking": ranking, "groups": list(rows.values())}
 
@@ -272,19 +314,25 @@ def table(report: dict) -> str:
     head = (f"{report['component']} ({report['proxy']} proxy, {report['calibrate_method']}, "
             f"{report['calibration_samples']} calibration / {report['held_out_samples']} held-out samples); "
             "all 8-bit: " + ", ".join(f"{k} {v}" for k, v in report["all_8bit"].items()))
+    methods = report.get("range_methods") or []
+    method_column = f" range method (local SQNR dB: all 8-bit / {' / '.join(methods)}) |" if methods else ""
     columns = (f"| group | bits | SQNR all 8-bit dB | local SQNR dB | local channel SQNR dB | {metric} alone 16-bit "
-               "| isolation gain | min | max | abs p99.99 |")
-    lines = [head, "", columns, "|---|---|---|---|---|---|---|---|---|---|"]
+               "| isolation gain | min | max | abs p99.99 |" + method_column)
+    lines = [head, "", columns, "|---" * (10 + bool(methods)) + "|"]
     rows = {r["group"]: r for r in report["groups"]}
     for name in [*report["ranking"], *(n for n in rows if n not in report["ranking"])]:
         r = rows[name]
         alone = r.get("alone_16bit", {}).get(metric, "")
         if "chain" in r:
             members = " + ".join(r["chain"]) if len(r["chain"]) <= 4 else f"{len(r['chain'])} groups together"
-            lines.append(f"| {name} ({members}) | 8 | | | | {alone} | {r['isolation_gain']} | | | |")
+            lines.append(f"| {name} ({members}) | 8 | | | | {alone} | {r['isolation_gain']} | | | |"
+                         + (" |" if methods else ""))
             continue
+        method = ""
+        if "method_sqnr_db" in r:
+            method = f" {r['range_method'] or 'default'} ({' / '.join(str(v) for v in r['method_sqnr_db'].values())})"
         lines.append(f"| {name} | {r['bits']} | {r['sqnr_db']} | {r['local_sqnr_db']} | {r['local_channel_sqnr_db']} "
                      f"| {alone} | "
                      f"{r.get('isolation_gain', '')} | {r['range']['min']} | {r['range']['max']} | "
-                     f"{r['range']['abs_p99.99']} |")
+                     f"{r['range']['abs_p99.99']} |" + (f"{method} |" if methods else ""))
     return "\n".join(lines) + "\n"
