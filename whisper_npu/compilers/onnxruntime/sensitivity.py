@@ -18,9 +18,10 @@ Axera's per-layer cosine), on the proxy of groups.py:
     decoder KL reduction) and per-group range statistics (min, max, |x| percentiles of what it writes);
 (d) a range method per group for what stays at 8 bits (``range_methods``): each method's range of every quantized
     tensor, from the first ``ranges.SUMMARY_SAMPLES`` calibration samples, applied alone to the float held-out values
-    (``method_sqnr_db``, the worst of the group's tensors, as ``local_sqnr_db``); a group gets the best method when it
+    (``method_sqnr_db``, the worst of the tensors the group writes, else of its tensors); a group gets the best method when it
     beats what the all-8-bit model does (its default method, or ORT's fixed [0, 1] for a Softmax output) by
-    ``METHOD_MARGIN_DB``. SQNR is a mean-square criterion: a range that clips a tensor's rare large values wins only
+    ``METHOD_MARGIN_DB``, and the default method unless another beats it by as much (min/max ranges need no
+    histograms, which cost the compile stage several times the forward pass where a method needs them). SQNR is a mean-square criterion: a range that clips a tensor's rare large values wins only
     where they carry little of its energy (Whisper's outlier channels carry most of it, and are needed).
 
 SQNR = 10 log10(sum x^2 / sum (x - y)^2) over all samples (ORT qdq_loss_debug's 20 log10(|x| / |x - y|)).
@@ -266,12 +267,18 @@ def study(fp32_path: str | Path, reader: quantize.ListReader, held: quantize.Lis
                                                         else sqnr_db(v[0], v[1]) for v in local), default=float("inf")),
                           "range": stats.summary(summary_of)}
         for name, g in p.groups.items():
-            quantized = [t for t in g.tensors if (choose[0], t) in probe_q] if choose else []
+            # judged on what the group writes: proxy.resolve gives a tensor its writer's method (its readers' only
+            # when no group writes it: a graph input, a GELU output)
+            quantized = [t for t in (g.produced or g.tensors) if (choose[0], t) in probe_q] if choose else []
+            quantized = quantized or [t for t in g.tensors if choose and (choose[0], t) in probe_q]
             if not quantized:
                 continue
             base = min(sqnr_db(*sums["local:" + t][:2]) for t in quantized)
             by_method = {m: min(sqnr_db(*sums[f"method:{m}:{t}"][:2]) for t in quantized) for m in choose}
             best = max(choose, key=lambda m: (by_method[m], m == calibrate_method))
+            plain = calibrate_method if calibrate_method in choose else "minmax"
+            if plain in choose and by_method[plain] >= by_method[best] - METHOD_MARGIN_DB:
+                best = plain   # within the margin: the default's ranges (min/max needs no histograms in compile)
             rows[name]["method_sqnr_db"] = {"all_8bit": base, **by_method}
             rows[name]["range_method"] = best if by_method[best] >= base + METHOD_MARGIN_DB else None
         candidates = sorted((n for n in rows if rows[n]["bits"] == 8),
