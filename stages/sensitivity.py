@@ -182,7 +182,8 @@ def layer_name(group: str) -> str | None:
 
 
 # ONNX Runtime's range methods and the calibration mode of Mobilint's CalibrationConfig they correspond to (mode 0
-# Max, 1 MaxPercentile, 2 Histogram: mobilint/mblt-sdk-tutorial's quantization-config guide); how
+# Max, 1 MaxPercentile, 2 Histogram (KL divergence): mobilint/mblt-sdk-tutorial compilation/_guides/
+# 01_about_quantization_config.md @ e63ceb97); how
 # calibration.layerOverrides.method spells a method is not documented
 QB_METHODS = {"minmax": "Max", "percentile": "MaxPercentile", "entropy": "Histogram"}
 
