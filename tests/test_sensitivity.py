@@ -341,24 +341,34 @@ def test_minmax_ranges_keep_histograms_only_where_read():
 
 
 def test_binned_tensors_alone_keep_histograms_with_the_same_ranges():
-    """A recipe's few percentile / entropy groups bin only their tensors (proxy.binned), every sample; their
-    ranges are the ones binning every tensor gives."""
+    """A recipe's few percentile / entropy groups bin only their tensors, each for its own method (proxy.binned),
+    every sample; their ranges are the ones binning every tensor gives."""
     from whisper_npu.compilers.onnxruntime import proxy, ranges
 
     rng = np.random.default_rng(1)
     samples = [{"a": rng.normal(size=(4, 8)).astype(np.float32), "b": rng.standard_t(2, size=(64,)).astype(np.float32)}
                for _ in range(5)]
     methods = ("minmax", "percentile", "entropy")
-    some, every = ranges.Stats(methods, 99.0, binned=["b"]), ranges.Stats(methods, 99.0)
+    some = ranges.Stats(methods, 99.0, binned={"percentile": ["b"], "entropy": ["a"]})
+    every = ranges.Stats(methods, 99.0)
     for s in samples:
         some.add(s)
         every.add(s)
-    assert set(some.absolute.histogram_dict) == {"b"} and set(some.real.histogram_dict) == {"b"}
-    for m in ("percentile", "entropy"):
-        assert some.ranges(m) == {"b": every.ranges(m)["b"]}
+    assert set(some.absolute.histogram_dict) == {"b"} and set(some.real.histogram_dict) == {"a"}
+    assert some.ranges("percentile") == {"b": every.ranges("percentile")["b"]}
+    assert some.ranges("entropy") == {"a": every.ranges("entropy")["a"]}
     assert some.ranges("minmax") == every.ranges("minmax")
-    assert proxy.binned({"x": "percentile", "y": "minmax", "z": "entropy"}, "minmax") == ["x", "z"]
+    assert proxy.binned({"x": "percentile", "y": "minmax", "z": "entropy"}, "minmax") == \
+        {"percentile": ["x"], "entropy": ["z"]}
     assert proxy.binned({"y": "minmax"}, "percentile") is None   # the default method needs every tensor's
+    # a group's own method bins the first SUMMARY_SAMPLES samples (min/max: every sample); the default's, all
+    assert proxy.binning({"x": "percentile"}, "minmax")["binned_samples"] == ranges.SUMMARY_SAMPLES
+    assert proxy.binning({}, "entropy") == {"binned": None, "binned_samples": None}
+    early = ranges.Stats(methods, 99.0, binned={"percentile": ["b"], "entropy": ["b"]}, binned_samples=2)
+    for value in (1.0, 2.0, 50.0):
+        early.add({"b": np.full((4,), value, np.float32)})
+    assert early.ranges("minmax")["b"] == (1.0, 50.0)
+    assert early.ranges("percentile")["b"][1] < 3.0 and early.ranges("entropy")["b"][1] < 3.0
 
 
 def test_summary_histograms_stop_after_summary_samples(monkeypatch):

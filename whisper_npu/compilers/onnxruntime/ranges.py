@@ -7,8 +7,9 @@ time, so memory is one sample's intermediates whatever the set size) and per ten
 (ORT's MinMax), the |x| histogram of ORT's Percentile calibrator (2048 bins, symmetric) and the real-value
 histogram of its Entropy calibrator (128 bins): ORT's own ``HistogramCollector`` does the merging, so the
 thresholds are the ones its calibrators compute for the same samples. Histograms are kept only where something
-reads them: for percentile / entropy the ``binned`` tensors (those whose range method needs them; every tensor
-when the default method does), else only the ``summarized`` tensors (the study's range columns), over the first
+reads them: for percentile / entropy the tensors ``binned`` names for that method (those whose range method it is,
+over the first ``binned_samples`` samples; every tensor and sample when the default method is), else only the
+``summarized`` tensors (the study's range columns), over the first
 ``SUMMARY_SAMPLES`` samples. Minmax alone keeps none: binning every activation of every sample cost the whisper-base encoder about
 15 s a sample, several times the forward pass, and min/max ranges do not depend on it. ``write_cache`` writes the min/max
 ranges as ORT's calibration cache (``quantize_static(calibration_cache_path=...)``), so quantizing a variant
@@ -56,17 +57,19 @@ class Stats:
     """Streaming per-tensor statistics; ``add`` one sample's tensors at a time."""
 
     def __init__(self, methods: Iterable[str] = METHODS, percentile: float = 99.999, summarized: Iterable[str] = (),
-                 binned: Iterable[str] | None = None):
+                 binned: dict[str, Iterable[str]] | None = None, binned_samples: int | None = None):
         from onnxruntime.quantization.calibrate import HistogramCollector
 
         self.methods, self.percentile = set(methods), percentile
-        # tensors whose histograms are kept over every sample for percentile / entropy ranges (None: all)
-        self.binned = None if binned is None else set(binned)
-        # tensors whose |x| histogram is kept (None: all): percentile ranges need the binned ones, summary() its own
+        # per histogram method, the tensors binned for its ranges (None: every tensor), over the first
+        # ``binned_samples`` samples (None: every sample)
+        self.every = {m: None if binned is None else set(binned.get(m, ())) for m in ("percentile", "entropy")}
+        self.binned_samples = binned_samples
         if "percentile" not in self.methods:
-            self.histogrammed = set(summarized)
-        else:
-            self.histogrammed = None if self.binned is None else self.binned | set(summarized)
+            self.every["percentile"] = set()
+        # tensors whose |x| histogram is kept (None: all): percentile ranges need theirs, summary() its own
+        pct = self.every["percentile"]
+        self.histogrammed = None if pct is None else pct | set(summarized)
         self.summarized = set(summarized)
         self.lo: dict[str, float] = {}
         self.hi: dict[str, float] = {}
@@ -89,13 +92,14 @@ class Stats:
         if self.histogrammed is None:
             self.absolute.collect_absolute_value(arrays)
         else:
-            every = self.binned if "percentile" in self.methods else set()
+            binning = self.binned_samples is None or self.samples < self.binned_samples
+            every = self.every["percentile"] if binning else set()
             early = self.summarized if self.samples < SUMMARY_SAMPLES else set()
             if kept := {t: a for t, a in arrays.items() if t in every or t in early}:
                 self.absolute.collect_absolute_value(kept)
-        if self.real is not None:
-            kept = arrays if self.binned is None else {t: a for t, a in arrays.items() if t in self.binned}
-            if kept:
+        if self.real is not None and (self.binned_samples is None or self.samples < self.binned_samples):
+            every = self.every["entropy"]
+            if kept := (arrays if every is None else {t: a for t, a in arrays.items() if t in every}):
                 self.real.collect_value(kept)
         self.samples += 1
 
@@ -108,8 +112,9 @@ class Stats:
         collector = self.real if method == "entropy" else self.absolute
         with contextlib.redirect_stdout(io.StringIO()):   # ORT prints progress lines
             found = collector.compute_collection_result()
-        # only the binned tensors saw every sample (the summarized ones only the first few)
-        return {t: (float(v[0]), float(v[1])) for t, v in found.items() if self.binned is None or t in self.binned}
+        # only the tensors binned for this method saw every sample (the summarized ones only the first few)
+        every = self.every[method]
+        return {t: (float(v[0]), float(v[1])) for t, v in found.items() if every is None or t in every}
 
     def summary(self, tensor: str, percentiles=(99.0, 99.9, 99.99)) -> dict[str, float]:
         """min, max (every sample) and |x| percentiles (from the 2048-bin histogram: bin upper edges; the first
@@ -127,19 +132,20 @@ class Stats:
 
 def collect(model_path: str | Path, reader, tensors: Iterable[str], methods: Iterable[str] = METHODS,
             percentile: float = 99.999, progress: str | None = None, summarized: Iterable[str] = (),
-            binned: Iterable[str] | None = None) -> Stats:
+            binned: dict[str, Iterable[str]] | None = None, binned_samples: int | None = None) -> Stats:
     """Statistics of ``tensors`` of the float graph at ``model_path`` over every sample of ``reader``
     (a ``quantize.ListReader``), one sample at a time; ``summarized``: tensors :meth:`Stats.summary` is asked for;
-    ``binned``: the tensors whose percentile / entropy ranges are asked for (None: all)."""
+    ``binned``: method (percentile, entropy) -> the tensors whose ranges by it are asked for (None: all), binned over
+    the first ``binned_samples`` samples (None: every sample)."""
     import onnxruntime as ort
     from tqdm import tqdm
 
     tensors, summarized = sorted(set(tensors)), sorted(set(summarized))
-    binned = None if binned is None else sorted(set(binned))
-    key = _fingerprint(model_path, reader, tensors, methods, percentile, summarized, binned)
+    binned = None if binned is None else {m: sorted(set(ts)) for m, ts in sorted(binned.items())}
+    key = _fingerprint(model_path, reader, tensors, methods, percentile, summarized, (binned, binned_samples))
     if key in _MEMO:
         return _MEMO[key]
-    stats = Stats(methods, percentile, summarized, binned)
+    stats = Stats(methods, percentile, summarized, binned, binned_samples)
     with tempfile.TemporaryDirectory(prefix="whisper-npu-ranges-") as tmp:
         path = with_outputs(model_path, tensors, Path(tmp) / "augmented.onnx")
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -163,7 +169,7 @@ _MEMO: dict[str, Stats] = {}
 
 
 def _fingerprint(model_path: str | Path, reader, tensors: list[str], methods: Iterable[str], percentile: float,
-                 summarized: list[str], binned: list[str] | None) -> str:
+                 summarized: list[str], binned: tuple) -> str:
     """sha256 of the model file, every input array of ``reader`` (name, dtype, shape, bytes) and the arguments."""
     h = hashlib.sha256(Path(model_path).read_bytes())
     h.update(repr((tensors, sorted(set(methods)), float(percentile), summarized, binned)).encode())

@@ -194,7 +194,7 @@ def study(fp32_path: str | Path, reader: quantize.ListReader, held: quantize.Lis
         stats = ranges.collect(pre, reader, p.calibrate, {calibrate_method, *method.values()}, percentile,
                                progress=f"ranges {p.component}",
                                summarized=[t for t in summarized.values() if t in calibrated],
-                               binned=proxy_mod.binned(method, calibrate_method))
+                               **proxy_mod.binning(method, calibrate_method))
         cache = ranges.write_cache(stats, tmp / "ranges.json")
 
         def variant(path: Path, extra16: Sequence[str] = ()) -> Path:
@@ -214,7 +214,7 @@ def study(fp32_path: str | Path, reader: quantize.ListReader, held: quantize.Lis
             tensors = sorted({t for g in p.groups.values() for t in g.tensors if t in qp})
             first = quantize.ListReader(reader.names, reader.load, min(len(reader), ranges.SUMMARY_SAMPLES))
             probe = ranges.collect(pre, first, tensors, choose, percentile, progress=f"range methods {p.component}",
-                                   binned=tensors)
+                                   binned={m: tensors for m in choose})
             for m in choose:
                 found = probe.ranges(m)
                 probe_q.update({(m, t): _range_qparams(*found[t], qp[t]) for t in tensors})
