@@ -18,7 +18,8 @@ Axera's per-layer cosine), on the proxy of groups.py:
     decoder KL reduction) and per-group range statistics (min, max, |x| percentiles of what it writes);
 (d) a range method per group for what stays at 8 bits (``range_methods``): each method's range of every quantized
     tensor, from the first ``ranges.SUMMARY_SAMPLES`` calibration samples, applied alone to the float held-out values
-    (``method_sqnr_db``, the worst of the tensors the group writes, else of its tensors); a group gets the best method when it
+    (``method_sqnr_db``, the worst of the tensors the group writes, else of its tensors; min/max ranges over every
+    calibrating sample, as the compile stage computes them); a group gets the best method when it
     beats what the all-8-bit model does (its default method, or ORT's fixed [0, 1] for a Softmax output) by
     ``METHOD_MARGIN_DB``, and the default method unless another beats it by as much (min/max ranges need no
     histograms, which cost the compile stage several times the forward pass where a method needs them). SQNR is a mean-square criterion: a range that clips a tensor's rare large values wins only
@@ -215,8 +216,8 @@ def study(fp32_path: str | Path, reader: quantize.ListReader, held: quantize.Lis
             first = quantize.ListReader(reader.names, reader.load, min(len(reader), ranges.SUMMARY_SAMPLES))
             probe = ranges.collect(pre, first, tensors, choose, percentile, progress=f"range methods {p.component}",
                                    binned={m: tensors for m in choose})
-            for m in choose:
-                found = probe.ranges(m)
+            for m in choose:   # min/max as the compile stage gets it: over every calibrating sample
+                found = stats.ranges("minmax") if m == "minmax" else probe.ranges(m)
                 probe_q.update({(m, t): _range_qparams(*found[t], qp[t]) for t in tensors})
         fp_sess = _session(ranges.with_outputs(pre, watched, tmp / "fp32_watch.onnx"))
         q_sess = _session(ranges.with_outputs(all8, sorted(set(dq.values())), tmp / "all8_watch.onnx"))
