@@ -22,8 +22,9 @@ Axera's per-layer cosine), on the proxy of groups.py:
     calibrating sample, as the compile stage computes them); a group gets the best method when it
     beats what the all-8-bit model does (its default method, or ORT's fixed [0, 1] for a Softmax output) by
     ``METHOD_MARGIN_DB``, and the default method unless another beats it by as much (min/max ranges need no
-    histograms, which cost the compile stage several times the forward pass where a method needs them). SQNR is a mean-square criterion: a range that clips a tensor's rare large values wins only
-    where they carry little of its energy (Whisper's outlier channels carry most of it, and are needed).
+    histograms, which cost the compile stage several times the forward pass where a method needs them). SQNR is a
+    mean-square criterion: a range that clips a tensor's rare large values wins only where they carry little of its
+    energy (Whisper's outlier channels carry most of it, and are needed).
 
 SQNR = 10 log10(sum x^2 / sum (x - y)^2) over all samples (ORT qdq_loss_debug's 20 log10(|x| / |x - y|)).
 Samples are streamed one at a time and only sums are kept (float outputs go to a temporary folder), so peak memory
@@ -267,11 +268,11 @@ def study(fp32_path: str | Path, reader: quantize.ListReader, held: quantize.Lis
                           "local_channel_sqnr_db": min((channel_sqnr_db(v[2], v[3]) if v[2] is not None
                                                         else sqnr_db(v[0], v[1]) for v in local), default=float("inf")),
                           "range": stats.summary(summary_of)}
+        probed = {t for _, t in probe_q}
         for name, g in p.groups.items():
             # judged on what the group writes: proxy.resolve gives a tensor its writer's method (its readers' only
             # when no group writes it: a graph input, a GELU output)
-            quantized = [t for t in (g.produced or g.tensors) if (choose[0], t) in probe_q] if choose else []
-            quantized = quantized or [t for t in g.tensors if choose and (choose[0], t) in probe_q]
+            quantized = [t for t in g.produced if t in probed] or [t for t in g.tensors if t in probed]
             if not quantized:
                 continue
             base = min(sqnr_db(*sums["local:" + t][:2]) for t in quantized)
