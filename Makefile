@@ -25,8 +25,12 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: an unpinned torch pulls gigabytes of CUDA packages.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q --no-compile torch==2.13.0
+	$(PY) -m pip install -q --no-compile -c constraints.txt -e '.[dev]'
+	# bytecode of everything installed, on every core (pip compiles one file at a time: 53 of its 120 s here).
+	# Needed: with PYTHONDONTWRITEBYTECODE set, a module without it is compiled again by every process that imports
+	# it. Like pip, skips what this Python cannot compile (torch's tests written for 3.12).
+	$(PY) -c "import compileall, sysconfig; compileall.compile_dir(sysconfig.get_paths()['purelib'], quiet=2, workers=0)"
 	# Mobilint's loader, read by tests/test_mblt_folder.py but not installed (it needs transformers < 5.18)
 	$(PY) -m pip download -q --no-deps -d $(VENV)/mblt-wheels transformers-mblt==0.6.1 mblt-npu-python==0.1.0
 	@touch $@
