@@ -258,11 +258,19 @@ def lock_hashes(repo: Path) -> dict[str, str]:
             for stage, body in lock["stages"].items() for out in body.get("outs", [])}
 
 
+TINY_REAL_ENGLISH = {"source": "asterisk", "calibration_clips": 2, "eval_clips": 1, "selection": "seeded"}
+
+
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory, tiny_model_dir: Path) -> Path:
-    """The tiny profile after one full `dvc repro`, committed. Do not modify: copy_project() it first."""
+    """The tiny profile after one full `dvc repro`, committed, with en_us on real speech (Debian's Asterisk prompts,
+    fetched by the audio stage into an empty cache of its own: ``debs`` beside the project) and es_419 synthetic, so
+    every later test meets both kinds of source. Do not modify: copy_project() it first."""
     def build(out: Path) -> None:
-        repo = make_project(out / "proj", tiny_params(tiny_model_dir / "hf"))
+        params = tiny_params(tiny_model_dir / "hf")
+        params["audio"]["per_language"] = {"en_us": dict(TINY_REAL_ENGLISH)}
+        params["audio"]["asterisk"]["cache"] = str(out / "debs")
+        repo = make_project(out / "proj", params)
         run(["dvc", "repro"], repo)
         run(["git", "add", "-A"], repo)
         run(["git", "commit", "-qm", "tiny profile run"], repo)
