@@ -765,9 +765,10 @@ def test_pipeline_end_to_end_with_a_tiny_model(tiny_pipeline, tmp_path):
     assert set(m["budget"]["counts"]) == {"real", "synthetic"}
     assert m["compiled_run"] == {"status": "run", "reason": None}
     assert m["sizes"]["compiled_bytes"] > 0 and m["sizes"]["fp32_bytes"] > 0
-    assert any((tiny_pipeline.parent / "debs").glob("asterisk-core-sounds-en-wav_*.deb"))   # fetched by the stage
+    cache = Path(yaml.safe_load((repo / "params.yaml").read_text())["audio"]["asterisk"]["cache"])
+    assert any(cache.glob("asterisk-core-sounds-en-wav_*.deb"))   # fetched by the stage
     manifest = (repo / "data" / "audio" / "evaluation" / "en_us" / "manifest.jsonl").read_text()
-    assert '"license": "CC-BY-SA-3.0"' in manifest and str(tiny_pipeline.parent) not in manifest
+    assert '"license": "CC-BY-SA-3.0"' in manifest and str(cache) not in manifest and str(tiny_pipeline) not in manifest
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
     (workspace,) = shown.values()
     data = workspace["data"]["metrics/evaluate.json"]["data"]
