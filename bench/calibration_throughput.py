@@ -85,7 +85,8 @@ def tutorial_calibration(model: Any, processor: Any, clips: Sequence[Any], out_d
             tl_ids = model.generate(feats, language=lang, task="translate", **gen_kwargs)
         tr_ids = getattr(tr_ids, "sequences", tr_ids)
         tl_ids = getattr(tl_ids, "sequences", tl_ids)
-        generated += text_tokens(tr_ids[0].tolist(), tok.eos_token_id) + text_tokens(tl_ids[0].tolist(), tok.eos_token_id)
+        generated += (text_tokens(tr_ids[0].tolist(), tok.eos_token_id)
+                      + text_tokens(tl_ids[0].tolist(), tok.eos_token_id))
         transcription = processor.batch_decode(tr_ids, skip_special_tokens=True)[0].strip()
         translation = processor.batch_decode(tl_ids, skip_special_tokens=True)[0].strip()
         if not transcription:
@@ -238,10 +239,9 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
         args.baseline_max_new_tokens = args.baseline_max_new_tokens or 8
 
     import torch
-
-    from whisper_npu.audio.clips import read_clips
     from transformers import WhisperProcessor
 
+    from whisper_npu.audio.clips import read_clips
     from whisper_npu.model.store import hf_dir, load_hf
     from whisper_npu.params.base import read
     from whisper_npu.params.calibration import CalibrationParams

@@ -35,7 +35,16 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import Table, print_tables, command, default_params, median, reference_model, synth_audio, write_params
+from bench.common import (
+    Table,
+    command,
+    default_params,
+    median,
+    print_tables,
+    reference_model,
+    synth_audio,
+    write_params,
+)
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +265,8 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
         params = load_params(write_params(workdir / "params.yaml", base))
         audio = synth_audio(workdir, args.languages, args.calib_per_language, args.eval_per_language)
         model, processor = load_hf(store)
-        calib = calibration_sets(model, processor, read_clips(audio, args.languages, "calibration", args.calib_per_language),
+        calib = calibration_sets(model, processor,
+                                 read_clips(audio, args.languages, "calibration", args.calib_per_language),
                                  workdir / "calibration", params)
         toolchain.main(["--params", str(workdir / "params.yaml"), "--out", str(workdir / "toolchain.json")])
         clips = read_clips(audio, args.languages, "evaluation")
@@ -276,7 +286,8 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
                 enc_dir, dec_dir = export_fp32(model, out, params.compile.opset, "model")
                 numerics: dict | None = {}   # filled from a compiled mode's export check below
             else:
-                enc_dir, dec_dir, numerics = compile_mode(overrides, base, store, workdir / "toolchain.json", calib, out)
+                enc_dir, dec_dir, numerics = compile_mode(overrides, base, store, workdir / "toolchain.json",
+                                                          calib, out)
                 export_numerics = {c: {"compiled": m["export_fp32"]} for c, m in numerics.items()}
             systems.append((name, load_ort_backend(enc_dir, dec_dir, threads=args.threads),
                             (_size_mb(artifact(enc_dir)), _size_mb(artifact(dec_dir))), numerics))

@@ -29,8 +29,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, Table, command, machine, machine_line, median, print_tables, reference_model, \
-    synth_audio, timed
+from bench.common import (
+    ROOT,
+    Table,
+    command,
+    machine,
+    machine_line,
+    median,
+    print_tables,
+    reference_model,
+    synth_audio,
+    timed,
+)
 
 MODULE = "bench.evaluate_speed"
 
@@ -106,9 +116,10 @@ def run(argv: Sequence[str] | None = None) -> list[Table]:
     _add_rows(t, seconds, f"{len(clips)} ({audio_s:.0f} s)", len(clips), same)
     t.notes += [f"Machine: {machine_line(m, os.getloadavg()[0])}",
                 "whisper_npu.decoding.run.run_clips on the torch fp32 reference (features, encoder per clip, greedy "
-                f"decode of each (clip, task), params.yaml's transcribe options: max_new_tokens {p.max_new_tokens}, repetition "
-                f"guard {p.repeat_max_ngram}/{p.repeat_times}); model load outside the timings; alternating order, "
-                f"median of {args.repeats}; the ONNX / .mxq decoders run batch 1 on both sides and are left out"]
+                f"decode of each (clip, task), params.yaml's transcribe options: max_new_tokens {p.max_new_tokens}, "
+                f"repetition guard {p.repeat_max_ngram}/{p.repeat_times}); model load outside the timings; "
+                f"alternating order, median of {args.repeats}; the ONNX / .mxq decoders run batch 1 on both sides "
+                "and are left out"]
     return [t, *compiled]
 
 
@@ -175,9 +186,10 @@ def _compiled_table(args, argv, work: Path, clips, features, cfg, to_text, model
     _add_rows(t, seconds, len(clips), len(clips), same)
     t.notes += [f"Machine: {machine_line(m, os.getloadavg()[0])}",
                 f"{len(sides[stage].decoder.boundary)} tensors hoisted (the cross-attention K/V projections); "
-                "batch 1 as the stage runs the compiled model; times include features and the INT8 encoder, the same on "
-                f"both sides: the encoder alone took {encoder_s:.1f} s of each run (median), so the rest (features + decoder) went "
-                f"{base - encoder_s:.1f} s -> {median(seconds['hoisted']) - encoder_s:.1f} s hoisted -> "
+                "batch 1 as the stage runs the compiled model; times include features and the INT8 encoder, the same "
+                f"on both sides: the encoder alone took {encoder_s:.1f} s of each run (median), so the rest "
+                f"(features + decoder) went {base - encoder_s:.1f} s -> "
+                f"{median(seconds['hoisted']) - encoder_s:.1f} s hoisted -> "
                 f"{median(seconds[stage]) - encoder_s:.1f} s with the last-position LM head "
                 f"({(base - encoder_s) / max(median(seconds[stage]) - encoder_s, 1e-9):.2f}x)"]
     return t

@@ -29,9 +29,8 @@ from pathlib import Path
 
 import yaml
 
+from bench.common import Table, command, median, print_tables, reference_model, test_helpers, timed, write_params
 from whisper_npu.calibration.sequences import n_translate
-
-from bench.common import Table, print_tables, command, median, reference_model, test_helpers, timed, write_params
 
 log = logging.getLogger(__name__)
 

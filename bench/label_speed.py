@@ -29,8 +29,20 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import ROOT, Table, command, default_params, machine, machine_line, median, print_tables, \
-    reference_model, synth_audio, write_params
+from bench.common import (
+    ROOT,
+    Table,
+    command,
+    default_params,
+    machine,
+    machine_line,
+    median,
+    print_tables,
+    reference_model,
+    synth_audio,
+    write_params,
+)
+
 
 class AptUnavailable(RuntimeError):
     """This machine has no apt-get to fetch the Debian package with."""
@@ -210,8 +222,8 @@ def compare(kind: str, lang: str, audio_root: Path, model_dir: Path, work: Path,
     theirs = {r["id"]: (r["transcription"], r["translation"]) for r in read_jsonl(work / f"baseline-{kind}.jsonl")}
     same = sum(ours[k] == theirs.get(k) for k in ours)
     audio_s = sum(r["duration"] for r in read_jsonl(audio_dir / "manifest.jsonl"))
-    return [kind, f"{n} ({audio_s:.0f} s)", fallbacks, median(stage_s), median(base_s), median(base_s) / median(stage_s),
-            median(base_s) / floor, enc, dec, median(load_s), f"{same}/{n}"]
+    return [kind, f"{n} ({audio_s:.0f} s)", fallbacks, median(stage_s), median(base_s),
+            median(base_s) / median(stage_s), median(base_s) / floor, enc, dec, median(load_s), f"{same}/{n}"]
 
 
 def run(argv: Sequence[str] | None = None) -> list[Table]:

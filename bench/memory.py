@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 
-from bench.common import ROOT, Table, print_tables, command, default_params, reference_model, test_helpers
+from bench.common import ROOT, Table, command, default_params, print_tables, reference_model, test_helpers
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,8 @@ def table(by_size: dict[int, list[StageRun]], per_language: int, cmd: str, model
                 (f"{per_language} calibration clips + 1 evaluation clip per language (synthetic speech); languages "
                  "taken in sorted order from params.yaml; per-language stages (audio@*, label@*, transcribe_fp32@*) "
                  "show their largest instance, `xN` = instances, time summed"),
-                "peak RSS = ru_maxrss of the stage process (os.wait4 in a small launcher), run outside DVC with dvc.yaml's command"]
+                "peak RSS = ru_maxrss of the stage process (os.wait4 in a small launcher), run outside DVC with "
+                "dvc.yaml's command"]
     return t
 
 

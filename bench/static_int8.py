@@ -207,8 +207,8 @@ def memory(args: Any, argv: Sequence[str], work: Path, audio: Path, langs: list[
     if not (work / "toolchain.json").is_file():
         toolchain.main(["--params", str(work / "params-memory.yaml"), "--out", str(work / "toolchain.json")])
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    t = Table(f"Peak RSS of the compile stage, static INT8 ({args.variants[0]}), {model_name(args)}, calibration set of "
-              f"{args.calib} clips x {len(langs)} languages", ["component", "calibration samples",
+    t = Table(f"Peak RSS of the compile stage, static INT8 ({args.variants[0]}), {model_name(args)}, "
+              f"calibration set of {args.calib} clips x {len(langs)} languages", ["component", "calibration samples",
               "peak RSS MB", "wall s"], command=command(MODULE, argv), digits=0)
     files = {"encoder": "encoder/whisper_encoder_cali.txt", "decoder": "decoder/whisper_decoder_calib.json"}
     mem = work / f"memory-{pp.compile.onnxruntime.calibration_samples}"

@@ -152,7 +152,8 @@ def svg(table: list[dict]) -> str:
         x0 = k * W + left
         width = W - left - 10
         parts.append(f'<text x="{x0 + width / 2}" y="15" text-anchor="middle" font-weight="bold">{label}</text>')
-        parts.append(f'<rect x="{x0}" y="{top}" width="{width}" height="{H - top - bottom}" fill="none" stroke="#888"/>')
+        parts.append(f'<rect x="{x0}" y="{top}" width="{width}" height="{H - top - bottom}" '
+                     'fill="none" stroke="#888"/>')
         for ref, dash in ((0.0, ""), (1.0, ' stroke-dasharray="4 3"')):
             parts.append(f'<line x1="{x0}" x2="{x0 + width}" y1="{y(ref):.1f}" y2="{y(ref):.1f}" stroke="#444"{dash}/>')
         for tick in range(int(lo) + 1, int(hi) + 1, max(1, int((hi - lo) / 6))):
@@ -168,7 +169,8 @@ def svg(table: list[dict]) -> str:
                                  f'y2="{y(100 * p["high"]):.1f}" stroke="{c}" stroke-width="2"/>')
                     parts.append(f'<circle cx="{xp:.1f}" cy="{y(100 * p["delta"]):.1f}" r="3.5" fill="{c}"/>')
         if k == 0:
-            parts.append(f'<text x="12" y="{(top + H - bottom) / 2}" transform="rotate(-90 12 {(top + H - bottom) / 2})" '
+            parts.append(f'<text x="12" y="{(top + H - bottom) / 2}" '
+                         f'transform="rotate(-90 12 {(top + H - bottom) / 2})" '
                          f'text-anchor="middle">compiled - fp32 WER, points (95 % CI)</text>')
     for j, lang in enumerate(langs):
         parts.append(f'<circle cx="{left + 90 * j}" cy="{H + 12}" r="4" fill="{COLOURS[j % len(COLOURS)]}"/>'

@@ -5,7 +5,8 @@ Sources (params ``model.source``):
   hub    a Hugging Face repo id + revision (e.g. openai/whisper-small, the tutorial's model)
   local  a folder in Hugging Face format
 
-Every source ends in the same layout (whisper_npu/model/store.py), written deterministically (same inputs, same bytes), so DVC sees no change on a rerun.
+Every source ends in the same layout (whisper_npu/model/store.py), written deterministically (same inputs, same
+bytes), so DVC sees no change on a rerun.
 """
 from __future__ import annotations
 

@@ -204,7 +204,8 @@ def qbcompiler_overrides(chosen: dict[str, list[str]], methods: dict[str, str] |
             section = {"bit": {"layer_overrides": {"activation_16bits": found}}}
             body.append(f"++compile.qbcompiler.{component}_configs={_flow(section)}")
     if unmapped:
-        lines.append("# not mapped (single ops with no module name to derive a layer name from): " + ", ".join(unmapped))
+        lines.append("# not mapped (single ops with no module name to derive a layer name from): "
+                     + ", ".join(unmapped))
     if not body:
         lines.append("# no promoted group maps to a layer name: nothing to override" if unmapped
                      else "# no group promoted: nothing to override")

@@ -72,7 +72,8 @@ def qbcompiler_record(p: Params) -> dict[str, Any] | None:
                     inst.version, " ".join(mobilint.interpreter(qb)), have)
     if qb.device in ("cuda", "gpu") and not found.get("cuda"):
         raise StageError(f"{KEY}.device = {qb.device}: {' '.join(mobilint.interpreter(qb))} sees no CUDA device "
-                         f"(torch {found.get('torch')}); use auto or cpu, or a CUDA image ('docker run --gpus all ...')")
+                         f"(torch {found.get('torch')}); use auto or cpu, "
+                         "or a CUDA image ('docker run --gpus all ...')")
     for component in ("encoder", "decoder"):   # refusals (options this version does not take) name their key
         for warning in plan_calls(inst.api, component, qb, gpu=bool(found.get("cuda")), version=inst.version,
                                   inst=inst, input_features_shape=(1, 80, 3000)).get("warnings", []):

@@ -32,7 +32,8 @@ def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None,
                 "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(cwd), **(env or {})}
     proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n"
+                             f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
 
 
@@ -91,7 +92,8 @@ def section(key: str, **changes):
     if key == "audio":
         data["per_language"] = {}   # the default profile's real-speech overrides: only where a test asks for them
     for k, v in changes.items():
-        data[k] = {**data[k], **v} if isinstance(v, dict) and isinstance(data.get(k), dict) and k != "per_language" else v
+        data[k] = ({**data[k], **v} if isinstance(v, dict) and isinstance(data.get(k), dict) and k != "per_language"
+                   else v)
     cls = full.Params.model_fields[key].annotation
     return cls.model_validate(data)
 

@@ -98,7 +98,8 @@ def test_run_backends_records_do_not_depend_on_the_batch_size(tiny_model, monkey
 
     def run(bs):
         fp32 = TorchBackend(tiny_model)
-        one = types.SimpleNamespace(name="b1", encoder=fp32.encoder, decoder=Batch1Session(TorchBackend(tiny_model).decoder))
+        one = types.SimpleNamespace(name="b1", encoder=fp32.encoder,
+                                    decoder=Batch1Session(TorchBackend(tiny_model).decoder))
         recs = [r for system, backend in (("fp32", fp32), ("compiled", one))
                 for r in run_clips(system, backend, clips, features, cfg, str, bs)]
         return [{k: v for k, v in r.items() if k != "seconds"} for r in recs], recs, one.decoder.resets

@@ -118,7 +118,8 @@ def test_text_tokens_ignores_special_ids():
 def test_peak_rss_tells_a_big_allocation_from_a_small_one(tmp_path):
     env = {"PATH": "/usr/bin:/bin"}
     small, _, code = memory.peak_rss([sys.executable, "-c", "pass"], tmp_path, env, tmp_path / "a.log")
-    big, _, code2 = memory.peak_rss([sys.executable, "-c", "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"],
+    big, _, code2 = memory.peak_rss([sys.executable, "-c",
+                                     "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"],
                                     tmp_path, env, tmp_path / "b.log")
     assert code == code2 == 0
     assert big > small + 250

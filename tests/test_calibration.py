@@ -49,7 +49,8 @@ def make_audio(root: Path, langs=LANGS, n_calib: int = 4, n_eval: int = 1, label
             folder = root / split / lang
             folder.mkdir(parents=True, exist_ok=True)
             t = np.arange(16000 * (1 + i % 3)) / 16000
-            audio = (0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t) + 0.05 * rng.standard_normal(t.size)).astype("float32")
+            audio = (0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t)
+                     + 0.05 * rng.standard_normal(t.size)).astype("float32")
             sf.write(folder / f"{cid}.wav", audio, 16000, subtype="PCM_16")
             text = {"ko_kr": f"안녕하세요 {i}번", "ta_in": f"வணக்கம் {i}"}.get(lang, f"Hello number {i}.")
             rows.append({"id": cid, "file": f"{cid}.wav", "lang": lang, "duration": t.size / 16000,
@@ -62,8 +63,9 @@ def make_audio(root: Path, langs=LANGS, n_calib: int = 4, n_eval: int = 1, label
         if labels is not None:
             labels.mkdir(parents=True, exist_ok=True)
             (labels / f"{lang}.jsonl").write_text("".join(json.dumps(
-                {"id": r["id"], "lang": lang, "transcription": "라벨 " + r["text"], "translation": "Label " + r["text_en"],
-                 "labeler": "test"}, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+                {"id": r["id"], "lang": lang, "transcription": "라벨 " + r["text"],
+                 "translation": "Label " + r["text_en"], "labeler": "test"}, ensure_ascii=False) + "\n" for r in rows),
+                encoding="utf-8")
     if labels is not None:   # what the labels stage hands calibrate_decoder (data/decoder_text.jsonl)
         (labels.parent / "decoder_text.jsonl").write_text("".join(
             (labels / f"{lang}.jsonl").read_text(encoding="utf-8") for lang in sorted(langs)), encoding="utf-8")
@@ -88,7 +90,8 @@ def run_encoder(tmp: Path, store: Path, out: Path, params: Path) -> Path:
 
 def run_decoder(tmp: Path, store: Path, out: Path, params: Path) -> Path:
     dec_stage.main(["--params", str(params), "--audio", str(tmp / "audio"),
-                    "--text", str(tmp / "decoder_text.jsonl"), "--model", str(store), "--out", str(out), "--metrics", str(out.parent / f"{out.name}.metric.json")])
+                    "--text", str(tmp / "decoder_text.jsonl"), "--model", str(store), "--out", str(out),
+                    "--metrics", str(out.parent / f"{out.name}.metric.json")])
     return out
 
 
@@ -154,7 +157,8 @@ def test_read_clips_reads_only_listed_languages_sorted_calibration_split(tmp_pat
     assert all(c.audio.is_file() for c in clips)
     assert {c.whisper_lang for c in clips} == {"ko", "ta"}
     # evaluation clips never used even when more are asked for than exist
-    assert [c.id for c in A_clips.read_clips(root, ["ko_kr"], "calibration", 10)] == [f"ko_kr_{i:04d}" for i in range(4)]
+    assert ([c.id for c in A_clips.read_clips(root, ["ko_kr"], "calibration", 10)]
+            == [f"ko_kr_{i:04d}" for i in range(4)])
     with pytest.raises(StageError, match="fr_fr"):
         A_clips.read_clips(root, ["ko_kr", "fr_fr"], "calibration", 3)
 
@@ -483,7 +487,8 @@ def test_dvc_reruns_only_what_changed_and_is_reproducible(project, store):
     assert _lock_outs(repo)["calibrate_decoder"] == second["calibrate_decoder"]
 
     # the list files hold no path of this machine
-    for f in (repo / "calibration" / "encoder" / specs.ENCODER_LIST, repo / "calibration" / "decoder" / specs.DECODER_JSON):
+    for f in (repo / "calibration" / "encoder" / specs.ENCODER_LIST,
+              repo / "calibration" / "decoder" / specs.DECODER_JSON):
         assert str(repo) not in f.read_text()
 
 
@@ -552,7 +557,8 @@ def test_latest_recipe_prefixes_eot_strip_min_tokens_minimal_json(tmp_path, buil
         dh = np.load(out / dec_path)
         assert dh.shape[1] >= 7                                           # min_tokens
         # the last input row is not EOT's embedding (+ its position): the final EOT was stripped
-        last = model.model.decoder.embed_tokens.weight[eot] + model.model.decoder.embed_positions.weight[dh.shape[1] - 1]
+        last = (model.model.decoder.embed_tokens.weight[eot]
+                + model.model.decoder.embed_positions.weight[dh.shape[1] - 1])
         assert not np.allclose(dh[0, -1], last.detach().numpy(), atol=1e-5)
     # a prefix sample's encoder states are the reference encoder's on the first half of the clip's audio
     name = next(k[0] for k in kept if k[0].endswith("_p050"))

@@ -6,7 +6,6 @@ byte-identical to main's (the committed dvc.lock). Nothing here has run on a GPU
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import pytest
 from conftest import ROOT

@@ -10,7 +10,6 @@ import re
 import subprocess
 
 import pytest
-
 from conftest import ROOT
 
 NUMBER = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.])")
@@ -65,7 +64,8 @@ def test_docs_links_resolve():
 
 
 def quantize_docstring() -> str:
-    return ast.get_docstring(ast.parse((ROOT / "whisper_npu" / "compilers" / "onnxruntime" / "quantize.py").read_text()))
+    return ast.get_docstring(ast.parse(
+        (ROOT / "whisper_npu" / "compilers" / "onnxruntime" / "quantize.py").read_text()))
 
 
 def params_onnxruntime_comments() -> str:

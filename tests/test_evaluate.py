@@ -108,8 +108,8 @@ def scripted_cfg(**kw) -> DecodeConfig:
 TIMESTAMPS = list(range(NO_TS + 1, V))
 
 
-@pytest.mark.parametrize("language,task,seed", [("de", "transcribe", 1), ("ja", "translate", 2), ("de", "transcribe", 3),
-                                                ("ja", "transcribe", 4)])
+@pytest.mark.parametrize("language,task,seed", [("de", "transcribe", 1), ("ja", "translate", 2),
+                                                ("de", "transcribe", 3), ("ja", "transcribe", 4)])
 def test_loop_matches_hf_generate(tiny_model, language, task, seed):
     """Timestamps masked on both sides (HF gets them as extra suppress_tokens): the random model emits
     timestamp tokens, and HF generate reads some of those as segment ends and decodes the window again,
@@ -805,8 +805,10 @@ def test_normalizers_are_whispers_own_without_importing_torch():
 
     for text in ("Hello, Mr. Smith! It's 20 dollars, isn't it?", "colour  1st 2nd"):
         assert normalize(text, "en_us") == " ".join(EnglishTextNormalizer()(text).split())
-    assert normalize("¡Opción inválida, señor!", "es_419") == " ".join(BasicTextNormalizer()("¡Opción inválida, señor!").split())
+    assert (normalize("¡Opción inválida, señor!", "es_419")
+            == " ".join(BasicTextNormalizer()("¡Opción inválida, señor!").split()))
     code = ("import sys; from whisper_npu.eval.metrics import normalize; normalize('Mr. Smith', 'en_us'); "
-            "normalize('¡Hola!', 'es_419'); print(sorted(m for m in ('torch', 'whisper', 'numba') if m in sys.modules))")
+            "normalize('¡Hola!', 'es_419'); "
+            "print(sorted(m for m in ('torch', 'whisper', 'numba') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

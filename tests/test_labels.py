@@ -265,7 +265,8 @@ def test_label_stage_main(model_dir: Path, tmp_path: Path) -> None:
     # both splits, as the tutorial: every clip, the calibration rows unchanged
     both = tmp_path / "both.jsonl"
     label_stage.main([*argv[:-4], "--out", str(both), "--params", str(write_params(
-        tmp_path / "both", labels={"logprob_fallback": True, "batch_size": 3, "splits": ["calibration", "evaluation"]}))])
+        tmp_path / "both",
+        labels={"logprob_fallback": True, "batch_size": 3, "splits": ["calibration", "evaluation"]}))])
     assert [r["id"] for r in read_jsonl(both)] == [f"it_it_{i:04d}" for i in range(3)] + ["it_it_eval_0000"]
     assert read_jsonl(both)[:3] == labels
     # a manifest of another language is refused
@@ -415,7 +416,8 @@ def test_reference_whisper_base_labels_spanish_synth(reference_model_dir: Path, 
     audio_stage.write(tmp_path / "es_419", kept, skipped)
     lab = L.load_labeler("reference", reference_model_dir)
     assert lab.name == "reference:whisper-base"
-    rows = label_stage.label_rows(lab, "es_419", tmp_path / "es_419", read_jsonl(tmp_path / "es_419" / "manifest.jsonl"),
+    rows = label_stage.label_rows(lab, "es_419", tmp_path / "es_419",
+                                  read_jsonl(tmp_path / "es_419" / "manifest.jsonl"),
                                   beam_size=1, seed=0, logprob_fallback=False)
     # whisper-base on espeak-ng speech is rough (~0.2-0.4 CER, docs/offline-data.md)
     from whisper_npu.eval.metrics import edit_distance, normalize

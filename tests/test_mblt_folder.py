@@ -138,12 +138,8 @@ def test_real_transformers_mblt_reads_the_folder(transformers_mblt, tmp_path, ti
     """Mobilint's own config class parses config.json, and its model class finds both .mxq files inside
     the folder and loads model.safetensors with no missing or unexpected weights."""
     from mblt_npu import npu_backend
-    from transformers_mblt.models.whisper.configuration_whisper import (
-        MobilintWhisperConfig,
-    )
-    from transformers_mblt.models.whisper.modeling_whisper import (
-        MobilintWhisperForConditionalGeneration,
-    )
+    from transformers_mblt.models.whisper.configuration_whisper import MobilintWhisperConfig
+    from transformers_mblt.models.whisper.modeling_whisper import MobilintWhisperForConditionalGeneration
 
     enc, dec = _compiled(tmp_path, tiny_model_dir, schemes=schemes, target=target)
     out = _run(tmp_path, tiny_model_dir, enc, dec, npu)

@@ -24,7 +24,8 @@ from whisper_npu.model import store as model_store
 from whisper_npu.model.writer import write_store
 
 ENGLISH = "Today the weather is nice and we are going to the park."
-# What converted whisper-base says for that espeak-ng clip (measured when the converter was written, docs/offline-data.md).
+# What converted whisper-base says for that espeak-ng clip (measured when the converter was written,
+# docs/offline-data.md).
 BASE_ENGLISH = "Today but wherever is ice, and we are going to the park."
 
 # --------------------------------------------------------------------------- a synthetic CT2 Whisper
@@ -97,13 +98,15 @@ def hf_to_ct2(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             a = f"{s}.self_attn"
             v[f"{c}/self_attention/linear_0/weight"] = np.concatenate(
                 [sd[f"{a}.q_proj.weight"], sd[f"{a}.k_proj.weight"], sd[f"{a}.v_proj.weight"]])
-            v[f"{c}/self_attention/linear_0/bias"] = np.concatenate([sd[f"{a}.q_proj.bias"], zeros, sd[f"{a}.v_proj.bias"]])
+            v[f"{c}/self_attention/linear_0/bias"] = np.concatenate(
+                [sd[f"{a}.q_proj.bias"], zeros, sd[f"{a}.v_proj.bias"]])
             lin(f"{c}/self_attention/linear_1", f"{a}.out_proj")
             if part == "decoder":
                 x = f"{s}.encoder_attn"
                 ln(f"{c}/attention/layer_norm", f"{s}.encoder_attn_layer_norm")
                 lin(f"{c}/attention/linear_0", f"{x}.q_proj")
-                v[f"{c}/attention/linear_1/weight"] = np.concatenate([sd[f"{x}.k_proj.weight"], sd[f"{x}.v_proj.weight"]])
+                v[f"{c}/attention/linear_1/weight"] = np.concatenate(
+                    [sd[f"{x}.k_proj.weight"], sd[f"{x}.v_proj.weight"]])
                 v[f"{c}/attention/linear_1/bias"] = np.concatenate([zeros, sd[f"{x}.v_proj.bias"]])
                 lin(f"{c}/attention/linear_2", f"{x}.out_proj")
             ln(f"{c}/ffn/layer_norm", f"{s}.final_layer_norm")
@@ -272,11 +275,12 @@ def test_converted_model_computes_what_the_original_computes(tmp_path, synthetic
     parts = ct2.convert_files(tmp_path / "model.bin", tmp_path / "config.json", tmp_path / "tokenizer.json")
     store = tmp_path / "store"
     meta = write_store(store, parts.state_dict, parts.config, parts.generation_config,
-                                   parts.tokenizer_files, {"name": "synthetic", "source": "test", "id": "x", "revision": ""})
+                       parts.tokenizer_files, {"name": "synthetic", "source": "test", "id": "x", "revision": ""})
     assert meta["multilingual"] is False and meta["dims"]["n_vocab"] == VOCAB
     assert set(meta["files"]) >= {"openai-whisper.pt", "hf/model.safetensors", "hf/vocab.json", "hf/merges.txt"}
     gen = json.loads((store / "hf/generation_config.json").read_text())
-    assert gen["no_timestamps_token_id"] == 59 and gen["prev_sot_token_id"] == 57 and gen["decoder_start_token_id"] == 51
+    assert (gen["no_timestamps_token_id"] == 59 and gen["prev_sot_token_id"] == 57
+            and gen["decoder_start_token_id"] == 51)
     assert gen["suppress_tokens"] == [1, 2] and gen["begin_suppress_tokens"] == [3, 50]
     assert (store / "hf/merges.txt").read_text().splitlines()[1:] == ["a b", "c d"]
 
@@ -489,7 +493,8 @@ def test_hub_unreachable_is_a_one_line_error(tmp_path, monkeypatch):
     assert proc.returncode == 1, proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert "hub is unreachable" in errors[0] and "model.source=local" in errors[0] and "openai/whisper-small" in errors[0]
+    assert ("hub is unreachable" in errors[0] and "model.source=local" in errors[0]
+            and "openai/whisper-small" in errors[0])
     assert not out.exists()
 
 
@@ -572,7 +577,8 @@ def test_model_stage_through_dvc_is_deterministic(project, reference_model_dir):
     repo = project()
     run(["dvc", "repro", "model"], repo, timeout=900)
     lock = (repo / "dvc.lock").read_text()
-    assert model_store.model_info(repo / "models" / "reference")["files"] == model_store.model_info(reference_model_dir)["files"]
+    assert (model_store.model_info(repo / "models" / "reference")["files"]
+            == model_store.model_info(reference_model_dir)["files"])
     run(["dvc", "repro", "-f", "model"], repo, timeout=900)
     assert (repo / "dvc.lock").read_text() == lock
 
@@ -592,7 +598,8 @@ def test_store_readers_equal_transformers_classes_without_importing_torch(tiny_m
     assert type(ours.tokenizer) is type(theirs.tokenizer)
     tokens = theirs.tokenizer("<|startoftranscript|><|en|><|transcribe|> Hello there, café!").input_ids
     assert ours.tokenizer(" Hello there, café!").input_ids == theirs.tokenizer(" Hello there, café!").input_ids
-    assert ours.tokenizer.decode(tokens, skip_special_tokens=True) == theirs.tokenizer.decode(tokens, skip_special_tokens=True)
+    assert (ours.tokenizer.decode(tokens, skip_special_tokens=True)
+            == theirs.tokenizer.decode(tokens, skip_special_tokens=True))
     config, generation = model_store.load_configs(tiny_model_dir)
     hf_config, hf_generation = WhisperConfig.from_pretrained(str(hf)), GenerationConfig.from_pretrained(str(hf))
     for key in ("vocab_size", "max_target_positions", "max_source_positions", "d_model", "scale_embedding"):

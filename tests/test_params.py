@@ -51,7 +51,8 @@ def test_params_yaml_is_the_one_place_defaults_are_written():
     assert list(optional(Params)) == []
     data = base()
     del data["calibration"]["translate_ratio"]
-    with pytest.raises(ParamsError, match=r"params.yaml: calibration.translate_ratio: missing; params.yaml must set it"):
+    with pytest.raises(ParamsError,
+                       match=r"params.yaml: calibration.translate_ratio: missing; params.yaml must set it"):
         parse_params(data, "params.yaml")
 
 
@@ -295,7 +296,8 @@ def test_npu_placement_defaults_are_mobilint_newest_folder():
     1:0 on ARIES; on REGULUS the decoder goes to 0:0, accepted once set."""
     npu = load_params(ROOT / "params.yaml").npu
     assert (npu.require_compiled, npu.encoder.model_dump(), npu.decoder.model_dump()) == (
-        False, {"dev_no": 0, "core_mode": "single", "cores": "auto"}, {"dev_no": 0, "core_mode": "single", "cores": "auto"})
+        False, {"dev_no": 0, "core_mode": "single", "cores": "auto"},
+        {"dev_no": 0, "core_mode": "single", "cores": "auto"})
     aries = [npu.placement(c, "aries-rb").target_cores() for c in ("encoder", "decoder")]
     assert aries == [["0:0"], ["1:0"]]
     regulus = parse_params(with_value("compile.qbcompiler.target_device", "regulus-rb")).npu

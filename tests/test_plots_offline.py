@@ -55,10 +55,12 @@ def test_sensitivity_plots_draw_components_languages_and_intervals_offline(proje
     vertical bar; only these two plots have data here, so vega's first two colours are theirs."""
     repo = project()
     (repo / "sensitivity").mkdir()
-    sqnr = [{"component": c, "depth": d, "group": f"{c}.{d}.fc2", "sqnr_db": 10.0 + 3 * d + (5 if c == "decoder" else 0)}
+    sqnr = [{"component": c, "depth": d, "group": f"{c}.{d}.fc2",
+             "sqnr_db": 10.0 + 3 * d + (5 if c == "decoder" else 0)}
             for c in ("encoder", "decoder") for d in range(-1, 6)]
     curve = [{"step": s, "groups": 30 * s, "lang": lang, "delta_wer": 0.1 / s + k * 0.01,
-              "ci_low": 0.1 / s - 0.05, "ci_high": 0.1 / s + 0.08} for s in (1, 2, 3) for k, lang in enumerate(("en_us", "it_it"))]
+              "ci_low": 0.1 / s - 0.05, "ci_high": 0.1 / s + 0.08}
+             for s in (1, 2, 3) for k, lang in enumerate(("en_us", "it_it"))]
     (repo / "sensitivity" / "sqnr.json").write_text(json.dumps(sqnr))
     (repo / "sensitivity" / "promotion.json").write_text(json.dumps(curve))
     run(["dvc", "plots", "show", "-o", str(tmp_path / "show")], repo)

@@ -276,7 +276,7 @@ def test_accuracy_knobs_reach_a_1_3_compiler_and_provenance(standin, tmp_path, t
     docs/mobilint.md) and the parser's worker count as its environment variable; both recorded in provenance."""
     calls = standin("1.3.0")
     seen = {}
-    import qbcompiler as standin_module   # the stand-in, first on sys.path
+    import qbcompiler as standin_module  # the stand-in, first on sys.path
 
     real = standin_module.mblt_compile
 

@@ -45,7 +45,8 @@ def s3_server():
         while True:
             try:
                 boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                             aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket="whisper-npu")
+                             aws_access_key_id="testing",
+                             aws_secret_access_key="testing").create_bucket(Bucket="whisper-npu")
                 break
             except Exception:
                 if time.time() > deadline:
@@ -78,7 +79,8 @@ def _add_remote(repo: Path, kind: str, tmp_path: Path, s3=None) -> dict:
         run(["dvc", "remote", "modify", "storage", "endpointurl", endpoint], repo)
         # secrets in .dvc/config.local (git-ignored), never in .dvc/config
         run(["dvc", "remote", "modify", "--local", "storage", "access_key_id", creds["AWS_ACCESS_KEY_ID"]], repo)
-        run(["dvc", "remote", "modify", "--local", "storage", "secret_access_key", creds["AWS_SECRET_ACCESS_KEY"]], repo)
+        run(["dvc", "remote", "modify", "--local", "storage", "secret_access_key", creds["AWS_SECRET_ACCESS_KEY"]],
+            repo)
         env = {"AWS_DEFAULT_REGION": "us-east-1"}
     run(["dvc", "remote", "modify", "storage", "verify", "true"], repo)
     return env
@@ -91,7 +93,8 @@ def _remote_objects(repo: Path, kind: str, tmp_path: Path, s3=None) -> list:
 
     endpoint, bucket, creds = s3
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id=creds["AWS_ACCESS_KEY_ID"], aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"])
+                          aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"])
     keys = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=tmp_path.name + "/"):
         keys += [o["Key"] for o in page.get("Contents", [])]
@@ -108,7 +111,8 @@ def _delete_objects(objs: list, kind: str, s3=None) -> None:
 
     endpoint, bucket, creds = s3
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id=creds["AWS_ACCESS_KEY_ID"], aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"])
+                          aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"])
     for key in objs:
         client.delete_object(Bucket=bucket, Key=key)
 
@@ -124,7 +128,8 @@ def _corrupt(obj, kind: str, s3=None) -> None:
 
     endpoint, bucket, creds = s3
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id=creds["AWS_ACCESS_KEY_ID"], aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"])
+                          aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"])
     data = bytearray(client.get_object(Bucket=bucket, Key=obj)["Body"].read())
     data[len(data) // 2] ^= 0xFF
     client.put_object(Bucket=bucket, Key=obj, Body=bytes(data))
@@ -226,9 +231,10 @@ def test_push_interrupted_while_collecting_needs_a_fresh_collection(tmp_path):
 
 @pytest.mark.slow
 def test_experiment_shared_through_git_and_dvc_remotes(tiny_pipeline, tmp_path):
-    """README "Experiments" and "Share results": README's experiment, run on machine A is pushed (`dvc exp push`: git refs to a git remote,
-    its outputs to the DVC remote); machine B pulls it (`dvc exp pull`), sees it in `dvc exp show` and gets its
-    outputs byte-identical. Two clones of one bare git repository on disk stand for the two machines."""
+    """README "Experiments" and "Share results": README's experiment, run on machine A is pushed (`dvc exp push`:
+    git refs to a git remote, its outputs to the DVC remote); machine B pulls it (`dvc exp pull`), sees it in
+    `dvc exp show` and gets its outputs byte-identical. Two clones of one bare git repository on disk stand for the
+    two machines."""
     origin = tmp_path / "seed"
     shutil.copytree(tiny_pipeline, origin, symlinks=True)
     _add_remote(origin, "local", tmp_path)

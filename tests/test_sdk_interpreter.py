@@ -112,9 +112,9 @@ def test_preflight_refusals_in_the_sdk_interpreter(tmp_path, sdk_python, caplog,
 @pytest.mark.parametrize("version", ["1.2.0", "1.4.0"])
 def test_compile_runs_in_the_sdk_interpreter(tmp_path, sdk_python, tiny_model_dir, calib_root, version):  # noqa: F811
     """Both components compiled through the second interpreter: the toolchain records that interpreter's
-    transformers (4.50.0 for 1.2, 4.57.1 for 1.4) and the compiler found there; the SDK side loads the model itself (1.4: the compiler's
-    ``load_for_part``; 1.2: transformers' Auto class with sdpa) and runs both calls; nothing of the compiler is
-    imported into this process."""
+    transformers (4.50.0 for 1.2, 4.57.1 for 1.4) and the compiler found there; the SDK side loads the model itself
+    (1.4: the compiler's ``load_for_part``; 1.2: transformers' Auto class with sdpa) and runs both calls; nothing of
+    the compiler is imported into this process."""
     log = tmp_path / "calls.jsonl"
     transformers = PARSER_TRANSFORMERS[tuple(int(x) for x in version.split(".")[:2])]
     qb = {"python": sdk_command(sdk_python(transformers), version, log)}

@@ -174,7 +174,8 @@ def test_range_method_per_group(models, tmp_path):
 def test_params_keys():
     data = default_params()
     data["compile"]["onnxruntime"].update(mode="static", proxy="npu",
-                                          groups={"encoder.*.fc2": {"bits": 16}, "decoder.lm_head": {"method": "entropy"}})
+                                          groups={"encoder.*.fc2": {"bits": 16},
+                                                  "decoder.lm_head": {"method": "entropy"}})
     parse_params(data)
     data["compile"]["onnxruntime"]["groups"] = {"fc2": {"bits": 16}}
     with pytest.raises(ParamsError, match=r"compile.onnxruntime.groups.fc2: a group name starts with encoder"):
@@ -217,7 +218,8 @@ def test_range_method_chosen_per_group_where_it_beats_the_default(models):
     assert report["range_methods"] == ["minmax", "percentile", "entropy"]
     rows = {r["group"]: r for r in report["groups"]}
     softmax = rows["encoder.1.self_attn.softmax"]
-    assert softmax["method_sqnr_db"]["all_8bit"] < 5.0 and softmax["range_method"] in ("minmax", "percentile", "entropy")
+    assert (softmax["method_sqnr_db"]["all_8bit"] < 5.0
+            and softmax["range_method"] in ("minmax", "percentile", "entropy"))
     assert softmax["method_sqnr_db"][softmax["range_method"]] > 30.0
     assert rows["encoder.1.fc2"]["range_method"] is None
     margin = sensitivity.METHOD_MARGIN_DB
@@ -257,7 +259,8 @@ def test_chain_repairs_what_single_groups_cannot(models):
     # top_k 0: no single-group candidates; each link alone as a one-group chain (4 variants instead of 30)
     links = {name: [name] for name in chain}
     report = sensitivity.study(models["planted"], reader("encoder", 3, 0), reader("encoder", 2, 1), proxy="npu",
-                               top_k=0, chains={"encoder.1.ffn_out": chain, **{f"{n} alone": m for n, m in links.items()}})
+                               top_k=0,
+                               chains={"encoder.1.ffn_out": chain, **{f"{n} alone": m for n, m in links.items()}})
     rows = {r["group"]: r for r in report["groups"]}
     gain = {n: rows[n]["isolation_gain"] for n in report["ranking"]}
     assert report["ranking"][0] == "encoder.1.ffn_out" and rows["encoder.1.ffn_out"]["chain"] == chain
@@ -341,7 +344,7 @@ def test_minmax_ranges_keep_histograms_only_where_read():
 
 
 def test_binned_tensors_alone_keep_histograms_with_the_same_ranges():
-    """A recipe's few percentile / entropy groups bin only their tensors, each for its own method (proxy.binned),
+    """A recipe's few percentile / entropy groups bin only their tensors, each for its own method (proxy.binning),
     every sample; their ranges are the ones binning every tensor gives."""
     from whisper_npu.compilers.onnxruntime import proxy, ranges
 
@@ -358,9 +361,10 @@ def test_binned_tensors_alone_keep_histograms_with_the_same_ranges():
     assert some.ranges("percentile") == {"b": every.ranges("percentile")["b"]}
     assert some.ranges("entropy") == {"a": every.ranges("entropy")["a"]}
     assert some.ranges("minmax") == every.ranges("minmax")
-    assert proxy.binned({"x": "percentile", "y": "minmax", "z": "entropy"}, "minmax") == \
+    assert proxy.binning({"x": "percentile", "y": "minmax", "z": "entropy"}, "minmax")["binned"] == \
         {"percentile": ["x"], "entropy": ["z"]}
-    assert proxy.binned({"y": "minmax"}, "percentile") is None   # the default method needs every tensor's
+    # the default method needs every tensor's histograms
+    assert proxy.binning({"y": "minmax"}, "percentile")["binned"] is None
     # a group's own method bins the first SUMMARY_SAMPLES samples (min/max: every sample); the default's, all
     assert proxy.binning({"x": "percentile"}, "minmax")["binned_samples"] == ranges.SUMMARY_SAMPLES
     assert proxy.binning({}, "entropy") == {"binned": None, "binned_samples": None}

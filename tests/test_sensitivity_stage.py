@@ -53,7 +53,8 @@ def sensitivity_section(**changes) -> SensitivityParams:
     ("wer_clips", 0, r"sensitivity.wer_clips = 0: must be >= 1"),
     ("max_wer_increase", -0.01, r"sensitivity.max_wer_increase = -0.01: must be >= 0"),
     ("range_methods", ["minmax", "max"], r"sensitivity.range_methods\[1\] = 'max': must be one of minmax, percentile"),
-    ("range_methods", ["entropy", "entropy"], r"sensitivity.range_methods = \['entropy', 'entropy'\]: each method once"),
+    ("range_methods", ["entropy", "entropy"],
+     r"sensitivity.range_methods = \['entropy', 'entropy'\]: each method once"),
 ])
 def test_params_errors_name_the_key(key, value, message):
     data = default_params()

@@ -13,8 +13,8 @@ import yaml
 from conftest import default_params
 
 from stages import compile as compile_stage
-from whisper_npu.core.files import sha256_tree
 from whisper_npu.calibration import lists as calibration
+from whisper_npu.core.files import sha256_tree
 from whisper_npu.params.base import ParamsError
 from whisper_npu.params.full import parse_params
 

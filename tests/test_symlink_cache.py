@@ -3,9 +3,9 @@
 DVC then links every output file into its cache (`.dvc/cache/files/md5/ab/cdef...`, no extension). The compile
 stage makes the calibration lists absolute for the compiler; following the links there would hand it cache
 objects instead of the `.npy` files its documented list format names. Run through the real `dvc` CLI: a copy
-of the tests' tiny pipeline relinked, then both compile stages rerun with the STAND-IN compiler (tests/standin_qbcompiler: the real qbcompiler cannot be
-installed here) in the SDK's own environment (conftest ``sdk_python``: transformers 4.50.0), which logs the
-calibration entries it was given.
+of the tests' tiny pipeline relinked, then both compile stages rerun with the STAND-IN compiler
+(tests/standin_qbcompiler: the real qbcompiler cannot be installed here) in the SDK's own environment (conftest
+``sdk_python``: transformers 4.50.0), which logs the calibration entries it was given.
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Compile host vs NPU host through the real `dvc` CLI: two clones, one local remote.
 
-* compile host (a copy of the tests' tiny pipeline, switched to the qbcompiler backend): the STAND-IN compiler (tests/standin_qbcompiler, NOT the real qbcompiler) and the real qbruntime
-  1.5.0 without an NPU (this machine): `dvc repro` exits 0 with the compiled system recorded as not run; push.
+* compile host (a copy of the tests' tiny pipeline, switched to the qbcompiler backend): the STAND-IN compiler
+  (tests/standin_qbcompiler, NOT the real qbcompiler) and the real qbruntime 1.5.0 without an NPU (this machine):
+  `dvc repro` exits 0 with the compiled system recorded as not run; push.
 * NPU host: a fresh clone, `dvc pull`, no compiler, the STAND-IN runtime (tests/standin_qbruntime: the real
   qbruntime's method set, the fp32 reference inside) as `qbruntime` with an "NPU": a plain `dvc repro` exits 0,
   reruns only the toolchain check, the compiled transcription and score, leaves compiled/ byte-identical, and the

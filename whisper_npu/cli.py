@@ -72,7 +72,8 @@ def load_system(name: str, model_dir: Path, compiled_dir: Path, params: Path = P
         for part in ("encoder", "decoder"):
             if not (compiled_dir / part / "provenance.json").is_file():
                 raise StageError(f"{compiled_dir / part}: no compiled {part} here (provenance.json missing); run the "
-                                 "pipeline (`make demo` or `dvc repro compile@encoder compile@decoder`) or pass --compiled")
+                                 "pipeline (`make demo` or `dvc repro compile@encoder compile@decoder`) "
+                                 "or pass --compiled")
         config, _ = load_configs(model_dir)
         enc, dec = compiled_dir / "encoder", compiled_dir / "decoder"
         npu = NpuParams.of(read(params)) if compiled_backend_name(enc, dec) == "qbcompiler" else None

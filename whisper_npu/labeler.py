@@ -14,18 +14,17 @@ small reference model on synthetic speech is far worse than the greedy text.
   ``~/.cache/whisper``, downloaded there when missing (needs network).
 * a path to an openai-whisper ``.pt`` checkpoint.
 
-How :func:`label_batch` is fast and still openai-whisper's ``transcribe()``: per batch of clips, the
-encoder runs once per clip (batched) for both tasks; each task is decoded greedily for all clips in one
-batched ``DecodingTask`` (a clip whose text has ended leaves the batch: :func:`_drop_ended_loop`), and only the clips whose result fails openai-whisper's fallback test
-(compression ratio, log-prob when enabled, with its no-speech exception) are decoded again at the next
-temperature of its schedule, batched among themselves. Then openai-whisper's own ``transcribe()`` runs per
-clip and task on a view of the model whose ``decode()`` returns those precomputed results, so segments,
-the no-speech skip, seeking and the text are its own code. A decode the batched pass did not foresee (a
-second window: clips over 30 s, or a timestamped window that ends mid-segment) runs on demand, encoder
-included. Sampling (t > 0) draws from one ``torch.Generator`` per clip and task, seeded exactly as the
-global generator that ``torch.manual_seed(seed)`` would seed before ``transcribe()``, and consumed in the
-same order, so labels do not depend on how clips are batched and match ``transcribe()`` up to float
-rounding of batched matrix products.
+How :func:`label_batch` is fast and still openai-whisper's ``transcribe()``: per batch of clips, the encoder runs
+once per clip (batched) for both tasks; each task is decoded greedily for all clips in one batched ``DecodingTask``
+(a clip whose text has ended leaves the batch: :func:`_drop_ended_loop`), and only the clips whose result fails
+openai-whisper's fallback test (compression ratio, log-prob when enabled, with its no-speech exception) are decoded
+again at the next temperature of its schedule, batched among themselves. Then openai-whisper's own ``transcribe()``
+runs per clip and task on a view of the model whose ``decode()`` returns those precomputed results, so segments, the
+no-speech skip, seeking and the text are its own code. A decode the batched pass did not foresee (a second window:
+clips over 30 s, or a timestamped window that ends mid-segment) runs on demand, encoder included. Sampling (t > 0)
+draws from one ``torch.Generator`` per clip and task, seeded exactly as the global generator that
+``torch.manual_seed(seed)`` would seed before ``transcribe()``, and consumed in the same order, so labels do not
+depend on how clips are batched and match ``transcribe()`` up to float rounding of batched matrix products.
 """
 from __future__ import annotations
 

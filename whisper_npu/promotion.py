@@ -3,15 +3,15 @@
 The study (whisper_npu/compilers/onnxruntime/sensitivity.py) ranks role FAMILIES (one role over every block of a
 component: the residual Adds, the LayerNorms, fc2, ...; compilers/onnxruntime/groups.py) by what restoring each
 alone to 16 bits gains. Step k promotes, in each component, its k best-ranked families (all of the others stay 8
-bit; a family that gains nothing alone is still ranked, last), compiles both components with exactly that recipe (the compile stage's own code: the
-recipe file applied with ``dvc exp run`` builds the same models) and decodes the evaluation clips of
-``sensitivity.wer_languages`` (transcribe task, the ``transcribe`` decode options) against the fp32 transcripts the
-pipeline already has. The smallest step where no language's WER rose more than ``sensitivity.max_wer_increase`` is
-the recipe: found by bisection of 1..max_steps (``sensitivity.search: bisect``: 3 decoded steps of 7, the smallest
-passing one if a passing step stays passing with more families at 16 bits, as measured on whisper-base) or by trying
-step 1, 2, ... in turn (``linear``). A step stops at its first failing language (a broken model decodes to the
-token cap, slowly); the next step decodes that language first. Every step's per-language delta carries its
-paired-bootstrap 95 % interval.
+bit; a family that gains nothing alone is still ranked, last), compiles both components with exactly that recipe
+(the compile stage's own code: the recipe file applied with ``dvc exp run`` builds the same models) and decodes the
+evaluation clips of ``sensitivity.wer_languages`` (transcribe task, the ``transcribe`` decode options) against the
+fp32 transcripts the pipeline already has. The smallest step where no language's WER rose more than
+``sensitivity.max_wer_increase`` is the recipe: found by bisection of 1..max_steps (``sensitivity.search: bisect``:
+3 decoded steps of 7, the smallest passing one if a passing step stays passing with more families at 16 bits, as
+measured on whisper-base) or by trying step 1, 2, ... in turn (``linear``). A step stops at its first failing
+language (a broken model decodes to the token cap, slowly); the next step decodes that language first. Every step's
+per-language delta carries its paired-bootstrap 95 % interval.
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 def ranked_families(report: dict) -> list[str]:
     """The families of one component's report, best isolation gain first. Those that gain nothing alone come last
-    but stay in: on whisper-base the encoder's fc2 loses alone and is what the others need (docs/onnxruntime-int8.md)."""
+    but stay in: on whisper-base the encoder's fc2 loses alone and is what the others need
+    (docs/onnxruntime-int8.md)."""
     return [n for n in report["ranking"] if n.startswith("family:")]
 
 
@@ -97,7 +98,8 @@ def language_delta(lang: str, clips: Sequence[Any], fp32: dict[str, dict], hyps:
     b, o = sum(base, metrics.ZERO), sum(cand, metrics.ZERO)
     delta = None if b.rate is None or o.rate is None else round(o.rate - b.rate, 6)
     ci = metrics.bootstrap_rate_delta(base, cand, samples, rng)
-    return {"clips": len(scored), "reference_units": b.ref_units, "fp32_wer": None if b.rate is None else round(b.rate, 6),
+    return {"clips": len(scored), "reference_units": b.ref_units,
+            "fp32_wer": None if b.rate is None else round(b.rate, 6),
             "wer": None if o.rate is None else round(o.rate, 6), "delta": delta,
             "ci95": None if ci is None else {k: round(v, 6) for k, v in ci.items()}}
 
@@ -193,7 +195,8 @@ def markdown(promotion: dict) -> str:
     langs = promotion["languages"]
     lines = [f"## Promotion checked by WER ({promotion['clips_per_language']} evaluation clips per language at most, "
              f"goal: delta <= {100 * promotion['max_wer_increase']:+.1f} points per language)", "",
-             "| step | families (encoder; decoder) | groups at 16 bits | " + " | ".join(langs) + " | passed | seconds |",
+             "| step | families (encoder; decoder) | groups at 16 bits | " + " | ".join(langs)
+             + " | passed | seconds |",
              "|---" * (len(langs) + 5) + "|"]
     for s in promotion["steps"]:
         fams = "; ".join(", ".join(f.removeprefix("family:") for f in v) or "-" for v in s["families"].values())

@@ -124,8 +124,8 @@ def _segments(tokens: list[int], ts: int, offset: float) -> tuple[list[Segment],
         last = 0
         for cut in cuts:
             piece = tokens[last:cut]
-            segments.append(Segment(offset + (piece[0] - ts) * TIME_PRECISION, offset + (piece[-1] - ts) * TIME_PRECISION,
-                                    [t for t in piece if t < ts]))
+            segments.append(Segment(offset + (piece[0] - ts) * TIME_PRECISION,
+                                    offset + (piece[-1] - ts) * TIME_PRECISION, [t for t in piece if t < ts]))
             last = cut
         return segments, None if single_ending else (tokens[last - 1] - ts) * TIME_PRECISION
     stamps = [t for t in tokens if t >= ts]

@@ -124,8 +124,9 @@ def score(records: Sequence[dict], clips: Sequence[Clip], p: ScoreParams, seed: 
         fp = [hyp[FP32][(c.id, TRANSCRIBE)] for c in lc]
         co = [hyp[COMPILED][(c.id, TRANSCRIBE)] for c in lc]
         agree = {k: rounded(v) for k, v in agreement(fp, co, lang).items()}
-        agree["token_exact_match"] = rounded(sum(by_key[(FP32, c.id, t)]["tokens"] == by_key[(COMPILED, c.id, t)]["tokens"]
-                                           for c in lc for t in c.tasks()) / sum(len(c.tasks()) for c in lc))
+        same = sum(by_key[(FP32, c.id, t)]["tokens"] == by_key[(COMPILED, c.id, t)]["tokens"]
+                   for c in lc for t in c.tasks())
+        agree["token_exact_match"] = rounded(same / sum(len(c.tasks()) for c in lc))
         entry["agreement"] = agree
         all_same += sum(normalize(a, lang) == normalize(b, lang) for a, b in zip(fp, co))
         all_n += len(lc)

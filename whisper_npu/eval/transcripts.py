@@ -9,8 +9,8 @@ from typing import Any
 
 from whisper_npu.audio.clips import Clip
 from whisper_npu.core.files import read_json, read_jsonl, write_json, write_jsonl
-from whisper_npu.core.machine import cpu
 from whisper_npu.core.languages import TRANSCRIBE, TRANSLATE
+from whisper_npu.core.machine import cpu
 
 # the transcript row of metrics/transcripts.jsonl (the score stage's merged copy)
 TRANSCRIPT_KEYS = ("id", "lang", "task", "system", "text", "tokens", "stop", "reference")
@@ -47,7 +47,8 @@ def write_timings(path: Path, records: Sequence[dict], device: str = "cpu") -> N
 
 
 def read(path: Path, timing: Path | None = None) -> tuple[list[dict], list[Clip]]:
-    """(records with ``seconds`` when ``timing`` is given, else 0.0; the clips they belong to) from a transcript file."""
+    """(records with ``seconds`` when ``timing`` is given, else 0.0; the clips they belong to) from a transcript
+    file."""
     rows_ = read_jsonl(path)
     seconds = read_json(timing)["seconds"] if timing is not None else {}
     records, refs = [], {}

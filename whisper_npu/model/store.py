@@ -110,7 +110,8 @@ def load_configs(model_dir: str | Path) -> tuple[SimpleNamespace, dict[str, Any]
 
 
 def load_hf(model_dir: str | Path) -> tuple[Any, Any]:
-    """(WhisperForConditionalGeneration in eval mode, float32 on CPU; Processor: feature settings and tokenizer), offline."""
+    """(WhisperForConditionalGeneration in eval mode, float32 on CPU; Processor: feature settings and tokenizer),
+    offline."""
     import torch
     from transformers import WhisperForConditionalGeneration
 

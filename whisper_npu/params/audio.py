@@ -99,7 +99,8 @@ class AudioParams(Section):
     def _entries(self) -> "AudioParams":
         for lang, o in self.per_language.items():
             if lang not in langs.LANGUAGES:
-                raise ValueError(f"per_language.{lang}: unknown language; allowed: {', '.join(sorted(langs.LANGUAGES))}")
+                raise ValueError(f"per_language.{lang}: unknown language; "
+                                 f"allowed: {', '.join(sorted(langs.LANGUAGES))}")
         if self.source == "local" and not self.local.dir:
             raise ValueError("local.dir = '': with audio.source = local name the folder of audio")
         for lang, o in self.per_language.items():

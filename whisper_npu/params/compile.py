@@ -64,7 +64,8 @@ class QbcompilerParams(Section):
 
 
 class GroupSetting(Section):
-    """One ``compile.onnxruntime.groups`` entry: the group's activation bits and range method (either may be left out)."""
+    """One ``compile.onnxruntime.groups`` entry: the group's activation bits and range method (either may be left
+    out)."""
     bits: Literal[8, 16] | None = None
     method: Literal["minmax", "percentile", "entropy"] | None = None
 
@@ -89,7 +90,8 @@ class OrtParams(Section):
     def _groups(self) -> "OrtParams":
         if self.mode != "static" and (self.proxy != "matmul" or self.groups):
             key = "proxy" if self.proxy != "matmul" else "groups"
-            value = self.proxy if key == "proxy" else {k: v.model_dump(exclude_none=True) for k, v in self.groups.items()}
+            value = self.proxy if key == "proxy" else \
+                {k: v.model_dump(exclude_none=True) for k, v in self.groups.items()}
             raise ValueError(f"{key} = {value!r}: only for mode = static (compile.onnxruntime.mode = "
                              f"{self.mode}); set proxy: matmul and groups: {{}}")
         for name in self.groups:

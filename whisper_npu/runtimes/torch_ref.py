@@ -54,7 +54,8 @@ class TorchDecoderSession:
 
         for row in encoder_states:
             self.spec.inputs[1].check(row[None], "torch decoder")
-        self._encoder_outputs = BaseModelOutput(last_hidden_state=torch.from_numpy(encoder_states).to(self.model.device))
+        states = torch.from_numpy(encoder_states).to(self.model.device)
+        self._encoder_outputs = BaseModelOutput(last_hidden_state=states)
         self._cache = None
         if self._cache_arg == "past_key_values":
             # transformers 4.x (qbcompiler's 4.50.0): start from an empty cache object; given None it warns

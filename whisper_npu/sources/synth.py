@@ -94,7 +94,8 @@ def clips(lang: str, params: AudioParams, seed: int) -> Selection:
     corpus = load_corpus()
     if lang not in corpus or not language.espeak_voice:
         have = ", ".join(sorted(corpus))
-        raise StageError(f"languages: {lang!r} has no synthetic speech (no corpus text in whisper_npu/sources/data/{CORPUS}); "
+        raise StageError(f"languages: {lang!r} has no synthetic speech "
+                         f"(no corpus text in whisper_npu/sources/data/{CORPUS}); "
                          f"with audio.source = synth use one of: {have}")
     rows = corpus[lang]
     english = {r["sentence"]: r["text"] for r in corpus.get("en_us", [])}

@@ -6,9 +6,9 @@ asks that interpreter what it has (sdk_side.py ``probe``), plans the calls as da
 
 The compiler is not on PyPI and cannot be installed here. The calls are rebuilt from Mobilint's compiler
 documentation (v1.3) and the tutorial's call sites per version (docs/mobilint.md lists them with their sources).
-The call style is chosen by what the installed compiler offers, not by version cut-offs: does ``mxq_compile`` take ``target_device``, does
-``mblt_compile`` take ``model_part``, does ``qbcompiler.configs.LlmConfig`` import. Versions only pick
-the ``get_llm_config`` keyword names (0.11 vs 0.12/1.0.0) and a few documented firsts (below).
+The call style is chosen by what the installed compiler offers, not by version cut-offs: does ``mxq_compile`` take
+``target_device``, does ``mblt_compile`` take ``model_part``, does ``qbcompiler.configs.LlmConfig`` import. Versions
+only pick the ``get_llm_config`` keyword names (0.11 vs 0.12/1.0.0) and a few documented firsts (below).
 
 =======  ==========================================================================================
 style    what it sends (``qubee`` is the package's name before 2026-01; both names are tried)

@@ -34,7 +34,8 @@ PARSER_PATCH_LINE = 538   # qubee 0.11.0.1 model_dict/parser/parser.py (tutorial
 REGULUS_LLM_LENGTH = 1024   # newest public STT compile (f3f9d540): REGULUS max_sequence/cache length
 # params section -> (qbcompiler.configs class, mxq_compile keyword); docs REF/MQ "*_config objects"
 CONFIG_SECTIONS = {
-    "calibration": "CalibrationConfig", "bit": "BitConfig", "equivalent_transformation": "EquivalentTransformationConfig",
+    "calibration": "CalibrationConfig", "bit": "BitConfig",
+    "equivalent_transformation": "EquivalentTransformationConfig",
     "hessian_quant": "HessianQuantConfig", "search_weight_scale": "SearchWeightScaleConfig",
     "resource_management": "ResourceManagementConfig", "layer_bias_correction": "LayerBiasCorrectionConfig",
     "bias_correction": "BiasCorrectionConfig",

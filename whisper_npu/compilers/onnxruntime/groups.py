@@ -120,7 +120,8 @@ def find(model_path: str | Path, component: str, proxy: str = "npu", op_types=("
     ops = set(quantized_op_types(op_types, proxy))
     inits = {i.name for i in graph.initializer}
     # weights: initializers, Constant outputs, and the Identity copies the exporter makes of shared initializers
-    consts = inits | {o for n in graph.node if n.op_type == "Constant" or (n.op_type == "Identity" and n.input[0] in inits)
+    consts = inits | {o for n in graph.node
+                      if n.op_type == "Constant" or (n.op_type == "Identity" and n.input[0] in inits)
                       for o in n.output}
     producers = {o: n.name for n in graph.node for o in n.output}
     ops_of = {o: n.op_type for n in graph.node for o in n.output}

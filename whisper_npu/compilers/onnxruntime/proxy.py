@@ -99,22 +99,17 @@ def resolve(p: Plan, by_group: dict[str, dict], default_method: str,
     return {t: b for t, b in bits.items() if b != 8}, {t: m for t, (_, m) in method.items()}
 
 
-def binned(method: dict[str, str], default_method: str) -> dict[str, list[str]] | None:
-    """Per histogram method (percentile, entropy), the tensors whose histograms a range collection must keep: those
-    with that method (None: every tensor, when the default method is not minmax)."""
-    if default_method != "minmax":
-        return None
-    return {m: sorted(t for t, x in method.items() if x == m) for m in ("percentile", "entropy")}
-
-
 def binning(method: dict[str, str], default_method: str) -> dict:
-    """``ranges.collect``'s histogram arguments: the default method's histograms over every sample (ORT's
-    calibrator), a group's own percentile / entropy method over the first ``ranges.SUMMARY_SAMPLES`` samples only.
-    Why: ORT's histogram merge bins each sample against the grown edge array (numpy's slow path); a whisper-base
-    encoder compile with the study's chosen methods had not finished binning 102 samples after 13 minutes, where the
-    study's own 16-sample pass (every tensor, both histograms: the samples its choice is made on) took about three."""
-    b = binned(method, default_method)
-    return {"binned": b, "binned_samples": None if b is None else ranges.SUMMARY_SAMPLES}
+    """``ranges.collect``'s histogram arguments. A default method other than minmax: every tensor's histograms over
+    every sample (ORT's calibrator). Minmax: only the tensors of a group's own percentile / entropy method, each for
+    that method, over the first ``ranges.SUMMARY_SAMPLES`` samples. Why: ORT's histogram merge bins each sample
+    against the grown edge array (numpy's slow path); a whisper-base encoder compile with the study's chosen methods
+    had not finished binning 102 samples after 13 minutes, where the study's own 16-sample pass (every tensor, both
+    histograms: the samples its choice is made on) took about three."""
+    if default_method != "minmax":
+        return {"binned": None, "binned_samples": None}
+    return {"binned": {m: sorted(t for t, x in method.items() if x == m) for m in ("percentile", "entropy")},
+            "binned_samples": ranges.SUMMARY_SAMPLES}
 
 
 def overrides_for(p: Plan, stats: ranges.Stats, bits: dict[str, int], method: dict[str, str], default_method: str,

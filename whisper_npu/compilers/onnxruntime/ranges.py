@@ -9,9 +9,10 @@ histogram of its Entropy calibrator (128 bins): ORT's own ``HistogramCollector``
 thresholds are the ones its calibrators compute for the same samples. Histograms are kept only where something
 reads them: for percentile / entropy the tensors ``binned`` names for that method (those whose range method it is,
 over the first ``binned_samples`` samples; every tensor and sample when the default method is), else only the
-``summarized`` tensors (the study's range columns), over the first ``SUMMARY_SAMPLES`` samples. Minmax alone keeps none: binning every activation of every sample cost the whisper-base encoder about
-15 s a sample, several times the forward pass, and min/max ranges do not depend on it. ``write_cache`` writes the min/max
-ranges as ORT's calibration cache (``quantize_static(calibration_cache_path=...)``), so quantizing a variant
+``summarized`` tensors (the study's range columns), over the first ``SUMMARY_SAMPLES`` samples. Minmax alone keeps
+none: binning every activation of every sample cost the whisper-base encoder about 15 s a sample, several times the
+forward pass, and min/max ranges do not depend on it. ``write_cache`` writes the min/max ranges as ORT's calibration
+cache (``quantize_static(calibration_cache_path=...)``), so quantizing a variant
 needs no calibration pass. ``collect`` remembers its last few results in the process, keyed by the model's bytes,
 the inputs' bytes and its arguments: the sensitivity stage's promotion steps compile the same export on the same
 samples with other bit widths, and the same bytes in give the same statistics out.
@@ -185,6 +186,7 @@ def write_cache(stats: Stats, path: str | Path) -> Path:
     """The min/max ranges as ORT's calibration cache (``quantize_static(calibration_cache_path=path)``)."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData, save_tensors_data
 
-    data = {t: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for t, (lo, hi) in stats.ranges("minmax").items()}
+    data = {t: TensorData(lowest=np.float32(lo), highest=np.float32(hi))
+            for t, (lo, hi) in stats.ranges("minmax").items()}
     save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), path)
     return Path(path)

@@ -185,7 +185,8 @@ class MxqBackend:
 def _one(folder: Path, pattern: str) -> Path:
     found = sorted(folder.glob(pattern))
     if len(found) != 1:
-        raise FileNotFoundError(f"{folder}: expected exactly one {pattern}, found {len(found)}; rerun the compile stage")
+        raise FileNotFoundError(f"{folder}: expected exactly one {pattern}, found {len(found)}; "
+                                "rerun the compile stage")
     return found[0]
 
 
